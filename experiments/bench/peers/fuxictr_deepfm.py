@@ -1,0 +1,391 @@
+"""Train a FuxiCTR 2.3.10 model on the ml100k-ctr split and write a result JSON.
+
+Run with the PEER venv's python (see setup_peers.sh), never with recsys's:
+
+    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_deepfm.py \
+        --data DIR --seed 2019 --model DeepFM --out result.json
+
+DIR holds train.parquet / valid.parquet / test.parquet with the ml100k-ctr columns
+(see shared BENCHMARKS.md): user_id, item_id, age_bucket, gender, occupation, zip3,
+release_year, genres (list[str]), first_genre, history (list[int], most recent last),
+label, plus non-feature columns (timestamp, rating, split) that are dropped here.
+
+What this script does, in FuxiCTR's own terms:
+  1. writes a prepared copy of the three splits into a work dir (ids cast to strings so
+     that item_id and the history tokens share one vocabulary; history cut to its last
+     ``history_max_len`` items, because FuxiCTR's tokenizer would otherwise keep the
+     *first* max_len items);
+  2. fits FuxiCTR's FeatureProcessor on train (min_categr_count=1) and transforms the
+     three splits with its ``build_dataset`` (parquet in, parquet out);
+  3. builds the model, applies the init fix (below), and drives ``BaseModel.fit`` /
+     ``BaseModel.evaluate`` with FuxiCTR's own early stopping on valid AUC;
+  4. evaluates the best checkpoint on valid and test and writes the JSON.
+
+The PyPI wheel of FuxiCTR ships the library (layers, BaseModel, data pipeline) but not
+the model zoo (``model_zoo/<Model>/src/<Model>.py`` lives only in the GitHub repo), and its
+``RankDataLoader`` returns the loaders directly, so the zoo's ``run_expid.py`` (which calls
+``.make_iterator()``) fails on it. Hence this driver. With ``--model-zoo PATH`` (a FuxiCTR
+checkout's ``model_zoo`` folder) the zoo's own model class is used; otherwise the model is
+composed here from the wheel's layers exactly as the zoo composes it (see ``build_deepfm``).
+
+Init fix: ``FeatureEmbeddingDict.init_weights`` skips every feature that has
+``share_embedding``. In the main embedding that is right (the table *is* the shared
+item_id table, initialized under its own name), but the wide/LR part builds its
+1-dim tables with ``use_sharing=False``, so the history's LR table is a separate
+``nn.Embedding`` that keeps PyTorch's N(0, 1) init; summed over 50 history items it
+swamps the logit and DeepFM scores AUC ~0.59. We re-initialize every such unshared
+table with the module's own ``embedding_initializer`` (the padding row stays zero) and
+report ``"init_fix": true`` with the tables touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+from torch import nn
+
+import fuxictr
+from fuxictr.features import FeatureMap
+from fuxictr.preprocess import FeatureProcessor, build_dataset
+from fuxictr.pytorch.dataloaders import RankDataLoader
+from fuxictr.pytorch.layers import (
+    FactorizationMachine,
+    FeatureEmbedding,
+    FeatureEmbeddingDict,
+    MLP_Block,
+)
+from fuxictr.pytorch.models import BaseModel
+from fuxictr.pytorch.torch_utils import seed_everything
+
+DATASET_ID = "ml100k_ctr"
+CATEGORICAL = ["user_id", "item_id", "age_bucket", "gender", "occupation", "zip3",
+               "release_year", "first_genre"]
+MULTI_HOT = ["genres"]
+HISTORY = "history"
+LABEL = "label"
+
+# The shared recipe (BENCHMARKS.md, "ml100k-ctr"): the same for every model.
+COMMON_PARAMS = {
+    "embedding_dim": 16,
+    "batch_size": 4096,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "loss": "binary_crossentropy",
+    "metrics": ["logloss", "AUC"],
+    "monitor": "AUC",
+    "monitor_mode": "max",
+    "early_stop_patience": 2,
+    "epochs": 100,
+    "embedding_regularizer": None,
+    "net_regularizer": None,
+    "shuffle": True,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Model table. To add a model: give it an entry here (its params on top of COMMON_PARAMS,
+# how the history is fed to it, and the zoo's module/class name) and, for use without
+# --model-zoo, a builder in BUILDERS composed from the wheel's layers.
+#   DCN       -> zoo "DCN": CrossNet(num_fields*emb, num_cross_layers) + MLP_Block, concat, Linear
+#   AutoInt   -> zoo "AutoInt" (class AutoInt) with dnn_hidden_units=[]; AutoInt+ is the
+#                same class with dnn_hidden_units=[256, 128] (no separate AutoIntPlus class)
+#   MMoE      -> zoo "MMoE" is a MultiTaskModel (fuxictr.pytorch.models.multitask_model);
+#                one task: task=["binary_classification"], num_tasks=1, num_experts=4
+#   DIN       -> zoo "DIN": history must stay unpooled (history_encoder=None) and the
+#                target is item_id (din_target_field="item_id", din_sequence_field="history")
+# ---------------------------------------------------------------------------------------
+MODELS = {
+    "DeepFM": {
+        "zoo": ("DeepFM", "DeepFM"),
+        "params": {
+            "hidden_units": [256, 128],
+            "hidden_activations": "relu",
+            "net_dropout": 0,
+            "batch_norm": False,
+        },
+        "history_max_len": 50,
+        "history_encoder": "layers.MaskedAveragePooling()",
+    },
+}
+
+
+class DeepFM(BaseModel):
+    """DeepFM from FuxiCTR's own layers, wired as in FuxiCTR's model_zoo DeepFM:
+    FeatureEmbedding -> FactorizationMachine (LR + pairwise inner products) plus an
+    MLP over the flattened field embeddings; sum of both logits, then sigmoid."""
+
+    def __init__(self, feature_map, model_id="DeepFM", gpu=-1, learning_rate=1e-3,
+                 embedding_dim=10, hidden_units=(64, 64, 64), hidden_activations="ReLU",
+                 net_dropout=0, batch_norm=False, embedding_regularizer=None,
+                 net_regularizer=None, **kwargs):
+        super().__init__(feature_map, model_id=model_id, gpu=gpu,
+                         embedding_regularizer=embedding_regularizer,
+                         net_regularizer=net_regularizer, **kwargs)
+        self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+        self.fm = FactorizationMachine(feature_map)
+        self.mlp = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1,
+                             hidden_units=list(hidden_units),
+                             hidden_activations=hidden_activations,
+                             output_activation=None, dropout_rates=net_dropout,
+                             batch_norm=batch_norm)
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def forward(self, inputs):
+        X = self.get_inputs(inputs)
+        emb = self.embedding_layer(X)
+        logit = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
+        return {"y_pred": self.output_activation(logit)}
+
+
+BUILDERS = {"DeepFM": DeepFM}
+
+
+def model_class(name: str, model_zoo: str | None):
+    """The zoo's class when a model_zoo folder is given, else our composition."""
+    if model_zoo:
+        zoo_dir, cls_name = MODELS[name]["zoo"]
+        torch_dir = Path(model_zoo) / zoo_dir / f"{zoo_dir}_torch"
+        src_dir = torch_dir if (torch_dir / "src").is_dir() else Path(model_zoo) / zoo_dir
+        sys.path.insert(0, str(src_dir))
+        module = importlib.import_module("src")
+        return getattr(module, cls_name), f"model_zoo:{src_dir}"
+    if name not in BUILDERS:
+        raise SystemExit(f"--model {name}: no built-in composition; pass --model-zoo PATH")
+    return BUILDERS[name], "composed-from-fuxictr-layers"
+
+
+def apply_init_fix(model: nn.Module) -> list[str]:
+    """Re-initialize unshared tables of shared-embedding features (see module doc)."""
+    fixed = []
+    for mod_name, mod in model.named_modules():
+        if not isinstance(mod, FeatureEmbeddingDict):
+            continue
+        for feat, layer in mod.embedding_layers.items():
+            target = mod._feature_map.features[feat].get("share_embedding")
+            if target is None or type(layer) is not nn.Embedding:
+                continue
+            if target in mod.embedding_layers and mod.embedding_layers[target] is layer:
+                continue  # truly shared: initialized under the target's name
+            with torch.no_grad():
+                if layer.padding_idx is not None:
+                    mod.embedding_initializer(layer.weight[1:, :])
+                else:
+                    mod.embedding_initializer(layer.weight)
+            fixed.append(f"{mod_name}.embedding_layers.{feat}")
+    return fixed
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+def prepare_splits(data_dir: Path, raw_dir: Path, history_max_len: int) -> dict:
+    """Copy the splits into raw_dir in the form FuxiCTR's preprocessor expects."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for split in ("train", "valid", "test"):
+        src = data_dir / f"{split}.parquet"
+        if not src.exists():
+            raise SystemExit(f"missing {src}")
+        df = pl.read_parquet(src)
+        missing = set(CATEGORICAL + MULTI_HOT + [HISTORY, LABEL]) - set(df.columns)
+        if missing:
+            raise SystemExit(f"{src}: missing columns {sorted(missing)}")
+        df = df.select(
+            # strings everywhere: parquet ints would be vocab keys of another type than
+            # the "^"-joined history tokens, and share_embedding would then not share
+            *[pl.col(c).cast(pl.String) for c in CATEGORICAL],
+            # sequences as "^"-joined strings, as in FuxiCTR's CSV format: its preprocess
+            # fills nulls before it joins list columns, and fill_null("") on a list column
+            # fails ("cannot cast List type (inner: 'String', to: 'String')")
+            *[pl.col(c).cast(pl.List(pl.String)).list.join("^") for c in MULTI_HOT],
+            pl.col(HISTORY).list.tail(history_max_len).cast(pl.List(pl.String))
+            .list.join("^"),
+            pl.col(LABEL).cast(pl.Float64),
+        )
+        df.write_parquet(raw_dir / f"{split}.parquet")
+        rows[split] = df.height
+    return rows
+
+
+def feature_cols(spec: dict) -> list[dict]:
+    cols = [{"name": CATEGORICAL, "active": True, "dtype": "str", "type": "categorical"}]
+    for c in MULTI_HOT:
+        cols.append({"name": c, "active": True, "dtype": "str", "type": "sequence",
+                     "splitter": "^", "max_len": 0})
+    hist = {"name": HISTORY, "active": True, "dtype": "str", "type": "sequence",
+            "splitter": "^", "max_len": spec["history_max_len"],
+            "share_embedding": "item_id",
+            "feature_encoder": spec["history_encoder"]}
+    cols.append(hist)
+    return cols
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, type=Path,
+                    help="folder with train/valid/test.parquet (ml100k-ctr view)")
+    ap.add_argument("--seed", type=int, default=2019)
+    ap.add_argument("--model", default="DeepFM", choices=sorted(MODELS))
+    ap.add_argument("--out", type=Path, default=None, help="result JSON path")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="work folder (default: a temp dir, removed afterwards)")
+    ap.add_argument("--model-zoo", default=os.environ.get("FUXICTR_MODEL_ZOO"),
+                    help="a FuxiCTR checkout's model_zoo folder, to use its model classes")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's, i.e. OMP_NUM_THREADS)")
+    ap.add_argument("--no-init-fix", action="store_true",
+                    help="leave FuxiCTR's init as shipped (for showing the AUC ~0.59 bug)")
+    ap.add_argument("--max-epochs", type=int, default=None, help="override 100 (smoke runs)")
+    ap.add_argument("--verbose", action="store_true", help="FuxiCTR's tqdm bars")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    if not args.verbose:  # Ray Data logs every dataset execution at INFO
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = MODELS[args.model]
+    cls, model_source = model_class(args.model, args.model_zoo)
+
+    keep_work = args.work is not None
+    work = args.work or Path(tempfile.mkdtemp(prefix="fuxictr_"))
+    work.mkdir(parents=True, exist_ok=True)
+    raw_dir, data_root, model_root = work / "raw", work / "data", work / "ckpt"
+    shutil.rmtree(data_root / DATASET_ID, ignore_errors=True)  # fresh vocab every run
+    # BaseModel saves its checkpoint to model_root/dataset_id/ but does not create it
+    # (run_expid.py's set_logger does): "Parent directory ... does not exist"
+    (model_root / DATASET_ID).mkdir(parents=True, exist_ok=True)
+
+    params = dict(COMMON_PARAMS)
+    params.update(spec["params"])
+    if args.max_epochs:
+        params["epochs"] = args.max_epochs
+    params.update(model_id=f"{args.model}_seed{args.seed}", dataset_id=DATASET_ID,
+                  data_root=str(data_root), model_root=str(model_root), data_format="parquet",
+                  seed=args.seed, gpu=-1, verbose=1 if args.verbose else 0,
+                  min_categr_count=1)
+
+    try:
+        # 1-2. preprocessing: FuxiCTR's fit-on-train vocabulary + transform (Ray)
+        t0 = time.perf_counter()
+        rows = prepare_splits(args.data, raw_dir, spec["history_max_len"])
+        processor = FeatureProcessor(feature_cols=feature_cols(spec),
+                                     label_col={"name": LABEL, "dtype": "float"},
+                                     dataset_id=DATASET_ID, data_root=str(data_root))
+        train_p, valid_p, test_p = build_dataset(
+            processor, train_data=str(raw_dir / "train.parquet"),
+            valid_data=str(raw_dir / "valid.parquet"), test_data=str(raw_dir / "test.parquet"),
+            data_format="parquet", min_categr_count=1)
+        preprocess_s = time.perf_counter() - t0
+        params.update(train_data=train_p, valid_data=valid_p, test_data=test_p)
+
+        feature_map = FeatureMap(DATASET_ID, str(data_root / DATASET_ID))
+        feature_map.load(str(data_root / DATASET_ID / "feature_map.json"), params)
+
+        # 3. model
+        seed_everything(seed=args.seed)
+        model = cls(feature_map, **params)
+        fixed = [] if args.no_init_fix else apply_init_fix(model)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+        # instrumentation: compute-only time, eval time inside fit, per-epoch valid AUC
+        timers = {"compute": 0.0, "eval": 0.0}
+        per_epoch = []
+        train_step, evaluate, ckpt = model.train_step, model.evaluate, model.checkpoint_and_earlystop
+
+        def timed_train_step(batch):
+            t = time.perf_counter()
+            out = train_step(batch)
+            timers["compute"] += time.perf_counter() - t
+            return out
+
+        def timed_evaluate(gen, metrics=None):
+            t = time.perf_counter()
+            out = evaluate(gen, metrics)
+            timers["eval"] += time.perf_counter() - t
+            return out
+
+        def logged_ckpt(logs, *a, **k):
+            per_epoch.append(float(logs["AUC"]))
+            return ckpt(logs, *a, **k)
+
+        model.train_step, model.evaluate, model.checkpoint_and_earlystop = (
+            timed_train_step, timed_evaluate, logged_ckpt)
+
+        t1 = time.perf_counter()
+        train_gen, valid_gen = RankDataLoader(feature_map, stage="train", **params)
+        model.fit(train_gen, validation_data=valid_gen, **params)
+        train_s = time.perf_counter() - t1
+        epochs = model._epoch_index + 1
+        model.evaluate = evaluate  # no more timing
+
+        # 4. evaluation of the best checkpoint (fit reloads it)
+        valid = model.evaluate(valid_gen)
+        test_gen = RankDataLoader(feature_map, stage="test", **params)
+        test = model.evaluate(test_gen)
+    finally:
+        try:
+            import ray
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # pragma: no cover - best effort
+            pass
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    train_rows = rows["train"]
+    result = {
+        "model": args.model,
+        "seed": args.seed,
+        "test_auc": float(test["AUC"]),
+        "test_logloss": float(test["logloss"]),
+        "valid_auc": float(valid["AUC"]),
+        "valid_logloss": float(valid["logloss"]),
+        "epochs": epochs,
+        "best_epoch": (per_epoch.index(max(per_epoch)) + 1) if per_epoch else None,
+        "valid_auc_per_epoch": [round(x, 6) for x in per_epoch],
+        "train_rows": train_rows,
+        "train_seconds": round(train_s, 3),
+        "train_samples_per_s": round(train_rows * epochs / train_s, 1),
+        "compute_seconds": round(timers["compute"], 3),
+        "compute_samples_per_s": round(train_rows * epochs / timers["compute"], 1),
+        "eval_seconds_in_fit": round(timers["eval"], 3),
+        "preprocess_seconds": round(preprocess_s, 3),
+        "num_params": n_params,
+        "init_fix": bool(fixed),
+        "init_fix_tables": fixed,
+        "model_source": model_source,
+        "fuxictr_version": fuxictr.__version__ if hasattr(fuxictr, "__version__") else None,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "params": {k: params[k] for k in sorted(params)
+                   if k not in ("train_data", "valid_data", "test_data", "data_root",
+                                "model_root")},
+        "notes": "train_seconds = RankDataLoader setup + BaseModel.fit (incl. per-epoch "
+                 "valid eval and Ray data loading); compute = train_step only",
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Batch: the one input type of every model, and vectorized batching out of an EncodedSplit.
+
+A ``Batch`` holds, for B rows:
+
+* ``dense``: float32 ``[B, Dn]``, the standardized numeric fields (``schema.dense_fields`` order);
+* ``sparse``: a TorchRec ``KeyedJaggedTensor`` with one key per id field (``schema.id_fields``
+  order): single categoricals (length 1 per row), multi-hot lists, bucketized numerics and
+  sequences (ids oldest -> newest, the last ``max_len`` kept);
+* ``labels``: float32 ``[B]``;
+* ``user_ids``: int64 ``[B]`` for grouped metrics (or ``None``);
+* ``rows``: int64 ``[B]``, row positions in the split (so predictions map back to raw keys).
+
+Collation gathers whole batches with tensor ops (offsets and lengths from arrays); there is no
+per-row Python. The DataLoader therefore runs with ``batch_size=None`` over a sampler that yields
+index tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.preprocess import EncodedSplit
+
+
+@dataclass
+class Batch:
+    """B rows of model input. See the module docstring for the fields."""
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    labels: torch.Tensor
+    user_ids: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            dense=self.dense.to(device, non_blocking=non_blocking),
+            sparse=self.sparse.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            user_ids=mv(self.user_ids),
+            rows=mv(self.rows),
+        )
+
+    def pin_memory(self) -> "Batch":
+        return Batch(
+            dense=self.dense.pin_memory(),
+            sparse=self.sparse.pin_memory(),
+            labels=self.labels.pin_memory(),
+            user_ids=None if self.user_ids is None else self.user_ids.pin_memory(),
+            rows=None if self.rows is None else self.rows.pin_memory(),
+        )
+
+
+def gather_jagged(values: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of a CSR (values, offsets) array, as (values, lengths), without a Python loop.
+
+    >>> v, o = torch.tensor([5, 6, 7, 8]), torch.tensor([0, 1, 1, 4])
+    >>> gather_jagged(v, o, torch.tensor([2, 0]))
+    (tensor([6, 7, 8, 5]), tensor([3, 1]))
+    """
+    starts = offsets[idx]
+    lengths = offsets[idx + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return values[:0], lengths
+    out_starts = torch.cumsum(lengths, 0) - lengths
+    shift = torch.repeat_interleave(starts - out_starts, lengths, output_size=total)
+    pos = torch.arange(total, dtype=torch.int64) + shift
+    return values[pos], lengths
+
+
+class SplitDataset(Dataset):
+    """An encoded split held as tensors; ``ds[idx_tensor]`` returns a whole :class:`Batch`."""
+
+    def __init__(self, split: EncodedSplit, keys: list[str]):
+        self.keys = list(keys)
+        self.n = len(split)
+        self.values = {k: torch.from_numpy(split.ids[k][0]) for k in self.keys}
+        self.offsets = {k: torch.from_numpy(split.ids[k][1]) for k in self.keys}
+        # single-id fields (every row has exactly one id) take a faster gather
+        self.single = {k: bool(len(split.ids[k][0]) == self.n and np.array_equal(split.ids[k][1], np.arange(self.n + 1)))
+                       for k in self.keys}
+        self.dense = torch.from_numpy(split.dense)
+        self.labels = torch.from_numpy(split.labels)
+        self.users = None if split.users is None else torch.from_numpy(split.users)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: torch.Tensor) -> Batch:
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        vals, lens = [], []
+        ones = None
+        for k in self.keys:
+            if self.single[k]:
+                vals.append(self.values[k][idx])
+                if ones is None:
+                    ones = torch.ones(idx.shape[0], dtype=torch.int64)
+                lens.append(ones)
+            else:
+                v, l = gather_jagged(self.values[k], self.offsets[k], idx)
+                vals.append(v)
+                lens.append(l)
+        sparse = KeyedJaggedTensor(
+            keys=self.keys,
+            values=torch.cat(vals) if vals else torch.zeros(0, dtype=torch.int64),
+            lengths=torch.cat(lens) if lens else torch.zeros(0, dtype=torch.int64),
+        )
+        return Batch(
+            dense=self.dense[idx],
+            sparse=sparse,
+            labels=self.labels[idx],
+            user_ids=None if self.users is None else self.users[idx],
+            rows=idx,
+        )
+
+
+class BatchIndexSampler(Sampler[torch.Tensor]):
+    """Yields index tensors of ``batch_size`` rows; shuffled with ``seed + epoch`` when asked.
+
+    The same seed gives the same order in every run; each ``__iter__`` is a new epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+            self.epoch += 1
+        else:
+            order = torch.arange(self.n)
+        for i in range(len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size]

@@ -1,0 +1,199 @@
+"""CTRDataModule: raw data -> fitted encoders -> train/valid/test/predict batches.
+
+Used from YAML (``data:`` section of an experiment)::
+
+    data:
+      class_path: recsys.data.CTRDataModule
+      init_args:
+        dataset: movielens-100k        # or synthetic, or path/to/data.parquet (+ schema:)
+        batch_size: 4096
+
+or from Python:
+
+>>> dm = CTRDataModule(dataset="synthetic", dataset_options={"n_rows": 2000}, batch_size=256)
+>>> dm.features.table_sizes["item_id"] > 2
+True
+>>> dm.setup("fit"); batch = next(iter(dm.train_dataloader())); len(batch)
+256
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytorch_lightning as L
+from torch.utils.data import DataLoader
+
+from recsys.data.batch import BatchIndexSampler, SplitDataset
+from recsys.data.preprocess import EncodedSplit, FeatureEncoder
+from recsys.data.sources import BUILTIN, read_table
+from recsys.errors import DataError
+from recsys.schema import Schema
+
+SPLITS = ("train", "valid", "test")
+
+
+class CTRDataModule(L.LightningDataModule):
+    """Loads a data set, fits the feature encoders on its train split, serves Batches.
+
+    Args:
+        dataset: ``synthetic`` (default, no download), ``movielens-100k``, or the path of a
+            parquet/CSV file (or directory of parquet files) holding every split.
+        schema: schema YAML. Required for a file data set; for a built-in one it replaces the
+            built-in schema (e.g. to drop fields or set per-field widths).
+        split_column: column holding ``train``/``valid``/``test`` in a file data set.
+        valid_path: separate validation file (then ``dataset`` is the train file and no split
+            column is needed).
+        test_path: separate test file.
+        predict_path: file to score with ``recsys predict`` (default: the test split).
+        dataset_options: options of a built-in data set (``n_rows``, ``seed``, ... for synthetic;
+            ``max_history``/``history_len`` for movielens-100k).
+        fields: keep only these schema fields (plus the tables they share); ``None`` keeps all.
+        batch_size: training batch size.
+        eval_batch_size: batch size for valid/test/predict (default: 4x ``batch_size``).
+        seed: seed of the shuffling order (epoch ``e`` uses ``seed + e``).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        schema: str | None = None,
+        split_column: str = "split",
+        valid_path: str | None = None,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        dataset_options: dict[str, Any] | None = None,
+        fields: list[str] | None = None,
+        batch_size: int = 4096,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}", where="data.batch_size")
+        self.dataset = dataset
+        self.schema_path = schema
+        self.split_column = split_column
+        self.valid_path, self.test_path, self.predict_path = valid_path, test_path, predict_path
+        self.dataset_options = dict(dataset_options or {})
+        self.fields = fields
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 4 * batch_size
+        self.seed = seed
+        self._features: FeatureEncoder | None = None
+        self._frames: dict[str, pl.DataFrame] = {}
+        self._encoded: dict[str, EncodedSplit] = {}
+        self._datasets: dict[str, SplitDataset] = {}
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        if self._frames:
+            return
+        if self.dataset in BUILTIN:
+            frame, schema = BUILTIN[self.dataset](**self.dataset_options)
+            source = self.dataset
+            if self.schema_path:
+                schema = Schema.from_yaml(self.schema_path)
+        else:
+            if self.dataset_options:
+                raise DataError(f"dataset_options apply to built-in data sets {sorted(BUILTIN)}, not files",
+                                where="data.dataset_options", fix="remove dataset_options")
+            if not self.schema_path:
+                raise DataError("a file data set needs a schema", where=f"data.dataset={self.dataset}",
+                                fix="add 'schema: path/to/schema.yaml' under data (or use a built-in data set: "
+                                    f"{sorted(BUILTIN)})")
+            schema = Schema.from_yaml(self.schema_path)
+            source = self.dataset
+            cols = list(schema.source_columns)
+            if self.valid_path is None and self.test_path is None:
+                frame = read_table(self.dataset, [c for c in cols if c != self.split_column] + [self.split_column])
+            else:
+                frame = None
+        if self.fields is not None:
+            schema = schema.select(self.fields)
+        self.schema = schema
+        if frame is not None:
+            if self.split_column not in frame.columns:
+                raise DataError(f"no split column {self.split_column!r}", where=source,
+                                fix="add a column with values train/valid/test, or pass valid_path/test_path")
+            split = frame[self.split_column].cast(pl.String)
+            for name in SPLITS:
+                self._frames[name] = frame.filter(split == name)
+        else:
+            cols = list(schema.source_columns)
+            self._frames["train"] = read_table(self.dataset, cols)
+            for name, path in (("valid", self.valid_path), ("test", self.test_path)):
+                if path is not None:
+                    self._frames[name] = read_table(path, cols)
+        self._source = source
+        for name in ("train", "valid"):
+            if name not in self._frames or len(self._frames[name]) == 0:
+                raise DataError(f"the {name} split is empty", where=f"{source} (split column {self.split_column!r})",
+                                fix=f"make sure some rows have {self.split_column} == {name!r}")
+
+    @property
+    def features(self) -> FeatureEncoder:
+        """The fitted FeatureEncoder (schema + encoders); fitting happens on first access."""
+        if self._features is None:
+            self._load()
+            self._features = FeatureEncoder(self.schema).fit(self._frames["train"], source=f"{self._source} [train]")
+        return self._features
+
+    def frame(self, split: str) -> pl.DataFrame:
+        """The raw (unencoded) rows of a split, or of the predict file for ``predict``."""
+        if split == "predict":
+            if self.predict_path:
+                if "predict" not in self._frames:
+                    self._frames["predict"] = read_table(self.predict_path)
+                return self._frames["predict"]
+            split = "test"
+        self._load()
+        if split not in self._frames or len(self._frames[split]) == 0:
+            raise DataError(f"the {split} split is empty", where=self._source,
+                            fix=f"provide {split} rows (split column or {split}_path)")
+        return self._frames[split]
+
+    def encoded(self, split: str) -> EncodedSplit:
+        if split not in self._encoded:
+            frame = self.frame(split)
+            src = f"{self.predict_path if split == 'predict' and self.predict_path else self._source} [{split}]"
+            self._encoded[split] = self.features.transform(frame, source=src, require_label=split != "predict")
+        return self._encoded[split]
+
+    def dataset_for(self, split: str) -> SplitDataset:
+        if split not in self._datasets:
+            keys = [f.name for f in self.features.schema.id_fields]
+            self._datasets[split] = SplitDataset(self.encoded(split), keys)
+        return self._datasets[split]
+
+    # -------------------------------------------------------------- lightning
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("predict",)}
+        for split in wanted.get(stage or "fit", SPLITS):
+            self.dataset_for(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset_for(split)
+        bs = self.batch_size if split == "train" else self.eval_batch_size
+        sampler = BatchIndexSampler(len(ds), bs, shuffle=shuffle, seed=self.seed)
+        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+    def predict_keys(self) -> pl.DataFrame:
+        """Key columns (user/item/time, where present) of the predict rows, in row order."""
+        frame = self.frame("predict")
+        cols = [c for c in self.features.schema.keys.values() if c in frame.columns]
+        return frame.select(cols) if cols else pl.DataFrame({"row": range(len(frame))})

@@ -1,0 +1,299 @@
+"""FeatureEncoder: a whole schema's encoders, fitted on train, applied to any split.
+
+The result of :meth:`FeatureEncoder.transform` is an :class:`EncodedSplit`: per id field a flat
+``values`` array and ``offsets`` (CSR layout, the same for single ids, multi-hot lists and
+sequences), one ``[N, Dn]`` float matrix for the standardized numerics, labels and user keys.
+:mod:`recsys.data.batch` slices batches out of it with vectorized gathers.
+
+>>> from recsys.schema import Schema
+>>> schema = Schema.from_dict({"label": "y", "fields": [
+...     {"name": "a", "kind": "categorical"}, {"name": "x", "kind": "numeric"},
+...     {"name": "tags", "kind": "multi_hot"}]})
+>>> df = pl.DataFrame({"a": ["u", "v", "u"], "x": [1.0, 2.0, 3.0],
+...                    "tags": [["p"], [], ["p", "q"]], "y": [1, 0, 1]})
+>>> enc = FeatureEncoder(schema).fit(df)
+>>> split = enc.transform(df)
+>>> split.ids["tags"][0].tolist(), split.ids["tags"][1].tolist()
+([2, 2, 3], [0, 1, 1, 3])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.data.encoders import (
+    HashEncoder,
+    QuantileBucketizer,
+    Standardizer,
+    Vocabulary,
+    encoder_from_dict,
+)
+from recsys.errors import DataError
+from recsys.schema import FieldSpec, Schema
+from recsys.utils import atomic_write_text
+
+
+@dataclass
+class EncodedSplit:
+    """One encoded split, columnar, ready for batching.
+
+    Attributes:
+        ids: field -> (values int64 [nnz], offsets int64 [N+1]); row i's ids are
+            ``values[offsets[i]:offsets[i+1]]``.
+        dense: float32 [N, Dn], standardized numerics in ``schema.dense_fields`` order.
+        labels: float32 [N] (zeros when the data has no label, e.g. at predict time).
+        users: int64 [N], the user key as a dense rank within this split (for grouped metrics),
+            or ``None`` when the schema has no user key.
+        has_labels: whether ``labels`` came from the data.
+    """
+
+    ids: dict[str, tuple[np.ndarray, np.ndarray]]
+    dense: np.ndarray
+    labels: np.ndarray
+    users: np.ndarray | None
+    has_labels: bool
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _dtype_class(dtype: pl.DataType) -> str:
+    """Coarse type of a column: int, float, bool, str, list[...] or other."""
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return f"list[{_dtype_class(dtype.inner)}]"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return "str"
+    return str(dtype)
+
+
+class FeatureEncoder:
+    """Fits and applies every field's encoder; validates data against the schema.
+
+    One encoder per embedding *table*: a sequence that ``shares: item_id`` uses item_id's
+    vocabulary, fitted on the item ids of both fields (their frequency counts add up). Numeric
+    fields get a :class:`Standardizer` or :class:`QuantileBucketizer`.
+
+    Args:
+        schema: the data's schema.
+    """
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.encoders_: dict[str, Any] = {}
+        self.dtypes_: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- checks
+    def validate(self, frame: pl.DataFrame, source: str, require_label: bool = True) -> None:
+        """Raise :class:`DataError` naming ``source`` and the column when ``frame`` can't be encoded."""
+        cols = set(frame.columns)
+        needed = [(f.source, f"schema field {f.name!r}") for f in self.schema.fields]
+        if require_label:
+            needed.append((self.schema.label, "the label"))
+        for col, what in needed:
+            if col not in cols:
+                raise DataError(
+                    f"column {col!r} ({what}) is missing; the file has columns {sorted(cols)}",
+                    where=source,
+                    fix=f"add the column, or fix the schema's name/column for {what}",
+                )
+        if len(frame) == 0:
+            raise DataError("no rows", where=source, fix="check the file and the split column / filters")
+        for f in self.schema.fields:
+            self._check_field(frame, f, source)
+        if require_label:
+            self._check_label(frame, source)
+
+    def _check_field(self, frame: pl.DataFrame, f: FieldSpec, source: str) -> None:
+        col = frame[f.source]
+        cls = _dtype_class(col.dtype)
+        where = f"{source}, column {f.source!r}"
+        if f.kind == "numeric":
+            if cls not in ("int", "float", "bool"):
+                raise DataError(f"numeric field {f.name!r} holds {col.dtype}, not numbers", where=where,
+                                fix="convert the column to numbers, or declare the field categorical")
+            if cls == "float":
+                bad = int((col.is_nan() | col.is_infinite()).sum())
+                if bad:
+                    raise DataError(f"{bad} NaN/inf values in numeric field {f.name!r}", where=where,
+                                    fix="replace them with nulls (treated as missing) or valid numbers")
+        elif f.is_list:
+            if not cls.startswith("list[") and not (cls == "str" and f.separator):
+                raise DataError(f"{f.kind} field {f.name!r} needs a list column, got {col.dtype}", where=where,
+                                fix="store lists (parquet) or set 'separator:' for a delimited string column")
+        elif cls.startswith("list["):
+            raise DataError(f"categorical field {f.name!r} holds lists ({col.dtype})", where=where,
+                            fix="declare it as multi_hot, or store one value per row")
+        known = self.dtypes_.get(f.source)
+        if known is not None and f.kind != "numeric" and _compatible(known, cls) is False:
+            raise DataError(f"field {f.name!r} holds {cls} values but was fitted on {known}", where=where,
+                            fix="give the column the same type as in the training data")
+
+    def _check_label(self, frame: pl.DataFrame, source: str) -> None:
+        label = self.schema.label
+        col = frame[label]
+        where = f"{source}, column {label!r}"
+        if _dtype_class(col.dtype) not in ("int", "float", "bool"):
+            raise DataError(f"the label must be 0/1, got type {col.dtype}", where=where,
+                            fix="encode the label as 0/1 integers")
+        nulls = col.null_count()
+        x = col.cast(pl.Float64)
+        bad = x.is_null() | ~x.is_in([0.0, 1.0])
+        n_bad = int(bad.sum())
+        if n_bad:
+            examples = col.filter(bad).head(3).to_list()
+            raise DataError(f"{n_bad} label values are not 0/1 (e.g. {examples}; {nulls} missing)", where=where,
+                            fix="binarize the label (e.g. 1 if rating >= 4 else 0) and drop unlabeled rows")
+
+    # -------------------------------------------------------------------- fit
+    def _flat(self, frame: pl.DataFrame, f: FieldSpec) -> pl.Series:
+        """All values of a field as one flat Series (lists exploded, truncated like transform)."""
+        col = frame[f.source]
+        if f.is_list:
+            # empty and null lists contribute nothing; null *elements* stay (they encode as missing)
+            return self._lists(col, f).explode(empty_as_null=False, keep_nulls=False)
+        return col
+
+    @staticmethod
+    def _lists(col: pl.Series, f: FieldSpec) -> pl.Series:
+        if f.separator and col.dtype == pl.String:
+            col = col.str.split(f.separator)
+        if f.kind == "sequence":
+            return col.list.tail(f.max_len)
+        if f.max_len:
+            return col.list.head(f.max_len)
+        return col
+
+    def fit(self, train: pl.DataFrame, source: str = "train split") -> "FeatureEncoder":
+        """Fit every encoder on ``train`` (a DataFrame with the schema's columns)."""
+        self.encoders_, self.dtypes_ = {}, {}
+        self.validate(train, source)
+        for f in self.schema.fields:
+            self.dtypes_[f.source] = _dtype_class(train[f.source].dtype)
+        for f in self.schema.fields:
+            if f.kind == "numeric":
+                enc = Standardizer() if f.is_dense else QuantileBucketizer(f.n_buckets)
+                self.encoders_[f.name] = enc.fit(train[f.source])
+        for table in self.schema.tables:
+            owner = self.schema.field(table)
+            if owner.kind == "numeric":
+                continue
+            flats = [self._normalize(self._flat(train, g)) for g in self.schema.fields_of_table(table)]
+            base = flats[0]
+            try:
+                values = pl.concat([base] + [s.cast(base.dtype) for s in flats[1:]])
+            except Exception:  # noqa: BLE001 - polars raises several types for bad casts
+                raise DataError(f"fields sharing table {table!r} hold incompatible value types "
+                                f"({[str(s.dtype) for s in flats]})", where=source,
+                                fix="store the shared ids with one type") from None
+            enc = HashEncoder(owner.hash_buckets) if owner.hash_buckets else Vocabulary(owner.min_count)
+            self.encoders_[table] = enc.fit(values)
+        return self
+
+    @staticmethod
+    def _normalize(s: pl.Series) -> pl.Series:
+        """Integers as Int64, everything else as strings, so vocabularies compare like with like."""
+        if s.dtype.is_integer():
+            return s.cast(pl.Int64)
+        return s.cast(pl.String)
+
+    def encoder_of(self, f: FieldSpec):
+        return self.encoders_[f.name if f.kind == "numeric" else f.table]
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.encoders_)
+
+    @property
+    def table_sizes(self) -> dict[str, int]:
+        """Embedding table name -> number of rows (ids), OOV and missing included."""
+        return {t: self.encoder_of(self.schema.field(t)).size for t in self.schema.tables}
+
+    # -------------------------------------------------------------- transform
+    def transform(self, frame: pl.DataFrame, source: str = "data", require_label: bool = True) -> EncodedSplit:
+        """Encode ``frame``. Unseen categories become OOV (id 0); nulls become id 1."""
+        if not self.is_fitted:
+            raise DataError("the feature encoder is not fitted", where=source, fix="call fit() on the train split first")
+        has_label = self.schema.label in frame.columns
+        self.validate(frame, source, require_label=require_label)
+        n = len(frame)
+        scalar = [f for f in self.schema.fields if not f.is_list]
+        exprs = []
+        for f in scalar:
+            col = pl.col(f.source)
+            if f.kind != "numeric":
+                col = col.cast(pl.Int64) if frame[f.source].dtype.is_integer() else col.cast(pl.String)
+            exprs.append(self.encoder_of(f).expr(col).alias(f.name))
+        enc = frame.select(exprs) if exprs else pl.DataFrame()
+        ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        one_each = np.arange(n + 1, dtype=np.int64)
+        for f in self.schema.id_fields:
+            if f.is_list:
+                lists = self._lists(frame[f.source], f)
+                lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+                flat = self._normalize(self._flat(frame, f))
+                values = pl.DataFrame({"v": flat}).select(self.encoder_of(f).expr(pl.col("v"))).to_series()
+                offsets = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                ids[f.name] = (values.to_numpy().astype(np.int64, copy=False), offsets)
+            else:
+                ids[f.name] = (enc[f.name].to_numpy().astype(np.int64, copy=False), one_each)
+        dense_names = [f.name for f in self.schema.dense_fields]
+        dense = (enc.select(dense_names).to_numpy().astype(np.float32) if dense_names
+                 else np.zeros((n, 0), dtype=np.float32))
+        labels = (frame[self.schema.label].cast(pl.Float32).to_numpy() if has_label
+                  else np.zeros(n, dtype=np.float32))
+        user_col = self.schema.keys.get("user")
+        users = None
+        if user_col and user_col in frame.columns:
+            users = frame[user_col].rank("dense").cast(pl.Int64).to_numpy()
+        return EncodedSplit(ids=ids, dense=np.ascontiguousarray(dense), labels=labels, users=users,
+                            has_labels=has_label)
+
+    # ---------------------------------------------------------------- storage
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema.to_dict(),
+            "dtypes": dict(self.dtypes_),
+            "encoders": {k: v.to_dict() for k, v in self.encoders_.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureEncoder":
+        enc = cls(Schema.from_dict(d["schema"]))
+        enc.dtypes_ = dict(d.get("dtypes", {}))
+        enc.encoders_ = {k: encoder_from_dict(v) for k, v in d["encoders"].items()}
+        return enc
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureEncoder":
+        p = Path(path)
+        if not p.is_file():
+            raise DataError("encoder file not found", where=str(p))
+        return cls.from_dict(json.loads(p.read_text()))
+
+
+def _compatible(fitted: str, now: str) -> bool:
+    """Whether ids of coarse type ``now`` can be looked up in a vocabulary fitted on ``fitted``.
+
+    Vocabularies hold integers or strings (see ``FeatureEncoder._normalize``); list-ness is
+    checked separately by the field kind.
+    """
+    def base(c: str) -> str:
+        c = c[5:-1] if c.startswith("list[") else c
+        return "int" if c == "int" else "str"
+    return base(fitted) == base(now)

@@ -1,0 +1,81 @@
+"""Where raw data comes from: built-in data sets by name, or any parquet/CSV file + schema YAML.
+
+Built-in names:
+
+* ``synthetic`` (default): seeded generator with planted signal, no download
+  (:mod:`recsys.data.datasets.synthetic`); options are ``SyntheticConfig`` fields.
+* ``movielens-100k``: the ``ml100k-ctr`` view (:mod:`recsys.data.datasets.movielens`);
+  options: ``max_history``.
+
+Anything else is a path to a ``.parquet`` or ``.csv`` file (or a directory of parquet files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from recsys.errors import DataError
+from recsys.schema import Schema
+
+BUILTIN: dict[str, Callable[..., tuple[pl.DataFrame, Schema]]] = {}
+
+
+def register_dataset(name: str):
+    """Decorator: register ``fn(**options) -> (frame with a split column, schema)`` under ``name``."""
+
+    def deco(fn):
+        BUILTIN[name] = fn
+        return fn
+
+    return deco
+
+
+@register_dataset("synthetic")
+def _synthetic(**options: Any) -> tuple[pl.DataFrame, Schema]:
+    from recsys.data.datasets.synthetic import make_synthetic
+
+    data = make_synthetic(**options)
+    return data.frame, data.schema
+
+
+@register_dataset("movielens-100k")
+def _movielens(max_history: int = 1000, history_len: int = 50) -> tuple[pl.DataFrame, Schema]:
+    from recsys.data.datasets.movielens import load_ml100k_ctr, ml100k_ctr_schema
+
+    return load_ml100k_ctr(max_history=max(max_history, history_len)), ml100k_ctr_schema(history_len=history_len)
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a parquet or CSV file (or a directory of parquet files), only ``columns`` if given.
+
+    Raises :class:`DataError` naming the path for a missing file, an unknown format or a read failure.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError("file not found", where=str(p), fix="check the path (relative paths start at the working directory)")
+    suffix = p.suffix.lower()
+    try:
+        if p.is_dir():
+            lf = pl.scan_parquet(str(p / "*.parquet"))
+        elif suffix in (".parquet", ".pq"):
+            lf = pl.scan_parquet(str(p))
+        elif suffix in (".csv", ".tsv", ".txt"):
+            lf = pl.scan_csv(str(p), separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10000)
+        else:
+            raise DataError(f"unsupported file type {suffix!r}", where=str(p), fix="use .parquet or .csv")
+        if columns is not None:
+            present = lf.collect_schema().names()
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise DataError(f"columns {missing} are missing; the file has {present}", where=str(p),
+                                fix="add the columns or fix the schema's field names / 'column:' entries")
+            lf = lf.select(columns)
+        return lf.collect()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - polars/OS errors become one clear message
+        raise DataError(f"could not read the file ({type(e).__name__}: {str(e).splitlines()[0]})", where=str(p),
+                        fix="check that it is a valid parquet/CSV file") from None

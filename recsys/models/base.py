@@ -1,0 +1,72 @@
+"""The model contract: ``RankingModel(features, **hparams)``, ``forward(Batch) -> ModelOutput``.
+
+A model is a plain ``nn.Module`` built from the fitted :class:`~recsys.data.FeatureEncoder`
+(schema + vocabulary sizes) and its own hyperparameters. It returns logits plus named auxiliary
+losses; the task owns the loss sum, optimizers and metrics.
+
+Every subclass records its constructor arguments (minus ``features``) in ``self.config`` as
+``{"class_path": ..., "init_args": {...}}``, so a checkpoint can rebuild the model from JSON
+without the experiment YAML (see :func:`recsys.tasks.ranking.load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    """``logits``: float ``[B]``; ``aux_losses``: name -> scalar, added to the loss by the task
+    (each weighted by the model's own coefficient); ``extras``: optional tensors for inspection."""
+
+    logits: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class RankingModel(nn.Module):
+    """Base class of CTR models. Subclasses take ``features`` as their first argument."""
+
+    config: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        original = cls.__dict__.get("__init__")
+        if original is None:
+            return
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            outermost = "_recording" not in self.__dict__
+            if outermost:
+                object.__setattr__(self, "_recording", True)
+            original(self, *args, **kw)
+            if outermost:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                init_args = {k: v for k, v in list(bound.arguments.items())[2:]}
+                object.__setattr__(self, "config", {
+                    "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                    "init_args": init_args,
+                })
+                del self.__dict__["_recording"]
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    def forward(self, batch: Any) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def build_model(config: dict[str, Any], features: Any) -> RankingModel:
+    """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``."""
+    module, _, name = config["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(features, **config.get("init_args", {}))

@@ -1,0 +1,138 @@
+"""Baselines that later models are judged against: logistic regression, DNN, DeepFM.
+
+Notation: B = batch, F = number of fields (id fields + numeric fields), D = embedding width.
+
+>>> from recsys.data import CTRDataModule
+>>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
+>>> batch = next(iter(dm.train_dataloader()))
+>>> DeepFM(dm.features, embedding_dim=4, hidden_units=[8])(batch).logits.shape
+torch.Size([8])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from recsys.data.preprocess import FeatureEncoder
+from recsys.models.base import ModelOutput, RankingModel
+from recsys.models.embedding import FeatureEmbedding
+from recsys.models.layers import MLP, FMInteraction
+
+
+class FirstOrder(nn.Module):
+    """Linear (wide) part: one weight per id (a width-1 table per schema table) plus a linear map
+    of the dense numerics and a bias. ``Batch -> [B]``."""
+
+    def __init__(self, features: FeatureEncoder, init_std: float = 1e-4):
+        super().__init__()
+        schema = features.schema
+        self.emb = FeatureEmbedding(features, embedding_dim=1, dims={t: 1 for t in schema.tables}, init_std=init_std)
+        n_dense = len(schema.dense_fields)
+        self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch) -> torch.Tensor:
+        logit = self.emb(batch).concat().sum(dim=1) + self.bias
+        if self.dense is not None:
+            logit = logit + self.dense(batch.dense).squeeze(1)
+        return logit
+
+
+class NumericEmbedding(nn.Module):
+    """Numeric field ``m`` embedded as ``x_m * v_m`` (one learned vector per field).
+
+    Shapes: ``dense [B, Dn] -> [B, Dn, D]``.
+    """
+
+    def __init__(self, n_dense: int, dim: int, init_std: float = 1e-4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_dense, dim) * init_std)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return dense.unsqueeze(2) * self.weight.unsqueeze(0)
+
+
+class LogisticRegression(RankingModel):
+    """One weight per feature value plus a linear map of numerics: ``Batch -> logits [B]``."""
+
+    def __init__(self, features: FeatureEncoder, init_std: float = 1e-4):
+        super().__init__()
+        self.linear = FirstOrder(features, init_std=init_std)
+
+    def forward(self, batch) -> ModelOutput:
+        return ModelOutput(logits=self.linear(batch))
+
+
+class DNN(RankingModel):
+    """MLP over the concatenated field embeddings and the raw standardized numerics.
+
+    Shapes: pooled embeddings ``[B, sum_f D_f]`` ++ dense ``[B, Dn]`` -> MLP -> ``[B]``.
+
+    Args:
+        features: fitted FeatureEncoder.
+        embedding_dim: default table width (per-table overrides in ``dims``).
+        hidden_units: MLP widths.
+        dropout: dropout after each hidden layer.
+        batch_norm: batch norm in the MLP.
+        dims: table -> width overrides.
+    """
+
+    def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, hidden_units: Sequence[int] = (256, 128),
+                 dropout: float = 0.0, batch_norm: bool = False, dims: dict[str, int] | None = None,
+                 init_std: float = 1e-4):
+        super().__init__()
+        self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims, init_std=init_std)
+        in_dim = self.embedding.pooled_dim + len(features.schema.dense_fields)
+        self.mlp = MLP(in_dim, list(hidden_units), out_dim=1, dropout=dropout, batch_norm=batch_norm)
+
+    def forward(self, batch) -> ModelOutput:
+        x = torch.cat([self.embedding(batch).concat(), batch.dense], dim=1)
+        return ModelOutput(logits=self.mlp(x).squeeze(1))
+
+
+class DeepFM(RankingModel):
+    """DeepFM (Guo et al., 2017): first-order + FM second-order + DNN, sharing the embeddings.
+
+    Fields: every id field's pooled vector and every numeric field's ``x * v``, so
+    ``E [B, F, D]`` with ``F = #id fields + #numeric fields``. Logit
+    ``= first_order(batch) + FM(E) + MLP(flatten(E))``. Needs one width D for FM; tables with
+    other widths (per-field ``dims``) are projected to ``embedding_dim``.
+
+    Args:
+        features: fitted FeatureEncoder.
+        embedding_dim: D.
+        hidden_units: MLP widths.
+        dropout: MLP dropout.
+        batch_norm: batch norm in the MLP.
+        dims: table -> width overrides (projected to D).
+        init_std: std of the N(0, std^2) embedding init.
+    """
+
+    def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, hidden_units: Sequence[int] = (256, 128),
+                 dropout: float = 0.0, batch_norm: bool = False, dims: dict[str, int] | None = None,
+                 init_std: float = 1e-4):
+        super().__init__()
+        self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
+                                          project_to=embedding_dim, init_std=init_std)
+        n_dense = len(features.schema.dense_fields)
+        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
+        self.first_order = FirstOrder(features, init_std=init_std)
+        self.fm = FMInteraction()
+        n_fields = len(self.embedding.pooled_names) + n_dense
+        self.mlp = MLP(n_fields * embedding_dim, list(hidden_units), out_dim=1, dropout=dropout,
+                       batch_norm=batch_norm)
+
+    def field_embeddings(self, batch) -> torch.Tensor:
+        """``E [B, F, D]``: id fields (schema order) then numeric fields."""
+        e = self.embedding(batch).stack()
+        if self.numeric is not None:
+            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
+        return e
+
+    def forward(self, batch) -> ModelOutput:
+        e = self.field_embeddings(batch)
+        logit = self.first_order(batch) + self.fm(e) + self.mlp(e.flatten(1)).squeeze(1)
+        return ModelOutput(logits=logit)

@@ -1,0 +1,224 @@
+"""RankingTask: the LightningModule that trains any ``RankingModel`` on binary labels.
+
+Loss = BCE(logits, labels) + sum of the model's ``aux_losses`` (each already weighted by the
+model). Logged per split (``train/``, ``val/``, ``test/``): ``loss`` (BCE + aux), ``logloss``
+(BCE alone), ``auc`` (exact ROC AUC over the whole epoch, torchmetrics' exact mode) and, for
+training, ``samples_per_s``.
+
+The model is given as a *factory* in YAML (jsonargparse turns ``class_path`` + ``init_args``
+into a callable that still needs the fitted features), so the data module can fit the encoders
+first and pass them in::
+
+    model:
+      class_path: recsys.tasks.RankingTask
+      init_args:
+        model:
+          class_path: recsys.models.DeepFM
+          init_args: {embedding_dim: 16, hidden_units: [256, 128]}
+        lr: 0.001
+
+Checkpoints carry the schema, the fitted encoders and the model's class path + arguments as
+JSON under ``checkpoint["recsys"]``: :func:`load_checkpoint` rebuilds the task from the file
+alone, loading it with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import pytorch_lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAUROC
+from torchrec import EmbeddingBagCollection, EmbeddingCollection
+
+from recsys.data.preprocess import FeatureEncoder
+from recsys.errors import RecsysError
+from recsys.models.base import RankingModel, build_model
+
+ModelFactory = Callable[[FeatureEncoder], RankingModel]
+
+_DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                     "adagrad": torch.optim.Adagrad}
+
+
+class RankingTask(L.LightningModule):
+    """Train/evaluate a CTR model with BCE, exact AUC and logloss.
+
+    Args:
+        model: factory ``features -> RankingModel`` (a ``class_path`` in YAML).
+        features: the fitted FeatureEncoder; linked from ``data.features`` by the CLI.
+        optimizer: optimizer of the dense (non-table) parameters, and of the tables unless
+            ``embedding_optimizer`` is set: ``adam``, ``adamw``, ``sgd`` or ``adagrad``.
+        lr: learning rate of ``optimizer``.
+        weight_decay: weight decay of ``optimizer`` (dense parameters only when the tables
+            have their own optimizer).
+        embedding_optimizer: a sparse-friendly optimizer for the embedding tables, applied
+            inside the backward pass with TorchRec's fused in-backward mechanism (only touched
+            rows are updated; the same setting DistributedModelParallel uses for sharded
+            tables): ``rowwise_adagrad``, ``adagrad``, ``adam`` or ``sgd``. ``None`` (default)
+            trains the tables with ``optimizer``.
+        embedding_lr: learning rate of ``embedding_optimizer`` (default: ``lr``).
+    """
+
+    def __init__(
+        self,
+        model: ModelFactory,
+        features: FeatureEncoder | None = None,
+        optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"] | None = None,
+        embedding_lr: float | None = None,
+    ):
+        super().__init__()
+        if features is None:
+            raise RecsysError("RankingTask needs the fitted features", where="model.features",
+                              fix="run through `recsys fit` (which links data.features) or pass features=")
+        self.save_hyperparameters(ignore=["model", "features"])
+        self.features = features
+        self.model = model(features) if not isinstance(model, RankingModel) else model
+        if not isinstance(self.model, RankingModel):
+            raise RecsysError(f"model factory returned {type(self.model).__name__}, not a RankingModel",
+                              where="model.init_args.model")
+        if optimizer not in _DENSE_OPTIMIZERS:
+            raise RecsysError(f"unknown optimizer {optimizer!r}", where="model.optimizer",
+                              fix=f"use one of {sorted(_DENSE_OPTIMIZERS)}")
+        self._in_backward = False
+        if embedding_optimizer is not None:
+            self._apply_embedding_optimizer(embedding_optimizer, embedding_lr or lr)
+        self.auc = torch.nn.ModuleDict({f"{s}_auc": BinaryAUROC(thresholds=None) for s in ("train", "val", "test")})
+        self._epoch_start = 0.0
+        self._epoch_samples = 0
+        self.throughput: list[float] = []  # train samples/s of each epoch, end to end
+
+    # ------------------------------------------------------------ optimizers
+    def table_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of every TorchRec table in the model."""
+        params = []
+        for m in self.model.modules():
+            if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)):
+                params.extend(m.parameters())
+        return params
+
+    def _apply_embedding_optimizer(self, name: str, lr: float) -> None:
+        import torchrec.optim as topt
+        from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+        classes = {"rowwise_adagrad": topt.RowWiseAdagrad, "adagrad": torch.optim.Adagrad,
+                   "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+        if name not in classes:
+            raise RecsysError(f"unknown embedding_optimizer {name!r}", where="model.embedding_optimizer",
+                              fix=f"use one of {sorted(classes)}")
+        apply_optimizer_in_backward(classes[name], self.table_parameters(), {"lr": lr})
+        self._in_backward = True
+
+    def configure_optimizers(self):
+        table_ids = {id(p) for p in self.table_parameters()} if self._in_backward else set()
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in table_ids]
+        cls = _DENSE_OPTIMIZERS[self.hparams.optimizer]
+        return cls(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -------------------------------------------------------------- steps
+    def forward(self, batch):
+        return self.model(batch)
+
+    def _shared_step(self, batch, split: str) -> torch.Tensor:
+        out = self.model(batch)
+        logits = out.logits
+        bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss = bce
+        for name, aux in out.aux_losses.items():
+            loss = loss + aux
+            self.log(f"{split}/aux_{name}", aux, batch_size=len(batch), on_step=False, on_epoch=True)
+        if not torch.isfinite(loss):
+            raise RecsysError(f"the {split} loss is {loss.item()} (not finite)", where=f"{split} step {self.global_step}",
+                              fix="lower the learning rate or check the numeric inputs")
+        self.auc[f"{split}_auc"].update(logits.detach(), batch.labels.long())
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, batch_size=len(batch), on_step=on_step, on_epoch=True, prog_bar=on_step)
+        self.log(f"{split}/logloss", bce, batch_size=len(batch), on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        self._epoch_samples += len(batch)
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return {"rows": batch.rows, "score": torch.sigmoid(self.model(batch).logits)}
+
+    # -------------------------------------------------------------- epochs
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_samples = 0
+
+    def _log_auc(self, split: str) -> None:
+        metric = self.auc[f"{split}_auc"]
+        if metric.update_count:
+            self.log(f"{split}/auc", metric.compute(), prog_bar=split == "val")
+        metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = time.perf_counter() - self._epoch_start
+        if elapsed > 0 and self._epoch_samples:
+            self.throughput.append(self._epoch_samples / elapsed)
+            self.log("train/samples_per_s", self._epoch_samples / elapsed)
+        self._log_auc("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_auc("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_auc("test")
+
+    # ---------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["recsys"] = {
+            "features": self.features.to_dict(),
+            "model": _jsonable(self.model.config),
+            "task": {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                     "init_args": _jsonable(dict(self.hparams))},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, recursively (checkpoints hold plain JSON types only)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> RankingTask:
+    """Rebuild a trained task from a checkpoint file alone (no YAML), in eval mode.
+
+    The file is read with ``weights_only=True``: schema, encoders and model arguments are JSON.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RecsysError("checkpoint not found", where=str(p), fix="check the path")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated/corrupt file raises various errors
+        raise RecsysError(f"cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                          where=str(p), fix="the file is corrupt or not a recsys checkpoint; retrain or pick another") from None
+    meta = ckpt.get("recsys")
+    if meta is None:
+        raise RecsysError("not a recsys checkpoint (no 'recsys' section)", where=str(p))
+    features = FeatureEncoder.from_dict(meta["features"])
+    model = build_model(meta["model"], features)
+    task_args = dict(meta["task"]["init_args"])
+    task_args.pop("embedding_optimizer", None)  # in-backward optimizers are for training only
+    task = RankingTask(model=model, features=features, **task_args)
+    task.load_state_dict(ckpt["state_dict"])
+    task.eval()
+    return task
