@@ -13,15 +13,13 @@ venv: $(BIN)/.installed
 
 $(BIN)/.installed: requirements-cpu.txt setup.cfg pyproject.toml packaging/fbgemm-gpu-shim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements-cpu.txt
 	$(BIN)/pip check
 	touch $@
 
 demo: venv
-	$(BIN)/recsys fit --config experiments/deepfm_synthetic.yaml --trainer.default_root_dir runs/demo
-	$(BIN)/recsys test --config experiments/deepfm_synthetic.yaml --trainer.default_root_dir runs/demo --ckpt_path best
+	$(BIN)/recsys fit --config experiments/deepfm_synthetic.yaml --trainer.enable_progress_bar false
 
 test: venv
 	$(BIN)/python -m pytest -q tests

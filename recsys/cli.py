@@ -68,6 +68,15 @@ def _make_cli_class():
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="fit: evaluate the best checkpoint on valid and test and write metrics.json")
 
+        def before_instantiate_classes(self) -> None:
+            # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
+            cfg = self.config.get(self.subcommand) if self.subcommand else None
+            if cfg is None or self.subcommand == "fit":
+                return
+            ckpt = cfg.get("ckpt_path")
+            if ckpt and ckpt not in ("best", "last", "hpc") and not cfg.data.init_args.get("features_from"):
+                cfg.data.init_args.features_from = ckpt
+
         def before_predict(self) -> None:
             cfg = self.config[self.subcommand]
             out = cfg.get("predict_out") or str(Path(self.trainer.log_dir or ".") / "predictions.parquet")

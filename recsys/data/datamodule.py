@@ -54,6 +54,9 @@ class CTRDataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for valid/test/predict (default: 4x ``batch_size``).
         seed: seed of the shuffling order (epoch ``e`` uses ``seed + e``).
+        features_from: a recsys checkpoint (or a FeatureEncoder JSON file) whose fitted encoders
+            to use instead of fitting on the train split; ``recsys predict/test/validate
+            --ckpt_path FILE`` sets it, so scoring maps raw values exactly as training did.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class CTRDataModule(L.LightningDataModule):
         batch_size: int = 4096,
         eval_batch_size: int | None = None,
         seed: int = 0,
+        features_from: str | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -82,6 +86,7 @@ class CTRDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 4 * batch_size
         self.seed = seed
+        self.features_from = features_from
         self._features: FeatureEncoder | None = None
         self._frames: dict[str, pl.DataFrame] = {}
         self._encoded: dict[str, EncodedSplit] = {}
@@ -138,7 +143,11 @@ class CTRDataModule(L.LightningDataModule):
         """The fitted FeatureEncoder (schema + encoders); fitting happens on first access."""
         if self._features is None:
             self._load()
-            self._features = FeatureEncoder(self.schema).fit(self._frames["train"], source=f"{self._source} [train]")
+            if self.features_from:
+                self._features = load_features(self.features_from)
+            else:
+                self._features = FeatureEncoder(self.schema).fit(self._frames["train"],
+                                                                 source=f"{self._source} [train]")
         return self._features
 
     def frame(self, split: str) -> pl.DataFrame:
@@ -197,3 +206,20 @@ class CTRDataModule(L.LightningDataModule):
         frame = self.frame("predict")
         cols = [c for c in self.features.schema.keys.values() if c in frame.columns]
         return frame.select(cols) if cols else pl.DataFrame({"row": range(len(frame))})
+
+
+def load_features(path: str) -> FeatureEncoder:
+    """Fitted encoders from a recsys checkpoint (``.ckpt``) or a FeatureEncoder JSON file."""
+    p = Path(path)
+    if p.suffix == ".json":
+        return FeatureEncoder.load(p)
+    if not p.is_file():
+        raise DataError("checkpoint not found", where=str(p), fix="check --ckpt_path / data.features_from")
+    import torch
+
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        return FeatureEncoder.from_dict(ckpt["recsys"]["features"])
+    except Exception as e:  # noqa: BLE001 - corrupt file, foreign checkpoint
+        raise DataError(f"cannot read fitted encoders from it ({type(e).__name__})", where=str(p),
+                        fix="pass a checkpoint written by recsys fit") from None

@@ -24,6 +24,7 @@ alone, loading it with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -216,7 +217,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> RankingTask:
         raise RecsysError("not a recsys checkpoint (no 'recsys' section)", where=str(p))
     features = FeatureEncoder.from_dict(meta["features"])
     model = build_model(meta["model"], features)
-    task_args = dict(meta["task"]["init_args"])
+    accepted = set(inspect.signature(RankingTask.__init__).parameters) - {"self", "model", "features"}
+    task_args = {k: v for k, v in meta["task"]["init_args"].items() if k in accepted}
     task_args.pop("embedding_optimizer", None)  # in-backward optimizers are for training only
     task = RankingTask(model=model, features=features, **task_args)
     task.load_state_dict(ckpt["state_dict"])

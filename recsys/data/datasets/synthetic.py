@@ -123,11 +123,11 @@ class NumericSpec:
 
 
 DEFAULT_CATEGORICALS: tuple[CategoricalSpec, ...] = (
-    CategoricalSpec("inf_2", 2, effect=0.5),
-    CategoricalSpec("inf_5", 5, effect=0.5, as_string=True),
-    CategoricalSpec("inf_10", 10, effect=0.5),
-    CategoricalSpec("inf_50", 50, effect=0.5, as_string=True),
-    CategoricalSpec("inf_1000", 1000, effect=0.5),
+    CategoricalSpec("inf_2", 2, effect=0.4),
+    CategoricalSpec("inf_5", 5, effect=0.4, as_string=True),
+    CategoricalSpec("inf_10", 10, effect=0.4),
+    CategoricalSpec("inf_50", 50, effect=0.4, as_string=True),
+    CategoricalSpec("inf_1000", 1000, effect=0.4),
     CategoricalSpec("noise_10", 10),
     CategoricalSpec("noise_100", 100, zipf=1.1, as_string=True),
     CategoricalSpec("noise_10000", 10_000, zipf=1.1, min_count=2),
@@ -135,7 +135,7 @@ DEFAULT_CATEGORICALS: tuple[CategoricalSpec, ...] = (
 )
 
 DEFAULT_NUMERICS: tuple[NumericSpec, ...] = (
-    NumericSpec("num_inf", effect=0.5, loc=3.0, scale=2.0),
+    NumericSpec("num_inf", effect=0.4, loc=3.0, scale=2.0),
     NumericSpec("num_noise", loc=0.0, scale=1.0, log=True),
 )
 
@@ -192,19 +192,19 @@ class SyntheticConfig:
     seed: int = 0
     user_zipf: float = 0.5
     item_zipf: float = 0.7
-    user_effect: float = 0.4
-    item_effect: float = 0.4
+    user_effect: float = 0.3
+    item_effect: float = 0.3
     categoricals: tuple[CategoricalSpec, ...] = DEFAULT_CATEGORICALS
     numerics: tuple[NumericSpec, ...] = DEFAULT_NUMERICS
     n_tags: int = 30
     max_tags: int = 4
     tags_zipf: float = 0.5
-    tags_effect: float = 1.0
+    tags_effect: float = 0.8
     history_max_len: int = 20
     n_clusters: int = 20
     user_clusters: int = 2
     cluster_affinity: float = 0.5
-    history_effect: float = 2.0
+    history_effect: float = 4.0
     effect_scale: float = 1.0
     base_rate: float = 0.3
     start_time: int = 1_700_000_000

@@ -1,0 +1,227 @@
+"""The synthetic CTR generator: determinism, splits, history, planted signal, schema, benchmark data."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.data.datasets.synthetic import (
+    CategoricalSpec,
+    SyntheticConfig,
+    feature_ranking_config,
+    make_feature_ranking_data,
+    make_synthetic,
+    roc_auc,
+)
+from recsys.errors import ConfigError
+from recsys.schema import Schema
+
+SMALL = dict(n_rows=3_000, n_users=60, n_items=200)
+
+
+@pytest.fixture(scope="module")
+def default():
+    return make_synthetic()
+
+
+@pytest.fixture(scope="module")
+def ranking():
+    return make_feature_ranking_data(n_rows=100_000, seed=0)
+
+
+def _chi2(frame: pl.DataFrame, col: str) -> tuple[float, int]:
+    """Pearson chi-square of ``col`` x label (df = values - 1): label-rate spread across values."""
+    p = frame["label"].mean()
+    g = frame.group_by(col).agg(pl.col("label").mean().alias("m"), pl.len().alias("n"))
+    return float((g["n"] * (g["m"] - p) ** 2).sum() / (p * (1 - p))), g.height - 1
+
+
+# --------------------------------------------------------------------------------- determinism
+def test_same_seed_same_frame_and_different_seed_differs():
+    a = make_synthetic(**SMALL, seed=3)
+    b = make_synthetic(SyntheticConfig(**SMALL, seed=3))
+    assert a.frame.equals(b.frame)
+    assert a.oracle_auc == b.oracle_auc
+    c = make_synthetic(**SMALL, seed=4)
+    assert not a.frame.equals(c.frame)
+    assert not a.frame["label"].equals(c.frame["label"])
+
+
+def test_adding_a_column_leaves_the_others_unchanged():
+    base = make_synthetic(**SMALL)
+    cfg = SyntheticConfig(**SMALL)
+    more = make_synthetic(cfg, categoricals=cfg.categoricals + (CategoricalSpec("extra_noise", 7),))
+    assert more.frame.drop("extra_noise").equals(base.frame)  # noise column: same labels too
+
+
+# ------------------------------------------------------------------------------- shape, types
+def test_columns_dtypes_and_order(default):
+    f = default.frame
+    assert f.height == 50_000
+    assert f["label"].dtype == pl.Int8 and set(f["label"].unique()) <= {0, 1}
+    assert f["split"].dtype == pl.String
+    assert f["_p_true"].dtype == pl.Float64 and f["_p_true"].is_between(0, 1).all()
+    for c in ("user_id", "item_id", "timestamp", "inf_2", "inf_10", "inf_1000"):
+        assert f[c].dtype == pl.Int64, c
+    assert f["inf_5"].dtype == pl.String and f["inf_5"].str.starts_with("c1_").all()
+    assert f["tags"].dtype == pl.List(pl.String)
+    assert f["history"].dtype == pl.List(pl.Int64)
+    tag_len = f["tags"].list.len()
+    assert tag_len.min() == 1 and tag_len.max() == 4
+    assert (f["tags"].list.n_unique() == tag_len).all()  # distinct tags per row
+    assert f["user_id"].max() < 2_000 and f["item_id"].max() < 1_000
+    # sorted by (timestamp, user_id, item_id)
+    assert f.select("timestamp", "user_id", "item_id").equals(f.select("timestamp", "user_id", "item_id").sort(
+        "timestamp", "user_id", "item_id"))
+
+
+def test_missing_column_has_about_20_percent_nulls(default):
+    frac = default.frame["noise_missing"].null_count() / default.frame.height
+    assert abs(frac - 0.2) < 0.01  # binomial std at 50k rows is 0.0018
+    assert default.frame.drop("noise_missing").null_count().sum_horizontal().item() == 0
+
+
+# ---------------------------------------------------------------------------------- splits
+def test_split_is_80_10_10_by_time(default):
+    f = default.frame
+    counts = dict(f.group_by("split").len().iter_rows())
+    assert counts == {"train": 40_000, "valid": 5_000, "test": 5_000}
+    assert f["split"].to_list() == ["train"] * 40_000 + ["valid"] * 5_000 + ["test"] * 5_000
+    ts = {s: f.filter(pl.col("split") == s)["timestamp"] for s in ("train", "valid", "test")}
+    assert ts["train"].max() <= ts["valid"].min() and ts["valid"].max() <= ts["test"].min()
+
+
+# --------------------------------------------------------------------------------- history
+def test_history_is_the_users_strictly_earlier_items_last_max_len():
+    L = 5
+    # 3,000 rows over 10 minutes: many same-second rows of one user (ties must be excluded)
+    d = make_synthetic(**SMALL, history_max_len=L, time_span_s=600, seed=1)
+    f = d.frame
+    assert f.select(pl.struct("user_id", "timestamp").is_duplicated().sum()).item() > 100
+    seen: dict[int, list[tuple[int, int]]] = {}
+    n_nonempty = 0
+    for user, ts, item, hist in f.select("user_id", "timestamp", "item_id", "history").iter_rows():
+        earlier = [i for t, i in seen.get(user, []) if t < ts]  # frame order = (timestamp, item_id)
+        assert hist == earlier[-L:]
+        n_nonempty += bool(hist)
+        seen.setdefault(user, []).append((ts, item))
+    assert n_nonempty > 0.9 * f.height
+    assert f["history"].list.len().max() == L
+    assert d.schema.field("history").max_len == L and d.schema.field("history").shares == "item_id"
+
+
+def test_history_max_len_zero_drops_the_sequence():
+    d = make_synthetic(**SMALL, history_max_len=0)
+    assert "history" not in d.frame.columns and "history" not in d.schema.names
+
+
+# ------------------------------------------------------------------------------ label, signal
+def test_positive_rate(default):
+    assert 0.27 < default.frame["label"].mean() < 0.33  # base_rate 0.3
+    assert abs(default.frame["_p_true"].mean() - 0.3) < 1e-6  # the intercept is solved for it
+    d = make_synthetic(**SMALL, base_rate=0.1)
+    assert 0.07 < d.frame["label"].mean() < 0.13
+
+
+def test_oracle_auc_in_target_band(default):
+    assert set(default.oracle_auc) == {"train", "valid", "test"}
+    for split, auc in default.oracle_auc.items():
+        assert 0.75 <= auc <= 0.85, (split, auc)
+        sub = default.frame.filter(pl.col("split") == split)
+        assert auc == pytest.approx(roc_auc(sub["label"].to_numpy(), sub["_p_true"].to_numpy()), abs=1e-12)
+
+
+def test_roc_auc_matches_pairwise_count_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.4
+    s = rng.integers(0, 8, 300).astype(float)  # many ties
+    pos, neg = s[y], s[~y]
+    pairs = [(a > b) + 0.5 * (a == b) for a, b in itertools.product(pos, neg)]
+    assert roc_auc(y, s) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert np.isnan(roc_auc(np.ones(3), np.arange(3.0)))
+
+
+def test_informative_column_carries_signal_noise_column_does_not(default):
+    f = default.frame
+    # Pearson chi-square of value x label, df = 9 for both (cardinality 10, uniform values).
+    # Noise: chi2(9), P(> 40) < 1e-5. Informative (effect std 0.4 on the logit, 50k rows): ~1,000.
+    chi_inf, df_inf = _chi2(f, "inf_10")
+    chi_noise, df_noise = _chi2(f, "noise_10")
+    assert df_inf == df_noise == 9
+    assert chi_noise < 40
+    assert chi_inf > 400
+    assert _chi2(f, "inf_2")[0] > 200 and _chi2(f, "inf_5")[0] > 200
+    # numeric: |correlation| of the noise under 4 standard errors (1/sqrt(n)), informative well above
+    y = f["label"].cast(pl.Float64)
+    se = 1 / np.sqrt(f.height)
+    assert abs(np.corrcoef(np.log(f["num_noise"].to_numpy()), y.to_numpy())[0, 1]) < 4 * se
+    assert np.corrcoef(f["num_inf"].to_numpy(), y.to_numpy())[0, 1] > 20 * se
+    assert set(default.informative) == {"user_id", "item_id", "inf_2", "inf_5", "inf_10", "inf_50", "inf_1000",
+                                        "tags", "num_inf", "history"}
+    assert set(default.noise) == {"noise_10", "noise_100", "noise_10000", "noise_missing", "num_noise"}
+
+
+def test_history_affinity_is_planted(default):
+    # the oracle loses ranking power without the history effect, by far more than seed noise
+    flat = make_synthetic(history_effect=0.0)
+    assert "history" not in flat.informative
+    assert default.oracle_auc["test"] - flat.oracle_auc["test"] > 0.01
+
+
+# ------------------------------------------------------------------------------------ schema
+def test_schema_validates_and_names_existing_columns(default):
+    s = default.schema
+    assert Schema.from_dict(s.to_dict()) == s
+    assert s.label == "label"
+    assert s.keys == {"user": "user_id", "item": "item_id", "time": "timestamp"}
+    assert set(s.source_columns) <= set(default.frame.columns)
+    assert "_p_true" not in s.source_columns and "split" not in s.source_columns
+    assert set(default.informative) | set(default.noise) == set(s.names)
+    assert s.field("tags").kind == "multi_hot" and s.field("num_inf").kind == "numeric"
+    assert [f.name for f in s.sequence_fields] == ["history"]
+
+
+def test_config_errors_and_dict_specs():
+    with pytest.raises(ConfigError, match="unknown options"):
+        make_synthetic(n_rowz=10)
+    with pytest.raises(ConfigError, match="n_rows"):
+        SyntheticConfig(n_rows=0)
+    with pytest.raises(ConfigError, match="copy_of"):
+        SyntheticConfig(categoricals=({"name": "a", "cardinality": 3, "copy_of": "missing"},))
+    d = make_synthetic(**SMALL, categoricals=[{"name": "a", "cardinality": 3, "effect": 0.5, "as_string": True}])
+    assert d.frame["a"].str.starts_with("c0_").all() and "a" in d.informative
+
+
+# ---------------------------------------------------------------------- feature-ranking data
+def test_feature_ranking_data(ranking):
+    f, s = ranking.frame, ranking.schema
+    assert f.height == 100_000
+    assert len(s.fields) == 40
+    assert set(s.source_columns) <= set(f.columns)
+    assert ranking.informative == ["inf_2", "inf_5", "inf_10", "inf_50", "inf_10000", "tags", "num_inf"]
+    assert ranking.redundant == ["inf_10_copy"]
+    assert len(ranking.noise) == 32 and not set(ranking.noise) & set(ranking.informative)
+    assert "history" not in f.columns
+    for name, k in [("inf_2", 2), ("inf_5", 5), ("inf_10", 10), ("inf_50", 50), ("noise_10", 10), ("noise_2", 2),
+                    ("noise_5", 5), ("noise_100", 100), ("noise_1000", 1_000)]:
+        assert f[name].n_unique() == k, name
+    assert f["inf_10000"].n_unique() > 9_900  # 10 rows per value on average
+    for i in range(5):
+        assert f[f"noise_100k_{i}"].n_unique() > 60_000 and f[f"noise_1m_{i}"].n_unique() > 95_000
+    assert f["noise_zipf_100k_0"].n_unique() < f["noise_100k_0"].n_unique()  # Zipf: head-heavy
+    assert abs(f["noise_missing_50"].null_count() / f.height - 0.5) < 0.01  # binomial std 0.0016
+    agree = (f["inf_10"].cast(pl.String) == f["inf_10_copy"].str.split("_").list.last()).mean()
+    assert abs(agree - (0.7 + 0.3 / 10)) < 0.01  # kept 70%, else a uniform value
+    chi_inf, _ = _chi2(f, "inf_10")
+    chi_noise, _ = _chi2(f, "noise_10")
+    assert chi_noise < 40 and chi_inf > 400
+    assert 0.7 < ranking.oracle_auc["test"] < 0.85
+
+
+def test_feature_ranking_config_is_a_synthetic_config():
+    cfg = feature_ranking_config(n_rows=2_000, seed=5)
+    assert cfg.n_rows == 2_000 and cfg.seed == 5 and cfg.history_max_len == 0
+    assert make_synthetic(cfg).frame.equals(make_feature_ranking_data(n_rows=2_000, seed=5).frame)
