@@ -81,20 +81,26 @@ def gather_jagged(values: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor
     return values[pos], lengths
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory; read-only arrays (zero-copy views of polars data) are
+    copied first, since torch tensors over read-only memory are undefined behaviour when written."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 class SplitDataset(Dataset):
     """An encoded split held as tensors; ``ds[idx_tensor]`` returns a whole :class:`Batch`."""
 
     def __init__(self, split: EncodedSplit, keys: list[str]):
         self.keys = list(keys)
         self.n = len(split)
-        self.values = {k: torch.from_numpy(split.ids[k][0]) for k in self.keys}
-        self.offsets = {k: torch.from_numpy(split.ids[k][1]) for k in self.keys}
+        self.values = {k: _tensor(split.ids[k][0]) for k in self.keys}
+        self.offsets = {k: _tensor(split.ids[k][1]) for k in self.keys}
         # single-id fields (every row has exactly one id) take a faster gather
         self.single = {k: bool(len(split.ids[k][0]) == self.n and np.array_equal(split.ids[k][1], np.arange(self.n + 1)))
                        for k in self.keys}
-        self.dense = torch.from_numpy(split.dense)
-        self.labels = torch.from_numpy(split.labels)
-        self.users = None if split.users is None else torch.from_numpy(split.users)
+        self.dense = _tensor(split.dense)
+        self.labels = _tensor(split.labels)
+        self.users = None if split.users is None else _tensor(split.users)
 
     def __len__(self) -> int:
         return self.n

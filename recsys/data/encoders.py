@@ -61,7 +61,8 @@ class Vocabulary:
 
     def fit(self, values: pl.Series) -> "Vocabulary":
         """Count the non-null values of ``values`` (already flattened for list columns)."""
-        counts = values.drop_nulls().value_counts(name="n")
+        # a fixed series name: the raw column's own name could collide with "n" / "_key" below
+        counts = values.alias("value").drop_nulls().value_counts(name="n")
         counts = counts.filter(pl.col("n") >= self.min_count)
         col = counts.columns[0]
         counts = counts.with_columns(pl.col(col).cast(pl.String).alias("_key")).sort(

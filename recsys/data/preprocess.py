@@ -168,7 +168,8 @@ class FeatureEncoder:
     @staticmethod
     def _lists(col: pl.Series, f: FieldSpec) -> pl.Series:
         if f.separator and col.dtype == pl.String:
-            col = col.str.split(f.separator)
+            # empty tokens are no values: "" is an empty list (like []), "a|" is ["a"]
+            col = col.str.split(f.separator).list.eval(pl.element().filter(pl.element() != ""))
         if f.kind == "sequence":
             return col.list.tail(f.max_len)
         if f.max_len:

@@ -62,6 +62,9 @@ class RankingTask(L.LightningModule):
             tables): ``rowwise_adagrad``, ``adagrad``, ``adam`` or ``sgd``. ``None`` (default)
             trains the tables with ``optimizer``.
         embedding_lr: learning rate of ``embedding_optimizer`` (default: ``lr``).
+        plateau_factor: multiply the learning rate by this factor after every validation
+            epoch whose AUC does not improve (ReduceLROnPlateau, patience 0; FuxiCTR's default
+            recipe uses 0.1). ``None`` keeps the rate constant.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class RankingTask(L.LightningModule):
         weight_decay: float = 0.0,
         embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"] | None = None,
         embedding_lr: float | None = None,
+        plateau_factor: float | None = None,
     ):
         super().__init__()
         if features is None:
@@ -120,7 +124,12 @@ class RankingTask(L.LightningModule):
         table_ids = {id(p) for p in self.table_parameters()} if self._in_backward else set()
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in table_ids]
         cls = _DENSE_OPTIMIZERS[self.hparams.optimizer]
-        return cls(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = cls(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.plateau_factor is None:
+            return opt
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=self.hparams.plateau_factor,
+                                                           patience=0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/auc", "interval": "epoch"}}
 
     # -------------------------------------------------------------- steps
     def forward(self, batch):

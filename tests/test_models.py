@@ -1,0 +1,132 @@
+"""FeatureEmbedding (TorchRec tables), baselines, model config capture, RankingTask optimizers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from recsys.data import CTRDataModule
+from recsys.models import DNN, DeepFM, FeatureEmbedding, LogisticRegression, build_model
+from recsys.models.layers import FMInteraction
+from recsys.tasks import RankingTask
+
+
+@pytest.fixture(scope="module")
+def dm():
+    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_max_len": 6}, batch_size=64)
+    d.setup("fit")
+    return d
+
+
+@pytest.fixture(scope="module")
+def batch(dm):
+    return next(iter(dm.train_dataloader()))
+
+
+def _rows(batch, key):
+    """The ids of every row for one KJT key, as Python lists (independent of the model code)."""
+    jt = batch.sparse[key]
+    vals, lens = jt.values().tolist(), jt.lengths().tolist()
+    out, pos = [], 0
+    for n in lens:
+        out.append(vals[pos:pos + n])
+        pos += n
+    return out
+
+
+def test_shared_table_is_one_parameter_and_pools_item_rows(dm, batch):
+    schema = dm.features.schema
+    seq = schema.sequence_fields[0]
+    assert seq.shares == "item_id"
+    emb = FeatureEmbedding(dm.features, embedding_dim=4, init_std=0.1)
+    weights = dict(emb.named_parameters())
+    assert sum(1 for n in weights if "item_id" in n) == 1  # history has no table of its own
+    table = weights["ebc.embedding_bags.item_id.weight"]
+    out = emb(batch)
+    for i, ids in enumerate(_rows(batch, seq.name)):
+        expected = table[ids].mean(0) if ids else torch.zeros(4)
+        torch.testing.assert_close(out.pooled[seq.name][i], expected)
+    for i, ids in enumerate(_rows(batch, "item_id")):
+        torch.testing.assert_close(out.pooled["item_id"][i], table[ids[0]])
+
+
+def test_unpooled_sequence_is_padded_with_mask(dm, batch):
+    seq = dm.features.schema.sequence_fields[0]
+    emb = FeatureEmbedding(dm.features, embedding_dim=4, unpooled=[seq.name], init_std=0.1)
+    table = dict(emb.named_parameters())["ec.embeddings.item_id.weight"]
+    out = emb(batch)
+    dense, mask = out.sequences[seq.name]
+    assert dense.shape == (len(batch), seq.max_len, 4) and mask.shape == (len(batch), seq.max_len)
+    for i, ids in enumerate(_rows(batch, seq.name)):
+        assert mask[i].sum().item() == len(ids)
+        if ids:
+            torch.testing.assert_close(dense[i, :len(ids)], table[ids])
+        assert torch.all(dense[i, len(ids):] == 0)
+    # the target item comes from the same (EmbeddingCollection) table
+    for i, ids in enumerate(_rows(batch, "item_id")):
+        torch.testing.assert_close(out.pooled["item_id"][i], table[ids[0]])
+    assert seq.name not in out.pooled
+
+
+def test_per_field_widths_and_projection(dm, batch):
+    tables = dm.features.schema.tables
+    dims = {tables[0]: 3, tables[1]: 7}
+    emb = FeatureEmbedding(dm.features, embedding_dim=5, dims=dims)
+    out = emb(batch)
+    for f in dm.features.schema.id_fields:
+        assert out.pooled[f.name].shape == (len(batch), dims.get(f.table, 5))
+    assert out.concat().shape[1] == emb.pooled_dim
+    proj = FeatureEmbedding(dm.features, embedding_dim=5, dims=dims, project_to=5)
+    assert proj(batch).stack().shape == (len(batch), len(proj.pooled_names), 5)
+    assert set(proj.projections) == {f.name for f in dm.features.schema.id_fields if f.table in dims}
+
+
+def test_bad_embedding_config_fails_at_construction(dm):
+    with pytest.raises(ValueError, match="unknown tables"):
+        FeatureEmbedding(dm.features, dims={"nope": 4})
+    with pytest.raises(ValueError, match="not a sequence"):
+        FeatureEmbedding(dm.features, unpooled=["item_id"])
+    with pytest.raises(ValueError, match="embedding_dim"):
+        FeatureEmbedding(dm.features, embedding_dim=0)
+
+
+def test_fm_interaction_equals_pairwise_dot_products():
+    e = torch.randn(3, 5, 4)
+    brute = torch.stack([sum((e[b, i] * e[b, j]).sum() for i, j in itertools.combinations(range(5), 2))
+                         for b in range(3)])
+    torch.testing.assert_close(FMInteraction()(e), brute)
+
+
+@pytest.mark.parametrize("cls", [LogisticRegression, DNN, DeepFM])
+def test_model_config_rebuilds_identical_model(dm, batch, cls):
+    torch.manual_seed(0)
+    kwargs = {} if cls is LogisticRegression else {"embedding_dim": 6, "hidden_units": [8]}
+    model = cls(dm.features, **kwargs)
+    assert model.config["class_path"].endswith(cls.__name__)
+    assert "features" not in model.config["init_args"]
+    rebuilt = build_model(model.config, dm.features)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt(batch).logits, model(batch).logits)
+    assert model(batch).logits.shape == (len(batch),)
+
+
+def test_in_backward_embedding_optimizer_updates_tables_outside_dense_optimizer(dm, batch):
+    task = RankingTask(model=lambda f: DeepFM(f, embedding_dim=4, hidden_units=[8]), features=dm.features,
+                       embedding_optimizer="rowwise_adagrad", embedding_lr=0.5)
+    opt = task.configure_optimizers()
+    table_ids = {id(p) for p in task.table_parameters()}
+    assert table_ids and not any(id(p) in table_ids for g in opt.param_groups for p in g["params"])
+    item_table = dict(task.model.embedding.named_parameters())["ebc.embedding_bags.item_id.weight"]
+    before = item_table.detach().clone()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(task(batch).logits, batch.labels)
+    loss.backward()
+    touched = sorted(set(_rows(batch, "item_id")[i][0] for i in range(len(batch))))
+    changed = (item_table.detach() != before).any(dim=1)
+    assert changed[touched].all()  # rows in the batch moved during backward (no optimizer.step())
+    untouched = torch.ones(len(before), dtype=torch.bool)
+    untouched[touched] = False
+    hist = {i for ids in _rows(batch, dm.features.schema.sequence_fields[0].name) for i in ids}
+    untouched[list(hist)] = False
+    assert not changed[untouched].any()  # row-wise: other rows untouched
