@@ -197,6 +197,14 @@ def test_feature_encoder_tiny_by_hand(tiny_schema, tiny_frame):
     assert split.users.tolist() == [1, 1, 2, 2, 3, 1, 2, 4]
 
 
+def test_user_key_with_nulls_stays_integer(tiny_schema, tiny_frame):
+    enc = FeatureEncoder(tiny_schema).fit(tiny_frame)
+    frame = tiny_frame.with_columns(pl.Series("user_id", ["u1", None, "u2", "u1", "u3", "u1", None, "u4"]))
+    users = enc.transform(frame).users
+    assert users.dtype == np.int64
+    assert users.tolist() == [1, 0, 2, 1, 3, 1, 0, 4]  # dense ranks; rows without a user share group 0
+
+
 def test_shared_table_one_vocabulary_counting_both_fields(tiny_schema, tiny_frame):
     enc = FeatureEncoder(tiny_schema).fit(tiny_frame)
     assert "history" not in enc.encoders_ and "history" not in enc.table_sizes
@@ -251,6 +259,20 @@ def test_separator_column_equals_list_column():
     sa, sb = a.transform(df_list), b.transform(df_str)
     assert sa.ids["t"][1].tolist() == sb.ids["t"][1].tolist() == [0, 2, 3, 3, 3, 5, 6]
     assert sa.ids["t"][0].tolist() == sb.ids["t"][0].tolist()
+
+
+def test_separator_on_categorical_dtype_column():
+    """A dictionary-encoded string column (polars Categorical, e.g. from pandas) splits like a String one."""
+    schema = Schema.from_dict({"label": "y", "fields": [{"name": "t", "kind": "multi_hot", "separator": "|"},
+                                                        {"name": "c", "kind": "categorical"}]})
+    plain = pl.DataFrame({"t": ["a|b", "b", None], "c": ["x", "y", "x"], "y": [0, 1, 0]})
+    cat = plain.with_columns(pl.col("t", "c").cast(pl.Categorical))
+    a, b = FeatureEncoder(schema).fit(plain), FeatureEncoder(schema).fit(cat)
+    sa, sb = a.transform(plain), b.transform(cat)
+    for k in ("t", "c"):
+        assert sa.ids[k][0].tolist() == sb.ids[k][0].tolist() and sa.ids[k][1].tolist() == sb.ids[k][1].tolist()
+    assert sb.ids["t"][0].tolist() == [3, 2, 2]  # b x2 -> 2, a -> 3
+    assert a.transform(cat).ids["c"][0].tolist() == [2, 3, 2]  # fitted on String, applied to Categorical
 
 
 def test_separator_sequence_shares_integer_table():
@@ -324,6 +346,17 @@ def test_type_mismatch_at_transform(tiny_schema, tiny_frame):
     # an integer column of another width is fine
     same = enc.transform(tiny_frame.with_columns(pl.col("item_id").cast(pl.Int32)))
     assert same.ids["item_id"][0].tolist() == enc.transform(tiny_frame).ids["item_id"][0].tolist()
+
+
+def test_all_null_columns_at_transform(tiny_schema, tiny_frame):
+    """A column with no values at all (polars dtype Null / List(Null)) is not a type mismatch."""
+    enc = FeatureEncoder(tiny_schema).fit(tiny_frame)
+    frame = tiny_frame.with_columns(pl.Series("item_id", [None] * 8), pl.Series("zip", [None] * 8),
+                                    pl.Series("history", [[]] * 8), pl.Series("genres", [[]] * 8))
+    assert frame["item_id"].dtype == pl.Null and frame["history"].dtype == pl.List(pl.Null)
+    split = enc.transform(frame)
+    assert split.ids["item_id"][0].tolist() == split.ids["zip"][0].tolist() == [1] * 8
+    assert split.ids["history"][1].tolist() == split.ids["genres"][1].tolist() == [0] * 9
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -167,9 +167,9 @@ class FeatureEncoder:
 
     @staticmethod
     def _lists(col: pl.Series, f: FieldSpec) -> pl.Series:
-        if f.separator and col.dtype == pl.String:
+        if f.separator and _dtype_class(col.dtype) == "str":  # String, Categorical or Enum
             # empty tokens are no values: "" is an empty list (like []), "a|" is ["a"]
-            col = col.str.split(f.separator).list.eval(pl.element().filter(pl.element() != ""))
+            col = col.cast(pl.String).str.split(f.separator).list.eval(pl.element().filter(pl.element() != ""))
         if f.kind == "sequence":
             return col.list.tail(f.max_len)
         if f.max_len:
@@ -258,7 +258,9 @@ class FeatureEncoder:
         user_col = self.schema.keys.get("user")
         users = None
         if user_col and user_col in frame.columns:
-            users = frame[user_col].rank("dense").cast(pl.Int64).to_numpy()
+            # ranks start at 1; rows without a user (null key) form group 0 (a null rank would
+            # turn the array into float64 with NaN)
+            users = frame[user_col].rank("dense").cast(pl.Int64).fill_null(0).to_numpy()
         return EncodedSplit(ids=ids, dense=np.ascontiguousarray(dense), labels=labels, users=users,
                             has_labels=has_label)
 
@@ -296,5 +298,7 @@ def _compatible(fitted: str, now: str) -> bool:
     """
     def base(c: str) -> str:
         c = c[5:-1] if c.startswith("list[") else c
-        return "int" if c == "int" else "str"
-    return base(fitted) == base(now)
+        return c if c in ("int", "Null") else "str"
+    # an all-null column (polars dtype Null, e.g. every value missing at predict time) holds
+    # nothing to look up (its nulls encode as missing), and a vocabulary fitted on one is empty
+    return "Null" in (base(fitted), base(now)) or base(fitted) == base(now)

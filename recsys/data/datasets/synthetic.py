@@ -358,12 +358,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _list_column(name: str, rows: np.ndarray, values: np.ndarray, n: int, prefix: str | None = None) -> pl.Series:
+def _list_column(name: str, rows: np.ndarray, values: np.ndarray, n: int) -> pl.Series:
     """A list column of ``n`` rows from flat ``values`` and their row numbers ``rows`` (values of
     one row in the given order; rows absent from ``rows`` get an empty list)."""
     flat = pl.DataFrame({"_r": rows.astype(np.int64), name: values})
-    if prefix is not None:
-        flat = flat.with_columns((pl.lit(prefix) + pl.col(name).cast(pl.String)).alias(name))
     inner = flat.schema[name]
     grouped = flat.group_by("_r", maintain_order=True).agg(pl.col(name))
     out = pl.DataFrame({"_r": np.arange(n, dtype=np.int64)}).join(grouped, on="_r", how="left", maintain_order="left")
@@ -431,6 +429,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
     raw_values: dict[str, np.ndarray] = {}
     null_masks: dict[str, np.ndarray] = {}
     string_cols: dict[str, str] = {}
+    copied = {spec.copy_of for spec in cfg.categoricals if spec.copy_of is not None}
     for i, spec in enumerate(cfg.categoricals):
         r = _rng(seed, "cat:" + spec.name)
         if spec.copy_of is not None:
@@ -448,7 +447,8 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
             eff[mask] = 0.0
             logit += eff
             role(spec.name, spec.effect)
-        raw_values[spec.name], null_masks[spec.name] = vals, mask
+        if spec.name in copied:  # keep only what a later copy needs (memory at 1M rows)
+            raw_values[spec.name], null_masks[spec.name] = vals, mask
         s = pl.Series(spec.name, vals, dtype=pl.Int64)
         if mask.any():
             s = s.scatter(np.flatnonzero(mask), None)
