@@ -112,6 +112,10 @@ class CTRDataModule(L.LightningDataModule):
             schema = Schema.from_yaml(self.schema_path)
             source = self.dataset
             cols = list(schema.source_columns)
+            if self.test_path is not None and self.valid_path is None:
+                raise DataError("test_path is set but valid_path is not", where="data",
+                                fix="pass valid_path too (early stopping and checkpoints need validation rows), "
+                                    "or put all rows in one file with a split column")
             if self.valid_path is None and self.test_path is None:
                 frame = read_table(self.dataset, [c for c in cols if c != self.split_column] + [self.split_column])
             else:

@@ -249,6 +249,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-init-fix", action="store_true",
                     help="leave FuxiCTR's init as shipped (for showing the AUC ~0.59 bug)")
     ap.add_argument("--max-epochs", type=int, default=None, help="override 100 (smoke runs)")
+    ap.add_argument("--batch-size", type=int, default=None, help="override the recipe's 4096")
     ap.add_argument("--verbose", action="store_true", help="FuxiCTR's tqdm bars")
     args = ap.parse_args(argv)
 
@@ -274,6 +275,8 @@ def main(argv=None) -> dict:
     params.update(spec["params"])
     if args.max_epochs:
         params["epochs"] = args.max_epochs
+    if args.batch_size:
+        params["batch_size"] = args.batch_size
     params.update(model_id=f"{args.model}_seed{args.seed}", dataset_id=DATASET_ID,
                   data_root=str(data_root), model_root=str(model_root), data_format="parquet",
                   seed=args.seed, gpu=-1, verbose=1 if args.verbose else 0,
