@@ -14,13 +14,13 @@ User errors (:class:`~recsys.errors.RecsysError`) print one line and exit with s
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable
-
 from recsys.errors import RecsysError
 
 TRAINER_COMMANDS = {
@@ -30,26 +30,46 @@ TRAINER_COMMANDS = {
     "predict": "score the predict file (or the test split) and write a parquet of keys + scores",
 }
 
-# name -> (one-line help, main(argv) -> exit code)
-EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+# Subcommands beyond the trainer's: name -> (one-line help, "module:function"). The function
+# takes the remaining argv and returns an exit code. Modules are imported only when their
+# command runs, so `recsys --help` stays fast; a command whose module is absent is not listed.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "rank-features": ("rank features by cardinality-normalized mutual information; data-quality report",
+                      "recsys.features.cli:main"),
+    "report": ("offline AUC report for one or more checkpoints (HTML, Markdown, metrics.json)",
+               "recsys.reports.cli:main"),
+    "search-dims": ("search per-field embedding widths (DNIS) under a parameter budget", "recsys.features.dims_cli:main"),
+    "tune": ("Optuna study over a config and a search space", "recsys.tuning.cli:main"),
+    "retrieve": ("candidate retrieval (single vector or kNN-Embed) from a trained two-tower checkpoint",
+                 "recsys.retrieval.cli:main"),
+}
 
 
-def register_command(name: str, help: str):
-    """Decorator: add ``recsys NAME`` implemented by ``fn(argv) -> int``."""
+def register_command(name: str, help: str, target: str) -> None:
+    """Add ``recsys NAME`` implemented by ``target`` = ``"module:function"`` (``fn(argv) -> int``)."""
+    EXTRA_COMMANDS[name] = (help, target)
 
-    def deco(fn: Callable[[list[str]], int]):
-        EXTRA_COMMANDS[name] = (help, fn)
-        return fn
 
-    return deco
+def _available(target: str) -> bool:
+    module = target.split(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _run_extra(name: str, argv: list[str]) -> int:
+    module, _, func = EXTRA_COMMANDS[name][1].partition(":")
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
 
 
 def _usage() -> str:
     lines = ["usage: recsys <command> [options]", "", "commands:"]
     for name, help in TRAINER_COMMANDS.items():
         lines.append(f"  {name:<14}{help}")
-    for name, (help, _) in sorted(EXTRA_COMMANDS.items()):
-        lines.append(f"  {name:<14}{help}")
+    for name, (help, target) in EXTRA_COMMANDS.items():
+        if _available(target):
+            lines.append(f"  {name:<14}{help}")
     lines += ["", "`recsys <command> --help` shows a command's options; trainer commands take",
               "`--config experiments/<x>.yaml` (see experiments/) and `--print_config`."]
     return "\n".join(lines)
@@ -155,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] in TRAINER_COMMANDS:
             run_trainer_cli(argv)
             return 0
-        if argv[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[argv[0]][1](argv[1:])
+        if argv[0] in EXTRA_COMMANDS and _available(EXTRA_COMMANDS[argv[0]][1]):
+            return _run_extra(argv[0], argv[1:])
         print(f"recsys: error: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     except RecsysError as e:

@@ -75,6 +75,8 @@ class CTRDataModule(L.LightningDataModule):
         features_from: str | None = None,
     ):
         super().__init__()
+        # stored in checkpoints ("datamodule_hyper_parameters"), so a report can rebuild the data
+        self.save_hyperparameters()
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}", where="data.batch_size")
         self.dataset = dataset

@@ -233,3 +233,24 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> RankingTask:
     task.load_state_dict(ckpt["state_dict"])
     task.eval()
     return task
+
+
+def load_datamodule(path: str | Path, **overrides: Any):
+    """The CTRDataModule a checkpoint was trained with (its saved arguments), using the
+    checkpoint's fitted encoders; ``overrides`` replace saved arguments (e.g. ``predict_path``)."""
+    from recsys.data.datamodule import CTRDataModule
+
+    p = Path(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise RecsysError(f"cannot read the checkpoint ({type(e).__name__})", where=str(p)) from None
+    saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    if not saved:
+        raise RecsysError("the checkpoint does not record its data module", where=str(p),
+                          fix="pass the data explicitly (e.g. --data PATH), or retrain with this recsys version")
+    accepted = set(inspect.signature(CTRDataModule.__init__).parameters) - {"self"}
+    args = {k: v for k, v in saved.items() if k in accepted}
+    args.update(overrides)
+    args["features_from"] = str(p)
+    return CTRDataModule(**args)

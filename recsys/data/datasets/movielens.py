@@ -288,15 +288,23 @@ def _genre_list(has: dict[str, pl.Expr]) -> pl.Expr:
     return pl.when(found.list.len() > 0).then(found).otherwise(pl.lit(["unknown"], pl.List(pl.String)))
 
 
-def _read_grouplens(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    r = _read_strings(folder / "u.data", "\t", False)
+def _ratings_and_users(ratings_file: Path, users_file: Path, users_sep: str,
+                       has_header: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Ratings (user, item, rating, timestamp) and users (id, age, gender, occupation, zip):
+    the same columns in the same order in both layouts; only separators and headers differ."""
+    r = _read_strings(ratings_file, "\t", has_header)
     ratings = r.select(pl.col(c).cast(pl.Int64).alias(n) for c, n in
                        zip(r.columns, ("user_id", "item_id", "rating", "timestamp")))
-    u = _read_strings(folder / "u.user", "|", False)
+    u = _read_strings(users_file, users_sep, has_header)
     users = u.select(pl.col(u.columns[0]).cast(pl.Int64).alias("user_id"),
                      pl.col(u.columns[1]).cast(pl.Int64).alias("age"),
                      pl.col(u.columns[2]).alias("gender"), pl.col(u.columns[3]).alias("occupation"),
                      pl.col(u.columns[4]).alias("zip_code"))
+    return ratings, users
+
+
+def _read_grouplens(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    ratings, users = _ratings_and_users(folder / "u.data", folder / "u.user", "|", False)
     i = _read_strings(folder / "u.item", "|", False)
     if i.width != 5 + len(GENRES):
         raise DataError(f"expected {5 + len(GENRES)} '|'-separated columns, found {i.width}", where=str(folder / "u.item"))
@@ -310,14 +318,7 @@ def _read_grouplens(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
 
 
 def _read_recbole(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    r = _read_strings(folder / "ml-100k.inter", "\t", True)
-    ratings = r.select(pl.col(c).cast(pl.Int64).alias(n) for c, n in
-                       zip(r.columns, ("user_id", "item_id", "rating", "timestamp")))
-    u = _read_strings(folder / "ml-100k.user", "\t", True)
-    users = u.select(pl.col(u.columns[0]).cast(pl.Int64).alias("user_id"),
-                     pl.col(u.columns[1]).cast(pl.Int64).alias("age"),
-                     pl.col(u.columns[2]).alias("gender"), pl.col(u.columns[3]).alias("occupation"),
-                     pl.col(u.columns[4]).alias("zip_code"))
+    ratings, users = _ratings_and_users(folder / "ml-100k.inter", folder / "ml-100k.user", "\t", True)
     i = _read_strings(folder / "ml-100k.item", "\t", True)
     title, year, classes = (pl.col(c) for c in i.columns[1:4])
     split = classes.str.split(" ")
