@@ -26,10 +26,11 @@ class FirstOrder(nn.Module):
     """Linear (wide) part: one weight per id (a width-1 table per schema table) plus a linear map
     of the dense numerics and a bias. ``Batch -> [B]``."""
 
-    def __init__(self, features: FeatureEncoder, init_std: float = 1e-4):
+    def __init__(self, features: FeatureEncoder, init_std: float = 1e-4, share_tables: bool = True):
         super().__init__()
         schema = features.schema
-        self.emb = FeatureEmbedding(features, embedding_dim=1, dims={t: 1 for t in schema.tables}, init_std=init_std)
+        self.emb = FeatureEmbedding(features, embedding_dim=1, dims={t: 1 for t in schema.tables}, init_std=init_std,
+                                    share_tables=share_tables)
         n_dense = len(schema.dense_fields)
         self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
         self.bias = nn.Parameter(torch.zeros(1))
@@ -78,15 +79,17 @@ class DNN(RankingModel):
         dropout: dropout after each hidden layer.
         batch_norm: batch norm in the MLP.
         dims: table -> width overrides.
+        init_std: std of the N(0, std^2) embedding init.
+        mlp_init: ``torch`` (default) or ``xavier`` MLP weights.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, hidden_units: Sequence[int] = (256, 128),
                  dropout: float = 0.0, batch_norm: bool = False, dims: dict[str, int] | None = None,
-                 init_std: float = 1e-4):
+                 init_std: float = 1e-4, mlp_init: str = "torch"):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims, init_std=init_std)
         in_dim = self.embedding.pooled_dim + len(features.schema.dense_fields)
-        self.mlp = MLP(in_dim, list(hidden_units), out_dim=1, dropout=dropout, batch_norm=batch_norm)
+        self.mlp = MLP(in_dim, list(hidden_units), out_dim=1, dropout=dropout, batch_norm=batch_norm, init=mlp_init)
 
     def forward(self, batch) -> ModelOutput:
         x = torch.cat([self.embedding(batch).concat(), batch.dense], dim=1)
@@ -109,21 +112,24 @@ class DeepFM(RankingModel):
         batch_norm: batch norm in the MLP.
         dims: table -> width overrides (projected to D).
         init_std: std of the N(0, std^2) embedding init.
+        mlp_init: ``torch`` (default) or ``xavier`` MLP weights (see :class:`~recsys.models.layers.MLP`).
+        wide_share_tables: whether the first-order (wide) weights of a field that shares a table
+            (history -> item_id) are the shared field's weights (``True``) or its own.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, hidden_units: Sequence[int] = (256, 128),
                  dropout: float = 0.0, batch_norm: bool = False, dims: dict[str, int] | None = None,
-                 init_std: float = 1e-4):
+                 init_std: float = 1e-4, mlp_init: str = "torch", wide_share_tables: bool = True):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
                                           project_to=embedding_dim, init_std=init_std)
         n_dense = len(features.schema.dense_fields)
         self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
-        self.first_order = FirstOrder(features, init_std=init_std)
+        self.first_order = FirstOrder(features, init_std=init_std, share_tables=wide_share_tables)
         self.fm = FMInteraction()
         n_fields = len(self.embedding.pooled_names) + n_dense
         self.mlp = MLP(n_fields * embedding_dim, list(hidden_units), out_dim=1, dropout=dropout,
-                       batch_norm=batch_norm)
+                       batch_norm=batch_norm, init=mlp_init)
 
     def field_embeddings(self, batch) -> torch.Tensor:
         """``E [B, F, D]``: id fields (schema order) then numeric fields."""

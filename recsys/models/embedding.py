@@ -71,11 +71,13 @@ class FeatureEmbedding(nn.Module):
         unpooled: sequence fields to return unpooled as ``[B, L, D]`` + mask.
         project_to: project every pooled field to this common width (``None``: keep widths).
         init_std: embeddings start as N(0, init_std^2).
+        share_tables: ``False`` gives every field its own table, even where the schema says
+            ``shares`` (the vocabulary stays shared). FuxiCTR's wide/LR part does this.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, dims: dict[str, int] | None = None,
                  unpooled: list[str] | tuple[str, ...] = (), project_to: int | None = None,
-                 init_std: float = 1e-4):
+                 init_std: float = 1e-4, share_tables: bool = True):
         super().__init__()
         schema = features.schema
         if embedding_dim < 1:
@@ -88,39 +90,45 @@ class FeatureEmbedding(nn.Module):
             if schema.field(name).kind != "sequence":
                 raise ValueError(f"unpooled field {name!r} is not a sequence field")
         sizes = features.table_sizes
-        self.table_dims: dict[str, int] = {}
-        for t in schema.tables:
-            self.table_dims[t] = dims.get(t) or schema.field(t).embedding_dim or embedding_dim
-        unpooled_tables = {schema.field(n).table for n in unpooled}
-        self.bag_tables = [t for t in schema.tables if t not in unpooled_tables]
-        self.seq_tables = [t for t in schema.tables if t in unpooled_tables]
-        self.bag_keys = [f.name for t in self.bag_tables for f in schema.fields_of_table(t)]
-        self.seq_keys = [f.name for t in self.seq_tables for f in schema.fields_of_table(t)]
+        # table name -> its fields; with share_tables=False every field gets a table of its own
+        # (same vocabulary and width as the table it would share), e.g. for a wide/LR part
+        self.table_of = {f.name: f.table if share_tables else f.name for f in schema.id_fields}
+        groups: dict[str, list] = {}
+        for f in schema.id_fields:
+            groups.setdefault(self.table_of[f.name], []).append(f)
+        vocab_of = {t: members[0].table for t, members in groups.items()}
+        self.table_dims: dict[str, int] = {
+            t: dims.get(vocab_of[t]) or schema.field(vocab_of[t]).embedding_dim or embedding_dim for t in groups}
+        unpooled_tables = {self.table_of[n] for n in unpooled}
+        self.bag_tables = [t for t in groups if t not in unpooled_tables]
+        self.seq_tables = [t for t in groups if t in unpooled_tables]
+        self.bag_keys = [f.name for t in self.bag_tables for f in groups[t]]
+        self.seq_keys = [f.name for t in self.seq_tables for f in groups[t]]
         all_keys = [f.name for f in schema.id_fields]
         order = self.bag_keys + self.seq_keys
         self._permute = [all_keys.index(k) for k in order]
         self._identity = order == all_keys
         self.unpooled = list(unpooled)
         self.max_len = {f.name: f.max_len for f in schema.sequence_fields}
-        self.field_dims = {f.name: self.table_dims[f.table] for f in schema.id_fields}
+        self.field_dims = {f.name: self.table_dims[self.table_of[f.name]] for f in schema.id_fields}
         self.pooled_names = [n for n in all_keys if n not in self.unpooled]
         cpu = torch.device("cpu")
         self.ebc = None
         if self.bag_tables:
             configs = []
             for t in self.bag_tables:
-                members = schema.fields_of_table(t)
+                members = groups[t]
                 sum_pool = all(f.pooling == "sum" for f in members if f.is_list) and any(f.is_list for f in members)
                 configs.append(EmbeddingBagConfig(
-                    name=t, embedding_dim=self.table_dims[t], num_embeddings=sizes[t],
+                    name=t, embedding_dim=self.table_dims[t], num_embeddings=sizes[vocab_of[t]],
                     feature_names=[f.name for f in members],
                     pooling=PoolingType.SUM if sum_pool else PoolingType.MEAN))
             self.ebc = EmbeddingBagCollection(tables=configs, device=cpu)
         self.ec = None
         if self.seq_tables:
             self.ec = EmbeddingCollection(tables=[
-                EmbeddingConfig(name=t, embedding_dim=self.table_dims[t], num_embeddings=sizes[t],
-                                feature_names=[f.name for f in schema.fields_of_table(t)])
+                EmbeddingConfig(name=t, embedding_dim=self.table_dims[t], num_embeddings=sizes[vocab_of[t]],
+                                feature_names=[f.name for f in groups[t]])
                 for t in self.seq_tables], device=cpu)
         for p in self.parameters():
             nn.init.normal_(p, std=init_std)

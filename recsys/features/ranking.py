@@ -1,0 +1,889 @@
+"""Feature ranking by cardinality-normalized mutual information (OutRank), with 3MR and pairs.
+
+Fit a :class:`FeatureRanker` on a polars DataFrame / LazyFrame or a parquet / CSV path and a label
+column; ``fit`` returns the ranker and its ``ranking_`` is a polars DataFrame::
+
+    >>> import polars as pl
+    >>> df = pl.DataFrame({"a": [0, 0, 1, 1] * 50, "noise": list(range(200)), "label": [0, 0, 1, 1] * 50})
+    >>> r = FeatureRanker(label="label", n_permutations=3).fit(df)
+    >>> r.ranking_["feature"].to_list()
+    ['a', 'noise']
+    >>> round(r.ranking_["mi"][0], 4)   # = H(label) = ln 2
+    0.6931
+
+Heuristics (``heuristic=``):
+
+* ``mi``: plain plug-in mutual information ``I(f; y)`` in nats, from exact counts. Biased upwards
+  by about ``(|f| - 1)(|y| - 1) / 2N``: high-cardinality noise (ids) ranks first. For contrast.
+* ``mi-cardinality`` (default): ``I(f; y)`` minus the MI that a column with the *same values and
+  value counts* gets by chance, i.e. under a uniformly random relabelling of the rows (the
+  permutation model; OutRank's "noise produced by features of the same cardinality"). Two
+  estimates of that chance MI are computed on every fit:
+
+  - ``chance_mi_mean`` / ``chance_mi_std``: the mean and standard deviation of ``I(f; y_pi)``
+    over ``n_permutations`` seeded random permutations ``pi`` of the label (default 5);
+  - ``emi``: the closed-form expectation under the same model (the hypergeometric "expected
+    mutual information" of adjusted MI, Vinh et al. 2010), exact and deterministic, computed from
+    the marginal counts only.
+
+  ``correction="permutation"`` (default) subtracts the permutation mean; ``"expected"``
+  subtracts ``emi``. **Why the permutation estimate is the default**: it is the definition OutRank
+  uses (its randomized background), it comes with a spread, so every score has a z-score
+  (``z = (mi - chance_mi_mean) / chance_mi_std``) and the default feature selection keeps the
+  features whose MI is significant (``z >= 3``), and the same estimator serves all three 3MR terms
+  (feature-feature redundancy included), where the closed form's cost grows with the product of
+  the two columns' numbers of distinct value counts. ``emi`` is always reported next to it; the two
+  agree to within about ``chance_mi_std / sqrt(n_permutations)`` (tested), so users who want a
+  deterministic, noise-free correction pick ``"expected"``.
+* ``3mr``: OutRank's extension of mRMR: greedy selection by
+  ``relevance(f) - alpha * agg_{s in S} redundancy(s, f) + beta * agg_{s in S} relation(s, f)``
+  with ``agg`` the median (``mean``/``sum`` configurable), where relevance is the corrected
+  ``I(f; y)``, redundancy the corrected ``I(f; s)`` and relation the corrected ``I(f (+) s; y)``
+  of the pair's combination; each of the three score sets is min-max normalized to ``[0, 1]``
+  separately. Only the ``pair_top_k`` most relevant features take part (default 20); the rest
+  follow in relevance order.
+
+Pairs (``pairs=True`` or ``heuristic="3mr"``): for the ``pair_top_k`` most relevant features,
+``pairs_`` holds every pair's combined MI with the label (plain and corrected) and the pair's
+redundancy (plain and corrected ``I(a; b)``); ``redundancy_`` is the feature x feature matrix of the
+corrected redundancy (diagonal: the feature's entropy). A pair's combination is the exact integer
+``code_a * card_b + code_b`` of the two columns' dense codes: no collisions, unlike string
+concatenation (``"1" + "23"`` vs ``"12" + "3"``). Pair terms always use the permutation correction
+(``pair_permutations`` seeded permutations of the label / of the second column, default 1).
+
+Counting and memory
+-------------------
+Counts are exact over **all rows** (or over an explicit ``sample`` of rows), streamed in batches
+of ``batch_size`` rows. Each column keeps a value -> code vocabulary (codes dense, in order of
+first occurrence, the same in every batch), its count table ``n(code, y)`` and the permuted tables
+``n(code, y_pi)`` (classes ``1..C-1`` only); memory grows with distinct values
+(``~(C + K (C - 1)) * 8`` bytes plus the value itself per distinct value), not with rows.
+
+The label permutations are exact *global* permutations generated while streaming: knowing the
+class counts (a cheap pre-pass over the label column), each batch draws how many rows of each
+class it receives from the multivariate hypergeometric distribution of what is left, then shuffles
+them. That is exactly a uniformly random arrangement of the label multiset over all rows, so no
+row-level label vector is kept. (Results depend on ``seed`` and on ``batch_size``; the same input,
+seed and batch size give identical results, whether the data is a DataFrame, a LazyFrame or a
+file.)
+
+The pair pass (only with pairs / 3MR) re-reads the ``pair_top_k`` candidate columns and keeps
+their codes as int32 per row: ``pair_top_k * rows * 4`` bytes (80 MB for 20 features x 1M rows).
+
+Column kinds
+------------
+Without a schema: floating-point and temporal columns are **numeric**, list columns
+**multi-hot**, everything else (integers, strings, booleans, categoricals) **categorical**. With a
+:class:`~recsys.schema.Schema` the fields' kinds apply (``numeric`` fields with
+``transform: bucketize`` use their ``n_buckets``; ``sequence`` fields are treated as multi-hot).
+
+* numeric: binned into ``n_bins`` quantile bins (boundaries: the distinct ``k / n_bins``
+  quantiles of all rows, "nearest" interpolation; bin ``i`` holds ``(b[i-1], b[i]]``); NaN is
+  missing.
+* multi-hot: the **set** of a row's values is one category (sorted distinct values joined), so
+  ``[a, b]`` and ``[b, a]`` are the same value and ``[]`` is a value of its own; a string column
+  with a schema ``separator`` is split first.
+* missing values (null) are a category of their own, never merged into another value.
+
+The data-quality report of the same pass is :attr:`FeatureRanker.quality_` (see
+:mod:`recsys.features.quality`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import polars as pl
+
+from recsys.errors import ConfigError, DataError
+from recsys.schema import Schema
+
+__all__ = [
+    "FeatureRanker",
+    "mutual_info_from_counts",
+    "expected_mutual_info",
+    "entropy_from_counts",
+    "scan_table",
+    "HEURISTICS",
+]
+
+HEURISTICS: tuple[str, ...] = ("mi", "mi-cardinality", "3mr")
+CORRECTIONS: tuple[str, ...] = ("permutation", "expected")
+AGGREGATIONS: tuple[str, ...] = ("median", "mean", "sum")
+MAX_CLASSES = 100
+_DENSE_LIMIT = 1 << 22  # pair keys below this are counted with bincount, above with a hash table
+
+
+# ------------------------------------------------------------------------------------- the math
+def _xlogx_sum(counts: np.ndarray) -> float:
+    """``sum n log n`` over positive counts (``0 log 0 = 0``)."""
+    c = np.asarray(counts, dtype=np.float64).ravel()
+    c = c[c > 0]
+    return float(np.dot(c, np.log(c))) if c.size else 0.0
+
+
+def entropy_from_counts(counts: np.ndarray) -> float:
+    """Plug-in entropy in nats of a vector of counts."""
+    c = np.asarray(counts, dtype=np.float64).ravel()
+    n = c.sum()
+    if n <= 0:
+        return 0.0
+    return float(math.log(n) - _xlogx_sum(c) / n)
+
+
+def _mi_from_sums(s_joint: float, s_a: float, s_b: float, n: int) -> float:
+    """``I = (S(ab) - S(a) - S(b) + N log N) / N`` with ``S(x) = sum n log n``; clipped at 0."""
+    return float(max(0.0, (s_joint - s_a - s_b + n * math.log(n)) / n)) if n > 0 else 0.0
+
+
+def mutual_info_from_counts(table: np.ndarray) -> float:
+    """Plug-in mutual information (nats) of a contingency table ``n[i, j]``.
+
+    >>> round(mutual_info_from_counts(np.array([[2, 0], [0, 2]])), 6)   # ln 2
+    0.693147
+    """
+    t = np.asarray(table, dtype=np.float64)
+    n = t.sum()
+    if n <= 0:
+        return 0.0
+    return _mi_from_sums(_xlogx_sum(t), _xlogx_sum(t.sum(1)), _xlogx_sum(t.sum(0)), n)
+
+
+_LF_SMALL = np.array([math.lgamma(i + 1.0) for i in range(128)])
+
+
+def _log_factorial(x: np.ndarray) -> np.ndarray:
+    """``log(x!)`` for integer arrays: a table below 128, Stirling's series above (error < 1e-15)."""
+    x = np.asarray(x, dtype=np.int64)
+    out = np.empty(x.shape, dtype=np.float64)
+    small = x < 128
+    out[small] = _LF_SMALL[x[small]]
+    z = x[~small].astype(np.float64) + 1.0
+    iz = 1.0 / z
+    iz2 = iz * iz
+    out[~small] = ((z - 0.5) * np.log(z) - z + 0.5 * math.log(2 * math.pi)
+                   + iz * (1 / 12 - iz2 * (1 / 360 - iz2 * (1 / 1260 - iz2 / 1680))))
+    return out
+
+
+def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
+    """Expected plug-in MI (nats) of two partitions with these marginal counts under a uniformly
+    random permutation (the hypergeometric model of adjusted MI; Vinh, Epps & Bailey 2010).
+
+    Exact up to terms beyond 12 standard deviations of each hypergeometric (mass < 1e-30). The
+    cost is the number of ``(a_i, b_j, n)`` terms after grouping equal counts; cheap when one side
+    is a label with few classes.
+
+    >>> round(expected_mutual_info(np.array([1, 1]), np.array([1, 1])), 6)   # any 2x2 permutation: ln 2
+    0.693147
+    """
+    a = np.asarray(a_counts, dtype=np.int64)
+    b = np.asarray(b_counts, dtype=np.int64)
+    a, b = a[a > 0], b[b > 0]
+    n = int(a.sum())
+    if n == 0 or int(b.sum()) != n:
+        if n and int(b.sum()) != n:
+            raise ValueError("the two marginals must have the same total")
+        return 0.0
+    av, aw = np.unique(a, return_counts=True)
+    bv, bw = np.unique(b, return_counts=True)
+    lf_n = float(_log_factorial(np.array([n]))[0])
+    lf_av, lf_nav = _log_factorial(av), _log_factorial(n - av)
+    log_n = math.log(n)
+    total = 0.0
+    for bj, wb in zip(bv.tolist(), bw.tolist()):
+        lo = np.maximum(1, av + bj - n)
+        hi = np.minimum(av, bj)
+        # the hypergeometric mass beyond 12 standard deviations is < 1e-30: skip those terms
+        mean = av * (bj / n)
+        sd = np.sqrt(av * (bj / n) * ((n - av) / n) * ((n - bj) / max(n - 1, 1)))
+        lo = np.maximum(lo, np.floor(mean - 12 * sd - 2).astype(np.int64))
+        hi = np.minimum(hi, np.ceil(mean + 12 * sd + 2).astype(np.int64))
+        length = np.maximum(hi - lo + 1, 0)
+        m = int(length.sum())
+        if m == 0:
+            continue
+        idx = np.repeat(np.arange(av.size), length)
+        start = np.cumsum(length) - length
+        nij = (lo[idx] + np.arange(m) - start[idx]).astype(np.int64)
+        ai = av[idx]
+        log_p = (lf_av[idx] + lf_nav[idx] + float(_log_factorial(np.array([bj, n - bj])).sum()) - lf_n
+                 - _log_factorial(nij) - _log_factorial(ai - nij) - _log_factorial(bj - nij)
+                 - _log_factorial(n - ai - bj + nij))
+        term = nij / n * (log_n + np.log(nij) - np.log(ai) - math.log(bj)) * np.exp(log_p)
+        total += wb * float(np.dot(aw[idx], term))
+    return max(total, 0.0)
+
+
+# ------------------------------------------------------------------------------------ reading
+def scan_table(path: str | Path) -> pl.LazyFrame:
+    """A lazy scan of a parquet / CSV file (or a directory of parquet files), with clear errors."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("file not found", where=str(p), fix="check the path")
+    suffix = p.suffix.lower()
+    try:
+        if p.is_dir():
+            lf = pl.scan_parquet(str(p / "*.parquet"))
+        elif suffix in (".parquet", ".pq"):
+            lf = pl.scan_parquet(str(p))
+        elif suffix in (".csv", ".tsv", ".txt"):
+            if p.stat().st_size == 0:
+                raise DataError("the file is empty", where=str(p), fix="write a header line and data rows")
+            lf = pl.scan_csv(str(p), separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10000)
+        else:
+            raise DataError(f"unsupported file type {suffix!r}", where=str(p), fix="use .parquet or .csv")
+        lf.collect_schema()
+        return lf
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - polars/OS errors become one clear message
+        raise DataError(f"could not read the file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                        where=str(p), fix="check that it is a valid parquet/CSV file") from None
+
+
+# ---------------------------------------------------------------------------------- per column
+def _row_hash(rows: np.ndarray) -> np.ndarray:
+    """splitmix64 of the row numbers, top 31 bits (int64): sums over a value's rows fingerprint the partition."""
+    z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(33)).astype(np.int64)
+
+
+@dataclass
+class _Column:
+    """Streaming state of one feature: per distinct value, its count, its label counts, its permuted
+    label counts, its first row and the sum of its rows' hashes (a running polars frame)."""
+
+    name: str  # feature name (schema field name or column)
+    source: str  # raw column
+    kind: str  # categorical | numeric | multi_hot
+    n_classes: int
+    n_perm: int
+    n_bins: int = 10
+    separator: str | None = None
+    boundaries: np.ndarray | None = None
+    agg: pl.DataFrame | None = None
+
+    # values -> the series whose distinct values are the categories
+    def prepare(self, s: pl.Series) -> pl.Series:
+        if self.kind == "numeric":
+            x = s.cast(pl.Float64, strict=False)
+            if x.dtype == pl.Float64:
+                x = x.fill_nan(None)
+            v = x.to_numpy()  # nulls -> NaN
+            bins = np.searchsorted(self.boundaries, v, side="left").astype(np.float64)
+            bins[np.isnan(v)] = np.nan
+            return pl.Series("v", bins, nan_to_null=True).cast(pl.Int32)
+        if self.kind == "multi_hot":
+            if s.dtype == pl.String and self.separator:
+                s = s.str.split(self.separator)
+            if isinstance(s.dtype, pl.Array):
+                s = s.arr.to_list()
+            if isinstance(s.dtype, pl.List):  # (as an expression on a frame: Series.list.sort is much slower)
+                e = pl.col("v")
+                if s.dtype.inner != pl.String:
+                    e = e.list.eval(pl.element().cast(pl.String))
+                return s.alias("v").to_frame().select(e.list.unique().list.sort().list.join("\x1f")).to_series()
+            return s
+        return s
+
+    def agg_exprs(self) -> list[pl.Expr]:
+        C = self.n_classes
+        ex = [pl.len().cast(pl.Int64).alias("n")]
+        ex += [(pl.col("__y") == c).sum().cast(pl.Int64).alias(f"y{c}") for c in range(1, C)]
+        ex += [(pl.col(f"__p{k}") == c).sum().cast(pl.Int64).alias(f"p{k}_{c}")
+               for k in range(self.n_perm) for c in range(1, C)]
+        ex += [pl.col("__row").min().alias("row"), pl.col("__rh").sum().alias("rh")]
+        return ex
+
+    def merge(self, g: pl.DataFrame) -> None:
+        if self.agg is None:
+            self.agg = g
+            return
+        if g.schema["v"] != self.agg.schema["v"]:
+            try:
+                g = g.cast({"v": self.agg.schema["v"]})
+            except Exception:  # noqa: BLE001
+                raise DataError(f"the column's type changed between batches ({self.agg.schema['v']} -> "
+                                f"{g.schema['v']})", where=f"column {self.source!r}",
+                                fix="give the column one type in every file / row group") from None
+        rest = [c for c in g.columns if c not in ("v", "row")]
+        self.agg = (pl.concat([self.agg, g]).group_by("v")
+                    .agg([pl.col(c).sum() for c in rest] + [pl.col("row").min()]).select(g.columns))
+
+    def finalize(self) -> None:
+        """Order the values by first occurrence; expose numpy views."""
+        a = self.agg.sort("row")
+        self.agg = a
+        self.card = a.height
+        self.n = a["n"].to_numpy()
+        C = self.n_classes
+        ys = np.stack([a[f"y{c}"].to_numpy() for c in range(1, C)], axis=1) if C > 1 else np.zeros((self.card, 0), np.int64)
+        self.table = np.concatenate([(self.n - ys.sum(1))[:, None], ys], axis=1)
+        self.perm = [np.stack([a[f"p{k}_{c}"].to_numpy() for c in range(1, C)], axis=1) for k in range(self.n_perm)]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(a["row"].to_numpy().astype(np.int64).tobytes())
+        h.update(a["rh"].to_numpy().astype(np.int64).tobytes())
+        self.fingerprint = h.digest()
+        nulls = np.flatnonzero(a["v"].is_null().to_numpy())
+        self.null_index = int(nulls[0]) if nulls.size else None
+
+    def decode(self, idx: np.ndarray) -> list[Any]:
+        vals = self.agg["v"].gather(pl.Series(idx, dtype=pl.Int64))
+        if self.kind == "numeric":
+            b = self.boundaries
+            out = []
+            for v in vals.to_list():
+                if v is None:
+                    out.append(None)
+                else:
+                    lo = "-inf" if v == 0 else f"{b[v - 1]:.6g}"
+                    hi = "inf" if v >= len(b) else f"{b[v]:.6g}"
+                    out.append(f"({lo}, {hi}]")
+            return out
+        if self.kind == "multi_hot":
+            return [None if v is None else ("[]" if v == "" else "[" + ", ".join(v.split("\x1f")) + "]")
+                    for v in vals.to_list()]
+        return vals.to_list()
+
+
+class _PermutedStream:
+    """Exact global random permutations of a label multiset, generated batch by batch.
+
+    Each batch draws its class counts from the multivariate hypergeometric of what is left and
+    shuffles them: the concatenation is a uniformly random arrangement of all the labels.
+    """
+
+    def __init__(self, class_counts: np.ndarray, n_perm: int, seed: int, salt: int = 0):
+        self.remaining = np.tile(np.asarray(class_counts, np.int64), (n_perm, 1))
+        self.rngs = [np.random.default_rng([int(seed), 0x5EED, salt, k]) for k in range(n_perm)]
+
+    def next(self, m: int) -> np.ndarray:
+        C = self.remaining.shape[1]
+        out = np.empty((len(self.rngs), m), np.int64)
+        for k, rng in enumerate(self.rngs):
+            draw = rng.multivariate_hypergeometric(self.remaining[k], m)
+            self.remaining[k] -= draw
+            out[k] = rng.permutation(np.repeat(np.arange(C), draw))
+        return out
+
+
+# ------------------------------------------------------------------------------------ the ranker
+class FeatureRanker:
+    """Rank features by (cardinality-corrected) mutual information with a label; see the module doc.
+
+    Args:
+        label: the label column (binary or multi-class, at most 100 classes). ``None`` takes the
+            schema's label, else ``"label"``.
+        heuristic: ``mi``, ``mi-cardinality`` (default) or ``3mr``.
+        correction: chance MI subtracted by ``mi-cardinality`` / ``3mr`` relevance:
+            ``permutation`` (default, mean over ``n_permutations``) or ``expected`` (closed form).
+        n_permutations: label permutations for the chance MI (>= 2 for a spread).
+        seed: seed of every permutation (and of ``sample``).
+        schema: a :class:`~recsys.schema.Schema` or a schema YAML path: which columns are
+            features and of which kind. Default: every column except the label and ``exclude``.
+        features: restrict to these features (names of schema fields, or columns).
+        exclude: columns never to rank (e.g. ids of the split, oracle columns).
+        n_bins: quantile bins of numeric columns.
+        batch_size: rows per streamed batch.
+        sample: rank on this many rows drawn uniformly at random without replacement (seeded);
+            ``None`` (default) counts all rows.
+        pairs: compute ``pairs_`` and ``redundancy_`` (always on for ``3mr``).
+        pair_top_k: how many of the most relevant features take part in pairs / 3MR (``None``: all).
+        pair_permutations: permutations for the chance MI of pair terms.
+        alpha, beta, aggregation: 3MR's redundancy weight, relation weight and aggregate.
+        quality: thresholds of the data-quality report
+            (:class:`recsys.features.quality.QualityThresholds`).
+        progress: show a tqdm progress bar.
+
+    Attributes (after ``fit``):
+        ranking_: one row per feature, best first: ``rank``, ``feature``, ``kind``, ``score`` (the
+            heuristic's), ``mi``, ``chance_mi_mean``, ``chance_mi_std``, ``emi``, ``mi_corrected``,
+            ``z``, ``mi_norm`` (corrected MI / label entropy), ``cardinality``, ``coverage``
+            (+ ``relevance_norm`` and ``mr_objective`` for 3MR).
+        pairs_: pair table (or ``None``). redundancy_: matrix as a DataFrame (or ``None``).
+        quality_: the data-quality report (dict). label_entropy_, n_rows_, classes_.
+    """
+
+    def __init__(
+        self,
+        label: str | None = None,
+        heuristic: str = "mi-cardinality",
+        correction: str = "permutation",
+        n_permutations: int = 5,
+        seed: int = 0,
+        schema: Schema | str | Path | None = None,
+        features: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        n_bins: int = 10,
+        batch_size: int = 262_144,
+        sample: int | None = None,
+        pairs: bool = False,
+        pair_top_k: int | None = 20,
+        pair_permutations: int = 1,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        aggregation: str = "median",
+        quality: Any = None,
+        progress: bool = False,
+    ):
+        if heuristic not in HEURISTICS:
+            raise ConfigError(f"unknown heuristic {heuristic!r}", where="heuristic", fix=f"use one of {list(HEURISTICS)}")
+        if correction not in CORRECTIONS:
+            raise ConfigError(f"unknown correction {correction!r}", where="correction", fix=f"use one of {list(CORRECTIONS)}")
+        if aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {aggregation!r}", where="aggregation",
+                              fix=f"use one of {list(AGGREGATIONS)}")
+        if not isinstance(n_permutations, int) or n_permutations < 1:
+            raise ConfigError(f"n_permutations must be an integer >= 1, got {n_permutations!r}", where="n_permutations")
+        if not isinstance(pair_permutations, int) or pair_permutations < 1:
+            raise ConfigError(f"pair_permutations must be >= 1, got {pair_permutations!r}", where="pair_permutations")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}", where="batch_size")
+        if not isinstance(n_bins, int) or n_bins < 2:
+            raise ConfigError(f"n_bins must be an integer >= 2, got {n_bins!r}", where="n_bins")
+        if sample is not None and (not isinstance(sample, int) or sample < 1):
+            raise ConfigError(f"sample must be a positive number of rows, got {sample!r}", where="sample")
+        if pair_top_k is not None and (not isinstance(pair_top_k, int) or pair_top_k < 2):
+            raise ConfigError(f"pair_top_k must be >= 2 (or None for all), got {pair_top_k!r}", where="pair_top_k")
+        self.label = label
+        self.heuristic = heuristic
+        self.correction = correction
+        self.n_permutations = n_permutations
+        self.seed = seed
+        self.schema = schema
+        self.features = list(features) if features is not None else None
+        self.exclude = list(exclude)
+        self.n_bins = n_bins
+        self.batch_size = batch_size
+        self.sample = sample
+        self.pairs = pairs
+        self.pair_top_k = pair_top_k
+        self.pair_permutations = pair_permutations
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.aggregation = aggregation
+        self.quality = quality
+        self.progress = progress
+
+    # ----------------------------------------------------------------------------- input
+    def _frame(self, data: Any) -> tuple[pl.DataFrame | pl.LazyFrame, str]:
+        if isinstance(data, pl.DataFrame):
+            return data, "the data frame"
+        if isinstance(data, pl.LazyFrame):
+            return data, "the lazy frame"
+        if isinstance(data, (str, Path)):
+            return scan_table(data), str(data)
+        raise ConfigError(f"cannot rank features of a {type(data).__name__}", where="FeatureRanker.fit",
+                          fix="pass a polars DataFrame/LazyFrame or a parquet/CSV path")
+
+    def _columns(self, names: list[str], dtypes: dict[str, pl.DataType], where: str, label: str,
+                 n_classes: int) -> list[_Column]:
+        schema = self.schema
+        if isinstance(schema, (str, Path)):
+            schema = Schema.from_yaml(schema)
+        cols: list[_Column] = []
+        if schema is not None:
+            for f in schema.fields:
+                if f.source not in dtypes:
+                    raise DataError(f"schema field {f.name!r} reads column {f.source!r}, which the data lacks; "
+                                    f"it has {names}", where=where, fix="fix the schema or the data")
+                kind = {"numeric": "numeric", "multi_hot": "multi_hot", "sequence": "multi_hot"}.get(f.kind, "categorical")
+                nb = f.n_buckets if (f.kind == "numeric" and f.transform == "bucketize") else self.n_bins
+                cols.append(_Column(f.name, f.source, kind, n_classes, self.n_permutations, nb, f.separator))
+        else:
+            for c in names:
+                if c == label:
+                    continue
+                dt = dtypes[c]
+                if dt.is_float() or dt.is_temporal():
+                    kind = "numeric"
+                elif isinstance(dt, (pl.List, pl.Array)):
+                    kind = "multi_hot"
+                elif isinstance(dt, (pl.Struct, pl.Object)):
+                    continue
+                else:
+                    kind = "categorical"
+                cols.append(_Column(c, c, kind, n_classes, self.n_permutations, self.n_bins))
+        if self.features is not None:
+            known = {c.name for c in cols}
+            missing = [f for f in self.features if f not in known]
+            if missing:
+                raise DataError(f"features {missing} are not in the data/schema (known: {sorted(known)})", where=where,
+                                fix="check the feature names")
+            cols = [c for c in cols if c.name in set(self.features)]
+        excl = set(self.exclude)
+        cols = [c for c in cols if c.name not in excl and c.source not in excl and c.source != label]
+        if not cols:
+            raise DataError("no feature columns to rank", where=where, fix="check --features/--exclude and the schema")
+        return cols
+
+    def _batches(self, frame: pl.DataFrame | pl.LazyFrame, columns: list[str]) -> Iterator[pl.DataFrame]:
+        """Exact ``batch_size``-row batches (the sample mask applied after slicing)."""
+        bs = self.batch_size
+        if isinstance(frame, pl.DataFrame):
+            sub = frame.select(columns)
+            chunks: Iterator[pl.DataFrame] = (sub.slice(i, bs) for i in range(0, sub.height, bs))
+        else:
+            chunks = self._rebatch(frame.select(columns).collect_batches(chunk_size=bs, maintain_order=True), bs)
+        offset = 0
+        for chunk in chunks:
+            n = chunk.height
+            if self._sample_idx is not None:
+                lo, hi = np.searchsorted(self._sample_idx, [offset, offset + n])
+                chunk = chunk[self._sample_idx[lo:hi] - offset] if hi > lo else chunk.head(0)
+            offset += n
+            if chunk.height:
+                yield chunk
+
+    @staticmethod
+    def _rebatch(stream: Iterator[pl.DataFrame], bs: int) -> Iterator[pl.DataFrame]:
+        buf: list[pl.DataFrame] = []
+        size = 0
+        for df in stream:
+            buf.append(df)
+            size += df.height
+            while size >= bs:
+                whole = pl.concat(buf, rechunk=False) if len(buf) > 1 else buf[0]
+                yield whole.slice(0, bs)
+                rest = whole.slice(bs)
+                buf, size = ([rest] if rest.height else []), rest.height
+        if size:
+            yield pl.concat(buf, rechunk=False) if len(buf) > 1 else buf[0]
+
+    # ------------------------------------------------------------------------------- fit
+    def fit(self, data: Any, label: str | None = None) -> "FeatureRanker":
+        """Count over all rows (or the sample), score, rank; returns ``self``."""
+        frame, where = self._frame(data)
+        try:
+            return self._fit(frame, where, label)
+        except (pl.exceptions.PolarsError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise DataError(f"could not read the data ({type(e).__name__}: {first})", where=where,
+                            fix="check that it is a valid parquet/CSV file with one type per column") from None
+
+    def _fit(self, frame: pl.DataFrame | pl.LazyFrame, where: str, label: str | None) -> "FeatureRanker":
+        from recsys.features.quality import QualityThresholds, quality_report
+
+        schema_obj = Schema.from_yaml(self.schema) if isinstance(self.schema, (str, Path)) else self.schema
+        if isinstance(self.schema, (str, Path)):
+            self.schema = schema_obj
+        label = label or self.label or (schema_obj.label if schema_obj is not None else "label")
+        dtypes = dict(frame.collect_schema()) if isinstance(frame, pl.LazyFrame) else dict(frame.schema)
+        names = list(dtypes)
+        if label not in dtypes:
+            raise DataError(f"no label column {label!r}; columns are {names}", where=where,
+                            fix="pass --label with the label's column name")
+        lazy = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+        n_total = int(lazy.select(pl.len()).collect().item())
+        if n_total == 0:
+            raise DataError("the data has no rows", where=where, fix="rank features on a non-empty file")
+        self._sample_idx = None
+        if self.sample is not None and self.sample < n_total:
+            rng = np.random.default_rng([int(self.seed), 0xA11])
+            self._sample_idx = np.sort(rng.choice(n_total, size=self.sample, replace=False)).astype(np.int64)
+
+        # ---- pass 0: label classes and counts (label column only), numeric quantiles
+        lab_dtype = dtypes[label]
+        if isinstance(lab_dtype, (pl.List, pl.Array, pl.Struct)):
+            raise DataError(f"the label {label!r} is a {lab_dtype} column", where=where,
+                            fix="use a single-valued binary or multi-class label")
+        lab_counts: dict[Any, int] = {}
+        if self._sample_idx is None:  # one lazy query (the scan pushes the projection down)
+            vc = lazy.group_by(label).len().collect()
+            lab_counts = dict(zip(vc[label].to_list(), (int(c) for c in vc["len"].to_list())))
+        else:
+            for b in self._batches(frame, [label]):
+                vc = b[label].value_counts()
+                for v, c in zip(vc[label].to_list(), vc["count"].to_list()):
+                    lab_counts[v] = lab_counts.get(v, 0) + int(c)
+        if None in lab_counts:
+            raise DataError(f"the label {label!r} has {lab_counts[None]} missing values", where=where,
+                            fix="drop or fill the rows without a label")
+        if any(isinstance(v, float) and math.isnan(v) for v in lab_counts):
+            raise DataError(f"the label {label!r} has NaN values", where=where, fix="drop or fill them")
+        classes = sorted(lab_counts)
+        if len(classes) < 2:
+            raise DataError(f"the label {label!r} has a single value {classes}; nothing to rank against", where=where,
+                            fix="check the label column")
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"the label {label!r} has {len(classes)} distinct values: it looks continuous, not a "
+                            f"class label (at most {MAX_CLASSES} classes)", where=where,
+                            fix="bin it into classes, or rank against a binary/multi-class label")
+        class_counts = np.array([lab_counts[c] for c in classes], np.int64)
+        n = int(class_counts.sum())
+        C = len(classes)
+        cols = self._columns(names, dtypes, where, label, C)
+        numeric = [c for c in cols if c.kind == "numeric"]
+        if numeric:
+            q_lf = lazy
+            if self._sample_idx is not None:
+                q_lf = lazy.with_row_index("__row").filter(pl.col("__row").is_in(pl.Series(self._sample_idx)))
+            exprs = []
+            for i, c in enumerate(numeric):
+                x = pl.col(c.source).cast(pl.Float64, strict=False)
+                x = x.fill_nan(None)
+                qs = np.linspace(0, 1, c.n_bins + 1)[1:-1]
+                exprs += [x.quantile(float(q), interpolation="nearest").alias(f"{i}_{j}") for j, q in enumerate(qs)]
+            row = q_lf.select(exprs).collect().row(0)
+            pos = 0
+            for c in numeric:
+                k = c.n_bins - 1
+                vals = [v for v in row[pos:pos + k] if v is not None]
+                c.boundaries = np.array(sorted(set(vals)), np.float64)
+                pos += k
+
+        # ---- pass 1: per batch, one polars group_by per column (run in parallel), merged into running counts
+        label_map = pl.DataFrame({"v": pl.Series(classes, dtype=lab_dtype), "y": np.arange(C, dtype=np.int8)})
+        perm = _PermutedStream(class_counts, self.n_permutations, self.seed)
+        sources = list(dict.fromkeys([c.source for c in cols] + [label]))
+        bar = self._bar(n, "counting")
+        row0 = 0
+        for b in self._batches(frame, sources):
+            m = b.height
+            y = b.select(pl.col(label).alias("v")).join(label_map, on="v", how="left", maintain_order="left")["y"]
+            rows = np.arange(row0, row0 + m)  # (sampled) row numbers: fingerprints only
+            row0 += m
+            base = {"__y": y, "__row": pl.Series(rows.astype(np.int64)), "__rh": pl.Series(_row_hash(rows))}
+            y_perm = perm.next(m).astype(np.int8)
+            base.update({f"__p{k}": pl.Series(y_perm[k]) for k in range(self.n_permutations)})
+            batch = pl.DataFrame({**{f"__c{i}": c.prepare(b[c.source]) for i, c in enumerate(cols)}, **base})
+            lazies = [batch.lazy().group_by(f"__c{i}").agg(c.agg_exprs()).rename({f"__c{i}": "v"})
+                      for i, c in enumerate(cols)]
+            for c, g in zip(cols, pl.collect_all(lazies)):
+                c.merge(g)
+            if bar is not None:
+                bar.update(m)
+        if bar is not None:
+            bar.close()
+        for c in cols:
+            c.finalize()
+
+        # ---- scores
+        h_y = entropy_from_counts(class_counts)
+        s_y = _xlogx_sum(class_counts)
+        rows = []
+        for c in cols:
+            t = c.table
+            a = c.n
+            s_a = _xlogx_sum(a)
+            mi = _mi_from_sums(_xlogx_sum(t), s_a, s_y, n)
+            chance = []
+            for p in c.perm:
+                first = a - p.sum(1)
+                chance.append(_mi_from_sums(_xlogx_sum(first) + _xlogx_sum(p), s_a, s_y, n))
+            cm = float(np.mean(chance))
+            cs = float(np.std(chance, ddof=1)) if len(chance) > 1 else float("nan")
+            emi = expected_mutual_info(a, class_counts)
+            corr = mi - (cm if self.correction == "permutation" else emi)
+            z = (mi - cm) / cs if cs > 0 else float("nan")
+            null = c.null_index
+            n_missing = int(a[null]) if null is not None else 0
+            rows.append({
+                "feature": c.name, "column": c.source, "kind": c.kind, "mi": mi, "chance_mi_mean": cm,
+                "chance_mi_std": cs, "emi": emi, "mi_corrected": corr, "z": z,
+                "mi_norm": corr / h_y if h_y > 0 else 0.0,
+                "cardinality": c.card - (1 if null is not None else 0),
+                "coverage": 1.0 - n_missing / n, "entropy": entropy_from_counts(a),
+            })
+        self.n_rows_ = n
+        self.classes_ = classes
+        self.class_counts_ = class_counts
+        self.label_entropy_ = h_y
+        self.label_name_ = label
+        self._cols = {c.name: c for c in cols}
+        relevance = {r["feature"]: (r["mi"] if self.heuristic == "mi" else r["mi_corrected"]) for r in rows}
+        ranked = sorted(rows, key=lambda r: (-relevance[r["feature"]], r["feature"]))
+
+        # ---- pairs / 3MR
+        self.pairs_ = None
+        self.redundancy_ = None
+        extra: dict[str, dict[str, float]] = {}
+        order = [r["feature"] for r in ranked]
+        if self.pairs or self.heuristic == "3mr":
+            k = len(order) if self.pair_top_k is None else min(self.pair_top_k, len(order))
+            cand = order[:k]
+            self._pair_pass(frame, cand, label, label_map, class_counts)
+            if self.heuristic == "3mr":
+                order3, extra = self._three_mr(cand, relevance)
+                order = order3 + [f for f in order if f not in set(order3)]
+        by_name = {r["feature"]: r for r in rows}
+        out = []
+        for i, f in enumerate(order):
+            r = dict(by_name[f])
+            r["rank"] = i + 1
+            r["score"] = extra.get(f, {}).get("mr_objective", relevance[f]) if self.heuristic == "3mr" else relevance[f]
+            if self.heuristic == "3mr":
+                r["relevance_norm"] = extra.get(f, {}).get("relevance_norm")
+                r["mr_objective"] = extra.get(f, {}).get("mr_objective")
+            out.append(r)
+        lead = ["rank", "feature", "kind", "score", "mi", "chance_mi_mean", "chance_mi_std", "emi", "mi_corrected", "z",
+                "mi_norm", "cardinality", "coverage", "entropy", "column"]
+        if self.heuristic == "3mr":
+            lead += ["relevance_norm", "mr_objective"]
+        self.ranking_ = pl.DataFrame(out, schema_overrides={k: pl.Float64 for k in
+                                                            ("relevance_norm", "mr_objective")
+                                                            if self.heuristic == "3mr"}).select(lead)
+        thresholds = self.quality if self.quality is not None else QualityThresholds()
+        self.quality_ = quality_report(self, thresholds)
+        return self
+
+    def _bar(self, total: int, desc: str):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
+
+    # ------------------------------------------------------------------------- pairs
+    def _pair_pass(self, frame, cand: list[str], label: str, label_map: pl.DataFrame, class_counts: np.ndarray) -> None:
+        cols = [self._cols[f] for f in cand]
+        n = self.n_rows_
+        C = len(class_counts)
+        parts: dict[str, list[pl.Series]] = {c.name: [] for c in cols}
+        ys = []
+        sources = list(dict.fromkeys([c.source for c in cols] + [label]))
+        bar = self._bar(n, "pairs")
+        for b in self._batches(frame, sources):
+            ys.append(b.select(pl.col(label).alias("v")).join(label_map, on="v", how="left",
+                                                              maintain_order="left")["y"].to_numpy().astype(np.int64))
+            for c in cols:
+                parts[c.name].append(c.prepare(b[c.source]))
+            if bar is not None:
+                bar.update(b.height)
+        if bar is not None:
+            bar.close()
+        y = np.concatenate(ys)
+        codes: dict[str, np.ndarray] = {}
+        card: dict[str, int] = {}
+        for c in cols:  # dense codes over all rows at once (null -> 0)
+            full = pl.concat(parts.pop(c.name), rechunk=True)
+            codes[c.name] = full.rank("dense").fill_null(0).cast(pl.Int32).to_numpy()
+            card[c.name] = int(codes[c.name].max()) + 1
+            del full
+        s_single = {c.name: _xlogx_sum(c.n) for c in cols}
+        s_y = _xlogx_sum(class_counts)
+        rng = np.random.default_rng([int(self.seed), 0xFA12])
+        y_perms = [rng.permutation(y) for _ in range(self.pair_permutations)]
+        row_perms = [rng.permutation(n) for _ in range(self.pair_permutations)]
+        rows = []
+        red = {f: {g: float("nan") for g in cand} for f in cand}
+        for f in cand:
+            red[f][f] = entropy_from_counts(self._cols[f].n)
+        bar = self._bar(len(cand) * (len(cand) - 1) // 2, "pair scores")
+        for i, fa in enumerate(cand):
+            ca = codes[fa].astype(np.int64)
+            for fb in cand[i + 1:]:
+                cb = codes[fb]
+                kb = card[fb]
+                ab = ca * kb + cb
+                size_ab = card[fa] * kb
+                s_ab, n_ab = _count_sums(ab, size_ab)
+                rel = _mi_from_sums(_count_sums(ab * C + y, size_ab * C)[0], s_ab, s_y, n)
+                rel_ch = [_mi_from_sums(_count_sums(ab * C + yp, size_ab * C)[0], s_ab, s_y, n) for yp in y_perms]
+                rd = _mi_from_sums(s_ab, s_single[fa], s_single[fb], n)
+                rd_ch = [_mi_from_sums(_count_sums(ca * kb + cb[p], size_ab)[0], s_single[fa], s_single[fb], n)
+                         for p in row_perms]
+                rel_c = rel - float(np.mean(rel_ch)) if self.heuristic != "mi" else rel
+                rd_c = rd - float(np.mean(rd_ch)) if self.heuristic != "mi" else rd
+                red[fa][fb] = red[fb][fa] = rd_c
+                rows.append({"feature_a": fa, "feature_b": fb, "pair_cardinality": n_ab,
+                             "relation_mi": rel, "relation_chance": float(np.mean(rel_ch)), "relation": rel_c,
+                             "redundancy_mi": rd, "redundancy_chance": float(np.mean(rd_ch)), "redundancy": rd_c})
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.pairs_ = pl.DataFrame(rows, schema={"feature_a": pl.String, "feature_b": pl.String,
+                                                 "pair_cardinality": pl.Int64, "relation_mi": pl.Float64,
+                                                 "relation_chance": pl.Float64, "relation": pl.Float64,
+                                                 "redundancy_mi": pl.Float64, "redundancy_chance": pl.Float64,
+                                                 "redundancy": pl.Float64}).sort("relation", descending=True)
+        self.redundancy_ = pl.DataFrame({"feature": cand, **{g: [red[f][g] for f in cand] for g in cand}})
+
+    def _three_mr(self, cand: list[str], relevance: dict[str, float]) -> tuple[list[str], dict[str, dict[str, float]]]:
+        def minmax(vals: dict[Any, float]) -> dict[Any, float]:
+            if not vals:
+                return {}
+            lo, hi = min(vals.values()), max(vals.values())
+            return {k: ((v - lo) / (hi - lo) if hi > lo else 0.0) for k, v in vals.items()}
+
+        rel = minmax({f: relevance[f] for f in cand})
+        red_raw, relat_raw = {}, {}
+        for r in self.pairs_.iter_rows(named=True):
+            key = frozenset((r["feature_a"], r["feature_b"]))
+            red_raw[key], relat_raw[key] = r["redundancy"], r["relation"]
+        red, relat = minmax(red_raw), minmax(relat_raw)
+        agg = {"median": statistics.median, "mean": statistics.fmean, "sum": math.fsum}[self.aggregation]
+        first = max(cand, key=lambda f: (rel[f], f == cand[0]))
+        chosen = [first]
+        info = {first: {"relevance_norm": rel[first], "mr_objective": rel[first]}}
+        left = [f for f in cand if f != first]
+        while left:
+            best, best_val = None, -math.inf
+            for f in left:
+                val = (rel[f] - self.alpha * agg([red[frozenset((s, f))] for s in chosen])
+                       + self.beta * agg([relat[frozenset((s, f))] for s in chosen]))
+                if val > best_val:
+                    best, best_val = f, val
+            chosen.append(best)
+            info[best] = {"relevance_norm": rel[best], "mr_objective": best_val}
+            left.remove(best)
+        return chosen, info
+
+    # ------------------------------------------------------------------------ helpers
+    def selected(self, top_k: int | None = None, min_score: float | None = None, min_z: float = 3.0) -> list[str]:
+        """Features to keep, in ranking order: the ``top_k`` best, or those with ``score > min_score``;
+        by default those whose MI is significant (``z >= min_z`` and corrected MI > 0)."""
+        r = self.ranking_
+        if top_k is not None:
+            return r["feature"].head(top_k).to_list()
+        if min_score is not None:
+            return r.filter(pl.col("score") > min_score)["feature"].to_list()
+        return r.filter((pl.col("z") >= min_z) & (pl.col("mi_corrected") > 0))["feature"].to_list()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: settings, label, ranking, pairs."""
+        return {
+            "heuristic": self.heuristic, "correction": self.correction, "n_permutations": self.n_permutations,
+            "seed": self.seed, "n_bins": self.n_bins, "batch_size": self.batch_size, "sample": self.sample,
+            "alpha": self.alpha, "beta": self.beta, "aggregation": self.aggregation,
+            "label": {"column": self.label_name_, "classes": [str(c) for c in self.classes_],
+                      "counts": self.class_counts_.tolist(), "entropy": self.label_entropy_},
+            "n_rows": self.n_rows_,
+            "ranking": _jsonable(self.ranking_.to_dicts()),
+            "pairs": _jsonable(self.pairs_.to_dicts()) if self.pairs_ is not None else None,
+        }
+
+
+def _count_sums(keys: np.ndarray, size: int) -> tuple[float, int]:
+    """``(sum n log n, number of distinct keys)`` of integer keys in ``[0, size)``."""
+    if size <= _DENSE_LIMIT:
+        c = np.bincount(keys, minlength=size)
+        c = c[c > 0]
+    else:
+        c = pl.Series(keys).value_counts(sort=False)["count"].to_numpy()
+    return _xlogx_sum(c), int(c.size)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return _jsonable(float(obj))
+    return obj

@@ -1,0 +1,299 @@
+"""Feature ranking (issue 3): MI against hand computations, the chance correction, 3MR, pairs,
+streaming, the data-quality report, the CLI and bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from recsys.cli import main as recsys_main
+from recsys.errors import RecsysError
+from recsys.features import FeatureRanker, expected_mutual_info, mutual_info_from_counts
+from recsys.features.ranking import _log_factorial
+
+
+def _rank(df: pl.DataFrame, **kw) -> FeatureRanker:
+    kw.setdefault("label", "y")
+    return FeatureRanker(**kw).fit(df)
+
+
+def _row(r: FeatureRanker, feature: str) -> dict:
+    return r.ranking_.filter(pl.col("feature") == feature).row(0, named=True)
+
+
+# ----------------------------------------------------------------------------- the math
+def test_mi_hand_computed_tiny_tables():
+    # f = y: I = H(y) = ln 2
+    df = pl.DataFrame({"f": [0, 1, 0, 1], "y": [0, 1, 0, 1]})
+    assert _row(_rank(df), "f")["mi"] == pytest.approx(math.log(2), abs=1e-12)
+    # independent: f splits each class evenly -> 0
+    df = pl.DataFrame({"f": ["a", "b", "a", "b"], "y": [0, 0, 1, 1]})
+    assert _row(_rank(df), "f")["mi"] == pytest.approx(0.0, abs=1e-12)
+    # 3 x 2 table by hand: f = a,a,b,b,c,c,c ; y = 0,0,0,1,1,1,0
+    f = ["a", "a", "b", "b", "c", "c", "c"]
+    y = [0, 0, 0, 1, 1, 1, 0]
+    n = 7
+    table = {("a", 0): 2, ("b", 0): 1, ("b", 1): 1, ("c", 0): 1, ("c", 1): 2}
+    pf = {"a": 2 / n, "b": 2 / n, "c": 3 / n}
+    py = {0: 4 / n, 1: 3 / n}
+    expected = sum(c / n * math.log((c / n) / (pf[a] * py[b])) for (a, b), c in table.items())
+    r = _rank(pl.DataFrame({"f": f, "y": y}))
+    assert _row(r, "f")["mi"] == pytest.approx(expected, abs=1e-12)
+    assert r.label_entropy_ == pytest.approx(-(4 / 7) * math.log(4 / 7) - (3 / 7) * math.log(3 / 7), abs=1e-12)
+    assert mutual_info_from_counts(np.array([[2, 0], [1, 1], [1, 2]])) == pytest.approx(expected, abs=1e-12)
+
+
+def test_missing_is_its_own_category_and_multiclass_label():
+    # with nulls as a category, f determines y exactly (3 classes)
+    df = pl.DataFrame({"f": [None, None, "a", "a", "b", "b"], "y": ["x", "x", "y", "y", "z", "z"]})
+    r = _rank(df)
+    assert _row(r, "f")["mi"] == pytest.approx(math.log(3), abs=1e-12)
+    assert _row(r, "f")["cardinality"] == 2 and _row(r, "f")["coverage"] == pytest.approx(4 / 6)
+    assert r.classes_ == ["x", "y", "z"]
+
+
+def test_expected_mi_matches_brute_force_permutations():
+    f = [0, 0, 1, 1, 1, 2]
+    y = [0, 1, 1, 0, 0, 1]
+    mis = []
+    for p in itertools.permutations(range(6)):
+        t = np.zeros((3, 2))
+        for i, j in zip(f, [y[k] for k in p]):
+            t[i, j] += 1
+        mis.append(mutual_info_from_counts(t))
+    assert expected_mutual_info(np.bincount(f), np.bincount(y)) == pytest.approx(np.mean(mis), abs=1e-12)
+    x = np.array([0, 1, 5, 127, 128, 129, 1000, 10**6])
+    assert np.allclose(_log_factorial(x), [math.lgamma(v + 1.0) for v in x], rtol=1e-14, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ the correction
+def _planted(n: int = 40_000, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, n // 2, n)  # ~ n/2 distinct: pure noise, high cardinality
+    ids2 = rng.integers(0, 5_000, n)
+    planted = rng.integers(0, 5_000, n)  # high cardinality WITH signal
+    eff = rng.normal(0, 1.0, 5_000)[planted]
+    weak = rng.integers(0, 3, n)
+    p = 1 / (1 + np.exp(-(-1.0 + eff + 0.3 * (weak - 1))))
+    y = (rng.random(n) < p).astype(np.int8)
+    return pl.DataFrame({"noise_ids": ids, "noise_5k": ids2, "planted_5k": planted, "weak_3": weak, "y": y})
+
+
+def test_permutation_correction_near_zero_on_noise_positive_on_planted():
+    df = _planted()
+    plain = _rank(df, heuristic="mi")
+    corr = _rank(df)
+    # plain MI puts the high-cardinality noise first; the corrected score does not
+    assert plain.ranking_["feature"][0] == "noise_ids"
+    assert corr.ranking_["feature"].to_list()[:2] == ["planted_5k", "weak_3"]
+    for f in ("noise_ids", "noise_5k"):
+        row = _row(corr, f)
+        assert row["mi"] > 0.05  # large plug-in MI by chance...
+        assert abs(row["score"]) < 5 * row["chance_mi_std"] + 1e-4  # ...removed by the correction
+        assert abs(row["mi"] - row["emi"]) < 5 * row["chance_mi_std"] + 1e-4
+    for f in ("planted_5k", "weak_3"):
+        row = _row(corr, f)
+        assert row["score"] > 0.003 and row["z"] > 10
+    # the closed form and the permutation mean agree (within the permutation noise)
+    for row in corr.ranking_.iter_rows(named=True):
+        assert abs(row["emi"] - row["chance_mi_mean"]) < 4 * row["chance_mi_std"] / math.sqrt(5) + 1e-6
+    exp = _rank(df, correction="expected")
+    assert exp.ranking_["feature"].to_list()[:2] == ["planted_5k", "weak_3"]
+    assert corr.selected() == ["planted_5k", "weak_3"]
+
+
+def test_determinism_and_seed():
+    df = _planted(8_000)
+    a = _rank(df, seed=3).ranking_
+    b = _rank(df, seed=3).ranking_
+    c = _rank(df, seed=4).ranking_
+    assert a.equals(b)
+    assert not a["chance_mi_mean"].equals(c["chance_mi_mean"])
+    assert a["mi"].equals(a["mi"]) and np.allclose(a.sort("feature")["mi"], c.sort("feature")["mi"])
+
+
+# ------------------------------------------------------------------------- 3MR and pairs
+def test_3mr_prefers_informative_over_its_noisy_duplicate():
+    rng = np.random.default_rng(1)
+    n = 30_000
+    a = rng.integers(0, 8, n)
+    b = rng.integers(0, 8, n)
+    dup = np.where(rng.random(n) < 0.85, a, rng.integers(0, 8, n))  # noisy copy of a
+    ea, eb = rng.normal(0, 1.0, 8), rng.normal(0, 0.6, 8)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(ea[a] + eb[b])))).astype(np.int8)
+    df = pl.DataFrame({"a": a, "a_dup": dup, "b": b, "noise": rng.integers(0, 50, n), "y": y})
+    mic = _rank(df).ranking_["feature"].to_list()
+    assert mic[:3] == ["a", "a_dup", "b"]  # relevance alone keeps the duplicate second
+    r = _rank(df, heuristic="3mr")
+    order = r.ranking_["feature"].to_list()
+    assert order[0] == "a" and order.index("b") < order.index("a_dup")
+    assert r.redundancy_ is not None and r.redundancy_.height == 4
+    red = dict(zip(r.redundancy_["feature"], r.redundancy_["a"]))
+    assert red["a_dup"] > 0.5 and abs(red["noise"]) < 0.01
+
+
+def test_pair_score_finds_xor_interaction():
+    rng = np.random.default_rng(2)
+    n = 20_000
+    a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    flip = rng.random(n) < 0.1
+    y = ((a ^ b) ^ flip).astype(np.int8)
+    df = pl.DataFrame({"a": a, "b": b, "c": rng.integers(0, 2, n), "y": y})
+    r = _rank(df, pairs=True, pair_top_k=None)
+    assert max(abs(_row(r, f)["score"]) for f in "abc") < 1e-3  # no single column shows it
+    top = r.pairs_.row(0, named=True)
+    assert {top["feature_a"], top["feature_b"]} == {"a", "b"}
+    assert top["relation"] > 0.3  # ~ ln2 - H(0.1)
+    assert r.pairs_.filter(pl.col("relation") < 1e-3).height == 2
+
+
+def test_pair_combination_does_not_collide():
+    # "1"+"23" == "12"+"3" as strings; as codes they are distinct cells, and y follows the pair
+    df = pl.DataFrame({"a": ["1", "12", "1", "12"] * 50, "b": ["23", "3", "23", "3"] * 50, "y": [0, 1, 0, 1] * 50})
+    r = _rank(df, pairs=True, pair_top_k=None)
+    assert r.pairs_["pair_cardinality"][0] == 2
+    assert r.pairs_["relation_mi"][0] == pytest.approx(math.log(2), abs=1e-12)
+
+
+# -------------------------------------------------------------------------- streaming
+def test_streamed_equals_in_memory(tmp_path: Path):
+    df = _planted(6_000).with_columns(
+        pl.Series("num", np.random.default_rng(0).normal(size=6_000)),
+        pl.Series("tags", [["x", "y"][: i % 3] if i % 7 else None for i in range(6_000)], dtype=pl.List(pl.String)))
+    path = tmp_path / "d.parquet"
+    df.write_parquet(path, row_group_size=1000)
+    kw = dict(batch_size=777, pairs=True, pair_top_k=4)
+    mem = _rank(df, **kw)
+    lazy = _rank(pl.scan_parquet(path), **kw)
+    file = FeatureRanker(label="y", **kw).fit(path)
+    for other in (lazy, file):
+        assert mem.ranking_.equals(other.ranking_)
+        assert mem.pairs_.equals(other.pairs_)
+        assert mem.quality_ == other.quality_
+    one = _rank(df, batch_size=10**6)  # one batch: exact counts do not depend on batching
+    cols = ["feature", "mi", "emi", "cardinality", "coverage"]
+    assert mem.ranking_.select(cols).sort("feature").equals(one.ranking_.select(cols).sort("feature"))
+    sampled = _rank(df, sample=2_000)
+    assert sampled.n_rows_ == 2_000
+
+
+def test_numeric_bins_and_multi_hot_sets():
+    x = np.arange(1000, dtype=np.float64)
+    df = pl.DataFrame({"x": x, "t": [["b", "a"] if i % 2 else ["a", "b"] for i in range(1000)],
+                       "y": (x >= 500).astype(np.int8)}).with_columns(
+        pl.when(pl.col("x") == 3).then(None).otherwise(pl.col("x")).alias("x"))
+    r = _rank(df, n_bins=4)
+    q = r.quality_["columns"]
+    assert q["x"]["cardinality"] == 4 and q["x"]["missing"] == 1 and len(q["x"]["bin_boundaries"]) == 3
+    assert q["t"]["cardinality"] == 1 and q["t"]["constant"]  # [a, b] and [b, a] are one set
+
+
+# ------------------------------------------------------------------------ data quality
+def test_quality_report_flags():
+    rng = np.random.default_rng(0)
+    n = 5_000
+    base = rng.integers(0, 6, n)
+    y = (rng.random(n) < 0.3).astype(np.int8)
+    df = pl.DataFrame({
+        "const": ["k"] * n,
+        "near_const": np.where(np.arange(n) < 10, 1, 0),
+        "missing": [None if i % 10 else "v" for i in range(n)],
+        "row_id": np.arange(n),
+        "base": base,
+        "relabelled": pl.Series(base).replace_strict({i: f"v{5 - i}" for i in range(6)}),
+        "leak": np.where(rng.random(n) < 0.01, 1 - y, y),
+        "y": y,
+    })
+    rep = _rank(df).quality_
+    f = rep["flagged"]
+    assert f["constant"] == ["const"]
+    assert f["near_constant"] == ["near_const"]
+    assert f["mostly_missing"] == ["missing"]
+    assert f["id_like"] == ["row_id"]
+    assert sorted(f["duplicated"]) == ["base", "relabelled"] and rep["columns"]["base"]["duplicate_of"] == ["relabelled"]
+    assert f["suspected_leak"] == ["leak"]
+    assert rep["columns"]["const"]["top_values"] == [{"value": "k", "count": n, "share": 1.0}]
+    json.dumps(rep)
+
+
+# --------------------------------------------------------------------------------- CLI
+def test_cli_writes_every_output(tmp_path: Path):
+    df = _planted(5_000).with_columns(pl.Series("num", np.random.default_rng(0).normal(size=5_000)))
+    data = tmp_path / "d.csv"
+    df.write_csv(data)
+    out = tmp_path / "out"
+    assert recsys_main(["rank-features", "--data", str(data), "--label", "y", "--out", str(out),
+                        "--heuristic", "3mr", "--no-progress"]) == 0
+    for name in ("ranking.csv", "ranking.json", "quality.json", "summary.md", "scores.png", "redundancy.png",
+                 "selected_features.yaml"):
+        assert (out / name).is_file(), name
+    ranking = pl.read_csv(out / "ranking.csv")
+    assert ranking.height == 5 and ranking["feature"][0] == "planted_5k"
+    sel = yaml.safe_load((out / "selected_features.yaml").read_text())
+    assert sel["data"]["init_args"]["fields"][0] == "planted_5k"
+    assert "noise_ids" not in sel["data"]["init_args"]["fields"]
+    assert json.loads((out / "ranking.json").read_text())["heuristic"] == "3mr"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    # rerun into the existing directory: files replaced, no heatmap left over without pairs
+    assert recsys_main(["rank-features", "--data", str(data), "--label", "y", "--out", str(out),
+                        "--pair-top-k", "0", "--top-k", "2", "--no-progress"]) == 0
+    assert not (out / "redundancy.png").exists()
+    assert len(yaml.safe_load((out / "selected_features.yaml").read_text())["data"]["init_args"]["fields"]) == 2
+
+
+def test_cli_schema_and_errors(tmp_path: Path, capsys):
+    df = pl.DataFrame({"a": ["x", "y"] * 20, "n": [float(i) for i in range(40)], "label": [0, 1] * 20})
+    data = tmp_path / "d.parquet"
+    df.write_parquet(data)
+    schema = tmp_path / "s.yaml"
+    schema.write_text(yaml.safe_dump({"label": "label", "fields": [
+        {"name": "feat_a", "kind": "categorical", "column": "a"},
+        {"name": "n", "kind": "numeric", "transform": "bucketize", "n_buckets": 4}]}))
+    out = tmp_path / "o"
+    assert recsys_main(["rank-features", "--data", str(data), "--schema", str(schema), "--out", str(out),
+                        "--no-progress"]) == 0
+    assert pl.read_csv(out / "ranking.csv")["feature"].to_list()[0] == "feat_a"
+    # a failing run leaves nothing behind
+    bad_out = tmp_path / "bad"
+    assert recsys_main(["rank-features", "--data", str(data), "--label", "nope", "--out", str(bad_out)]) == 2
+    assert "no label column 'nope'" in capsys.readouterr().err
+    assert not bad_out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["missing_label", "continuous_label", "constant_label", "null_label", "empty_file",
+                                  "header_only", "garbage_csv", "missing_file", "bad_heuristic"])
+def test_bad_input_raises_recsys_error(tmp_path: Path, case: str):
+    good = pl.DataFrame({"f": [1, 2, 3, 4], "y": [0, 1, 0, 1]})
+    kwargs: dict = {"label": "y"}
+    data: object = good
+    if case == "missing_label":
+        kwargs["label"] = "target"
+    elif case == "continuous_label":
+        data = pl.DataFrame({"f": list(range(500)), "y": np.linspace(0, 1, 500)})
+    elif case == "constant_label":
+        data = good.with_columns(pl.lit(1).alias("y"))
+    elif case == "null_label":
+        data = pl.DataFrame({"f": [1, 2, 3], "y": [0, None, 1]})
+    elif case == "empty_file":
+        data = tmp_path / "e.csv"
+        data.write_text("")
+    elif case == "header_only":
+        data = tmp_path / "h.csv"
+        data.write_text("f,y\n")
+    elif case == "garbage_csv":
+        data = tmp_path / "g.csv"
+        data.write_text("f,y\n1,0\n2,1\n" + "x,y,z,w,v\n" * 3 + "3,0\n")
+    elif case == "missing_file":
+        data = tmp_path / "nope.parquet"
+    elif case == "bad_heuristic":
+        kwargs["heuristic"] = "mi-numba"
+    with pytest.raises(RecsysError) as e:
+        FeatureRanker(**kwargs).fit(data)
+    assert str(e.value)
