@@ -87,6 +87,8 @@ def _make_cli_class():
                                 help="predict: parquet file for keys + scores (default: <log_dir>/predictions.parquet)")
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="fit: evaluate the best checkpoint on valid and test and write metrics.json")
+            parser.add_argument("--report", type=bool, default=False,
+                                help="fit: also write the offline AUC report of the best checkpoint to <log_dir>/report")
 
         def before_instantiate_classes(self) -> None:
             # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
@@ -106,7 +108,14 @@ def _make_cli_class():
             cfg = self.config[self.subcommand]
             if not cfg.get("test_after_fit", True) or self.trainer.interrupted:
                 return
-            write_fit_metrics(self.trainer, self.model, self.datamodule)
+            metrics = write_fit_metrics(self.trainer, self.model, self.datamodule)
+            if cfg.get("report") and metrics.get("best_checkpoint"):
+                from recsys.reports import build_report
+
+                split = "test" if "test" in metrics else "valid"
+                out = Path(metrics["metrics_file"]).parent / "report"
+                build_report([metrics["best_checkpoint"]], data=split, out_dir=out)
+                print(f"recsys: report written to {out / 'report.html'}")
 
     return RecsysCLI
 
@@ -139,6 +148,7 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
     out_dir = Path(trainer.log_dir or trainer.default_root_dir)
     path = out_dir / "metrics.json"
     atomic_write_text(path, json.dumps(metrics, indent=2))
+    metrics["metrics_file"] = str(path)
     summary = ", ".join(f"{s} auc {metrics[s]['auc']:.4f} logloss {metrics[s]['logloss']:.4f}"
                         for s in ("valid", "test") if s in metrics and "auc" in metrics[s])
     print(f"recsys: {summary}; metrics written to {path}")

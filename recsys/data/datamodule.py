@@ -96,7 +96,7 @@ class CTRDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
-        if self._frames:
+        if "train" in self._frames:  # loaded (a predict file may have been read first)
             return
         if self.dataset in BUILTIN:
             frame, schema = BUILTIN[self.dataset](**self.dataset_options)

@@ -54,10 +54,12 @@ concatenation (``"1" + "23"`` vs ``"12" + "3"``). Pair terms always use the perm
 Counting and memory
 -------------------
 Counts are exact over **all rows** (or over an explicit ``sample`` of rows), streamed in batches
-of ``batch_size`` rows. Each column keeps a value -> code vocabulary (codes dense, in order of
-first occurrence, the same in every batch), its count table ``n(code, y)`` and the permuted tables
-``n(code, y_pi)`` (classes ``1..C-1`` only); memory grows with distinct values
-(``~(C + K (C - 1)) * 8`` bytes plus the value itself per distinct value), not with rows.
+of ``batch_size`` rows. Per batch, each column is grouped by value (one polars ``group_by`` per
+column, all columns in parallel) into: the value's row count, its label counts, its counts under
+each label permutation, its first row and the sum of a 64-bit hash of its rows; these partial
+tables are merged into one running table per column (sums; min for the first row). Memory grows
+with distinct values (``~(3 + C - 1 + K (C - 1)) * 8`` bytes plus the value itself per distinct
+value and column), not with rows; the batch itself adds ``batch_size`` rows of the input columns.
 
 The label permutations are exact *global* permutations generated while streaming: knowing the
 class counts (a cheap pre-pass over the label column), each batch draws how many rows of each
@@ -65,10 +67,11 @@ class it receives from the multivariate hypergeometric distribution of what is l
 them. That is exactly a uniformly random arrangement of the label multiset over all rows, so no
 row-level label vector is kept. (Results depend on ``seed`` and on ``batch_size``; the same input,
 seed and batch size give identical results, whether the data is a DataFrame, a LazyFrame or a
-file.)
+file. Plain MI, ``emi`` and the quality report do not depend on ``batch_size``.)
 
 The pair pass (only with pairs / 3MR) re-reads the ``pair_top_k`` candidate columns and keeps
-their codes as int32 per row: ``pair_top_k * rows * 4`` bytes (80 MB for 20 features x 1M rows).
+their dense codes as int32 per row: ``pair_top_k * rows * 4`` bytes (80 MB for 20 features x 1M
+rows), plus the label.
 
 Column kinds
 ------------
@@ -292,7 +295,7 @@ class _Column:
                 e = pl.col("v")
                 if s.dtype.inner != pl.String:
                     e = e.list.eval(pl.element().cast(pl.String))
-                return s.alias("v").to_frame().select(e.list.unique().list.sort().list.join("\x1f")).to_series()
+                return s.alias("v").to_frame().select(e.list.eval(pl.element().unique().sort()).list.join("\x1f")).to_series()
             return s
         return s
 
