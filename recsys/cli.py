@@ -88,7 +88,8 @@ def _make_cli_class():
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="fit: evaluate the best checkpoint on valid and test and write metrics.json")
             parser.add_argument("--report", type=bool, default=False,
-                                help="fit: also write the offline AUC report of the best checkpoint to <log_dir>/report")
+                                help="fit/test: also write the offline AUC report of the best (fit) or given "
+                                     "(test --ckpt_path) checkpoint to <log_dir>/report")
 
         def before_instantiate_classes(self) -> None:
             # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
@@ -104,18 +105,26 @@ def _make_cli_class():
             out = cfg.get("predict_out") or str(Path(self.trainer.log_dir or ".") / "predictions.parquet")
             self.trainer.callbacks.append(PredictionWriter(out))
 
+        def after_test(self) -> None:
+            cfg = self.config[self.subcommand]
+            ckpt = cfg.get("ckpt_path")
+            if cfg.get("report") and ckpt and Path(ckpt).is_file():
+                self._write_report(ckpt, "test", Path(self.trainer.log_dir or ".") / "report")
+
+        def _write_report(self, ckpt: str, split: str, out: Path) -> None:
+            from recsys.reports import build_report
+
+            build_report([ckpt], data=split, out_dir=out)
+            print(f"recsys: report written to {out / 'report.html'}")
+
         def after_fit(self) -> None:
             cfg = self.config[self.subcommand]
             if not cfg.get("test_after_fit", True) or self.trainer.interrupted:
                 return
             metrics = write_fit_metrics(self.trainer, self.model, self.datamodule)
             if cfg.get("report") and metrics.get("best_checkpoint"):
-                from recsys.reports import build_report
-
-                split = "test" if "test" in metrics else "valid"
-                out = Path(metrics["metrics_file"]).parent / "report"
-                build_report([metrics["best_checkpoint"]], data=split, out_dir=out)
-                print(f"recsys: report written to {out / 'report.html'}")
+                self._write_report(metrics["best_checkpoint"], "test" if "test" in metrics else "valid",
+                                   Path(metrics["metrics_file"]).parent / "report")
 
     return RecsysCLI
 
