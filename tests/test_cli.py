@@ -53,7 +53,7 @@ def _metrics(tmp_path: Path, name: str) -> dict:
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
     cfg = _config(tmp, "run")
-    assert main(["fit", "--config", str(cfg)]) == 0
+    assert main(["fit", "--config", str(cfg), "--report", "true"]) == 0
     return tmp, cfg, _metrics(tmp, "run")
 
 
@@ -75,6 +75,15 @@ def test_fit_learns_planted_signal(fitted):
     assert metrics["test"]["auc"] <= oracle + 0.02  # cannot beat the oracle beyond noise
     assert metrics["train"]["samples_per_s_median"] > 0
     assert Path(metrics["best_checkpoint"]).is_file()
+
+
+def test_fit_report_matches_fit_metrics(fitted):
+    tmp, _, metrics = fitted
+    report_dir = Path(metrics["best_checkpoint"]).parents[1] / "report"
+    assert (report_dir / "report.html").is_file()
+    report = json.loads((report_dir / "metrics.json").read_text())
+    auc = report["models"][0]["metrics"]["auc"]["value"]
+    assert auc == pytest.approx(metrics["test"]["auc"], abs=1e-5)
 
 
 def test_checkpoint_predict_reproduces_scores(fitted, tmp_path):
