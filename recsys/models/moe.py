@@ -1,0 +1,421 @@
+"""Mixture-of-experts rankers: AW-MoE (attention-weighted gate + contrastive loss) and plain MoE.
+
+Notation: B = batch, F = number of fields (pooled id fields + numeric fields), D = embedding
+width, L = behaviour-sequence length (the schema's ``max_len``), N = number of experts,
+H = the experts' last hidden width.
+
+**AW-MoE** (Gong et al., ICDE 2023, arXiv 2306.05011). Only the abstract is public (see
+``shared/specs/PAPERS.md`` section 3); this module implements the spec's "implementable
+reading", and every choice the abstract leaves open is listed in :class:`AWMoE`'s docstring
+with what we chose. In short::
+
+    E [B, F, D]       field embeddings (target item included; the history is *not* pooled)
+    b [B, L, D], m    behaviour sequence (shares the target item's table) and its mask
+    t [B, D]          target item embedding
+    a_j  = ActivationUnit([b_j, t, b_j - t, b_j * t])        [B, L]  (DIN local activation)
+    α    = softmax of a over the real behaviours (mask m)    [B, L]
+    u_j  = W_g b_j                                            [B, L, N] (gate unit)
+    z    = Σ_j α_j u_j + c                                    [B, N]  gate logits
+    g    = softmax(z)                                         [B, N]  expert weights
+    s    = Σ_j α_j b_j                                        [B, D]  behaviour summary
+    x    = [flatten(E), s]                                    [B, F*D + D]
+    logit = Tower(Σ_n g_n Expert_n(x))                        [B]
+
+In training, a second view of the sequence drops each real behaviour with probability
+``mask_rate`` (a simulated long-tail user); its gate logits ``z'`` reuse ``a`` and ``u`` (they
+depend on each behaviour alone) with the smaller mask. The aux loss is
+``cl_weight * InfoNCE(z, z')`` with in-batch negatives; it is returned only when
+``self.training``.
+
+**MoE** is the ablation baseline: the same experts and tower, but the gate is
+``softmax(MLP(x))`` over the flattened field embeddings, with the history mean-pooled as one
+more field (one-task MMoE, Ma et al. 2018, as FuxiCTR's MMoE with one task).
+
+>>> from recsys.data import CTRDataModule
+>>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
+>>> batch = next(iter(dm.train_dataloader()))
+>>> model = AWMoE(dm.features, embedding_dim=4, expert_units=[8], n_experts=3)
+>>> out = model(batch)
+>>> out.logits.shape, sorted(out.aux_losses), out.extras["gate"].shape
+(torch.Size([8]), ['contrastive'], torch.Size([8, 3]))
+>>> _ = model.eval(); sorted(model(batch).aux_losses)
+[]
+>>> g = MoE(dm.features, embedding_dim=4, expert_units=[8]).gate_weights(batch)
+>>> g.shape, torch.allclose(g.sum(1), torch.ones(8))
+(torch.Size([8, 4]), True)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.data.preprocess import FeatureEncoder
+from recsys.models.base import ModelOutput, RankingModel
+from recsys.models.baselines import NumericEmbedding
+from recsys.models.embedding import FeatureEmbedding
+from recsys.models.layers import MLP
+
+__all__ = ["AWMoE", "MoE", "ActivationUnit", "MixtureOfExperts", "info_nce", "masked_softmax",
+           "random_behaviour_mask"]
+
+
+# ------------------------------------------------------------------------------------ functions
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``scores`` over the positions where ``mask`` is True; masked positions get 0.
+
+    A row with no True position gets all zeros (not NaN), so an empty history contributes nothing.
+
+    >>> masked_softmax(torch.tensor([[1.0, 1.0, 5.0], [0.0, 0.0, 0.0]]),
+    ...                torch.tensor([[True, True, False], [False, False, False]]))
+    tensor([[0.5000, 0.5000, 0.0000],
+            [0.0000, 0.0000, 0.0000]])
+    """
+    filled = scores.masked_fill(~mask, float("-inf"))
+    top = filled.amax(dim=dim, keepdim=True).clamp(min=-1e30)  # -inf on empty rows -> finite
+    e = torch.exp(filled - top) * mask
+    return e / e.sum(dim=dim, keepdim=True).clamp(min=1e-30)
+
+
+def random_behaviour_mask(mask: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The masked view's mask: each real behaviour (``mask`` True) is dropped independently with
+    probability ``rate``; padding stays padding. Shapes ``[B, L] -> [B, L]`` (bool).
+
+    A row may lose every behaviour (probability ``rate ** length``): it then looks like a user
+    without history, the extreme long-tail case.
+
+    >>> m = torch.tensor([[True, True, False]])
+    >>> random_behaviour_mask(m, 0.0).tolist(), random_behaviour_mask(m, 1.0).tolist()
+    ([[True, True, False]], [[False, False, False]])
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"mask rate must be in [0, 1], got {rate}")
+    keep = torch.rand(mask.shape, generator=generator, device=mask.device) >= rate
+    return mask & keep
+
+
+def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1,
+             similarity: str = "cosine") -> torch.Tensor:
+    """InfoNCE with in-batch negatives: row ``i`` of ``anchor`` should match row ``i`` of
+    ``positive`` among all rows ``k`` of ``positive``::
+
+        L = mean_i  -log( exp(sim(a_i, p_i) / τ) / Σ_k exp(sim(a_i, p_k) / τ) )
+
+    Shapes ``[B, N], [B, N] -> scalar``. ``similarity``: ``cosine`` (default) or ``dot``.
+    The lower bound is 0 only in the limit; with ``B`` rows a loss of ``log(B)`` means the
+    positives are no closer than the negatives.
+
+    >>> g = torch.eye(4)
+    >>> bool(info_nce(g, g) < info_nce(g, g[[1, 2, 3, 0]]))
+    True
+    """
+    if similarity == "cosine":
+        anchor, positive = F.normalize(anchor, dim=1), F.normalize(positive, dim=1)
+    elif similarity != "dot":
+        raise ValueError(f"unknown similarity {similarity!r}; use 'cosine' or 'dot'")
+    logits = anchor @ positive.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+# --------------------------------------------------------------------------------------- layers
+class ActivationUnit(nn.Module):
+    """DIN's local activation unit: one score per behaviour against the target.
+
+    ``a_j = MLP([b_j, t, b_j - t, b_j * t])``. Shapes ``b [B, L, D], t [B, D] -> [B, L]``
+    (unnormalised; the caller applies the mask).
+
+    >>> ActivationUnit(4, [8])(torch.zeros(2, 3, 4), torch.zeros(2, 4)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, dim: int, hidden_units: Sequence[int] = (64, 32), activation: str = "relu"):
+        super().__init__()
+        self.mlp = MLP(4 * dim, list(hidden_units), out_dim=1, activation=activation)
+
+    def forward(self, behaviours: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = target.unsqueeze(1).expand_as(behaviours)
+        x = torch.cat([behaviours, t, behaviours - t, behaviours * t], dim=-1)
+        return self.mlp(x).squeeze(-1)
+
+
+class MixtureOfExperts(nn.Module):
+    """``N`` expert MLPs over the same input, mixed by given gate weights, then a tower.
+
+    Shapes ``x [B, I], gate [B, N] -> logits [B]``: ``Tower(Σ_n gate_n * Expert_n(x))`` where
+    each expert maps ``I -> H`` and the tower ``H -> ... -> 1``. With ``tower_units=()`` the tower
+    is one linear layer, so (gates summing to 1) this equals ``Σ_n g_n E_n(x)`` with scalar
+    experts that share their output layer.
+
+    >>> moe = MixtureOfExperts(6, n_experts=3, expert_units=[8])
+    >>> moe(torch.zeros(2, 6), torch.full((2, 3), 1 / 3)).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, in_dim: int, n_experts: int = 4, expert_units: Sequence[int] = (256, 128),
+                 tower_units: Sequence[int] = (), dropout: float = 0.0, batch_norm: bool = False,
+                 init: str = "torch"):
+        super().__init__()
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        if not expert_units:
+            raise ValueError("expert_units must name at least one hidden layer")
+        self.experts = nn.ModuleList(
+            MLP(in_dim, list(expert_units), dropout=dropout, batch_norm=batch_norm, init=init) for _ in range(n_experts))
+        self.tower = MLP(expert_units[-1], list(tower_units), out_dim=1, dropout=dropout, batch_norm=batch_norm,
+                         init=init)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        h = torch.stack([e(x) for e in self.experts], dim=1)       # [B, N, H]
+        mixed = (gate.unsqueeze(-1) * h).sum(dim=1)                # [B, H]
+        return self.tower(mixed).squeeze(-1)
+
+
+def _normalise_gate(z: torch.Tensor, how: str) -> torch.Tensor:
+    return torch.softmax(z, dim=-1) if how == "softmax" else torch.sigmoid(z)
+
+
+# ---------------------------------------------------------------------------------------- models
+class AWMoE(RankingModel):
+    """AW-MoE: mixture of experts whose gate is target attention over the behaviour sequence,
+    trained with an InfoNCE loss between the gates of the full and a randomly masked sequence.
+
+    Shapes (see the module docstring for the formulas): field embeddings ``E [B, F, D]``,
+    sequence ``[B, L, D]`` + mask ``[B, L]``, target ``[B, D]``; expert input
+    ``[B, F*D + D]``; gate ``[B, N]``; output ``logits [B]``, ``aux_losses["contrastive"]``
+    (training only, already multiplied by ``cl_weight``), ``extras["gate"] [B, N]`` (expert
+    weights) and ``extras["attention"] [B, L]`` (α, zeros on padding).
+
+    Choices the paper's public text leaves open, and ours:
+
+    * **Activation unit**: DIN's ``MLP([b, t, b - t, b * t])`` (``attention_units``, ReLU by
+      default; DIN used Dice/PReLU, ``attention_activation="prelu"`` is close). Its scores are
+      normalised by a **softmax over the real behaviours** (DIN leaves them unnormalised); so
+      the gate and the summary do not grow with the history length, and the masked view is
+      comparable with the full one.
+    * **Gate unit**: a bias-free linear map ``u_j = W_g b_j`` (``[B, L, N]``), one score per
+      expert per behaviour; the gate logits are ``z = Σ_j α_j u_j + c`` with a learned per-expert
+      prior ``c``, which is the whole gate for a user without history.
+    * **Normalisation**: ``gate_normalization="softmax"`` (default; the weights sum to 1 over the
+      experts) or ``"sigmoid"`` (each weight in (0, 1) independently, no sum constraint).
+    * **Granularity**: one weight per expert (the abstract's "fine-grained activation vector"
+      could also mean per expert and hidden unit; not implemented).
+    * **Other features in the gate**: off by default (the abstract feeds the gate the behaviour
+      sequence); ``gate_features=True`` adds a linear map of ``flatten(E)`` to ``z``.
+    * **Experts' view of the sequence**: the attention-weighted summary ``s = Σ_j α_j b_j``
+      (the same α as the gate), appended to the flattened field embeddings. The target item and
+      every other id field are fields of ``E``; numeric fields are embedded as ``x * v``.
+    * **Experts and tower**: each expert an MLP ``expert_units``; their last hidden vectors are
+      mixed by the gate and a tower (``tower_units`` then a linear layer) gives the logit.
+    * **Masking**: each real behaviour is dropped independently with probability ``mask_rate``
+      (default 0.3), for every row, fresh each step; dropped behaviours leave the softmax over
+      behaviours (no [MASK] token). A row can lose all behaviours.
+    * **Contrastive target**: ``contrast_on="logits"`` (default) contrasts the gate logits
+      centred over the experts (for the softmax gate, the log of the weights up to a constant,
+      so identical weights give identical vectors); ``"weights"`` contrasts the normalised
+      weights, which for N = 4 are nearly collinear positive vectors and separate rows poorly.
+    * **InfoNCE**: anchor = full view, positives/negatives = masked views of the batch's rows
+      (one direction, as the spec's formula), ``similarity="cosine"`` (or ``"dot"``),
+      ``temperature`` τ = 0.1 by default, gradients through both views. Rows whose full
+      sequence is empty are left out (their two views are the same constant prior, which
+      carries no signal and would count as false negatives); with fewer than 2 rows left the
+      loss is 0.
+    * **Which view feeds the BCE**: only the full view (training and inference see the same
+      model); the masked view feeds only the contrastive loss.
+    * **Weight**: ``cl_weight`` λ = 0.1 by default; the task adds ``λ · L_cl`` to the BCE.
+
+    Args:
+        features: fitted FeatureEncoder; its schema needs a ``sequence`` field that shares the
+            target item's table.
+        embedding_dim: D (other table widths in ``dims`` are projected to D).
+        n_experts: N.
+        expert_units: hidden widths of each expert MLP (the last is H).
+        tower_units: hidden widths of the tower after the mixture (``()``: one linear layer).
+        attention_units: hidden widths of the activation unit.
+        attention_activation: activation of the activation unit (``relu``, ``prelu``, ...).
+        sequence_field: the behaviour sequence (default: the schema's first sequence field).
+        target_field: the target item field (default: the field whose table the sequence shares).
+        gate_normalization: ``softmax`` or ``sigmoid``.
+        gate_features: also feed ``flatten(E)`` to the gate.
+        mask_rate: probability of dropping each behaviour in the masked view, in [0, 1).
+        temperature: InfoNCE τ > 0.
+        cl_weight: λ >= 0 (0: no contrastive loss).
+        similarity: ``cosine`` or ``dot``.
+        contrast_on: ``logits`` (centred gate logits) or ``weights``.
+        dropout, batch_norm, mlp_init: of the expert and tower MLPs.
+        dims: table -> width overrides.
+        init_std: std of the N(0, std^2) embedding init.
+    """
+
+    def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, n_experts: int = 4,
+                 expert_units: Sequence[int] = (256, 128), tower_units: Sequence[int] = (),
+                 attention_units: Sequence[int] = (64, 32), attention_activation: str = "relu",
+                 sequence_field: str | None = None, target_field: str | None = None,
+                 gate_normalization: str = "softmax", gate_features: bool = False,
+                 mask_rate: float = 0.3, temperature: float = 0.1, cl_weight: float = 0.1,
+                 similarity: str = "cosine", contrast_on: str = "logits",
+                 dropout: float = 0.0, batch_norm: bool = False, mlp_init: str = "torch",
+                 dims: dict[str, int] | None = None, init_std: float = 1e-4):
+        super().__init__()
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        schema = features.schema
+        seqs = [f.name for f in schema.sequence_fields]
+        if sequence_field is None:
+            if not seqs:
+                raise ValueError("AWMoE needs a behaviour sequence: the schema has no sequence field")
+            sequence_field = seqs[0]
+        if sequence_field not in seqs:
+            raise ValueError(f"sequence_field {sequence_field!r} is not a sequence field; sequence fields: {seqs}")
+        seq_spec = schema.field(sequence_field)
+        if target_field is None:
+            target_field = seq_spec.table
+        names = [f.name for f in schema.id_fields]
+        if target_field not in names or target_field == sequence_field:
+            raise ValueError(f"target_field {target_field!r} is not an id field other than the sequence; "
+                             f"id fields: {names}")
+        if schema.field(target_field).table != seq_spec.table:
+            raise ValueError(f"target_field {target_field!r} (table {schema.field(target_field).table!r}) and "
+                             f"sequence {sequence_field!r} (table {seq_spec.table!r}) must share one table")
+        if gate_normalization not in ("softmax", "sigmoid"):
+            raise ValueError(f"gate_normalization must be 'softmax' or 'sigmoid', got {gate_normalization!r}")
+        if contrast_on not in ("logits", "weights"):
+            raise ValueError(f"contrast_on must be 'logits' or 'weights', got {contrast_on!r}")
+        if similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+        if not 0.0 <= mask_rate < 1.0:
+            raise ValueError(f"mask_rate must be in [0, 1), got {mask_rate}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if cl_weight < 0:
+            raise ValueError(f"cl_weight must be >= 0, got {cl_weight}")
+        self.sequence_field, self.target_field = sequence_field, target_field
+        self.gate_normalization, self.contrast_on, self.similarity = gate_normalization, contrast_on, similarity
+        self.mask_rate, self.temperature, self.cl_weight = mask_rate, temperature, cl_weight
+        self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims, unpooled=[sequence_field],
+                                          project_to=embedding_dim, init_std=init_std)
+        n_dense = len(schema.dense_fields)
+        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
+        n_fields = len(self.embedding.pooled_names) + n_dense
+        self.activation = ActivationUnit(embedding_dim, attention_units, attention_activation)
+        self.gate_unit = nn.Linear(embedding_dim, n_experts, bias=False)
+        self.gate_prior = nn.Parameter(torch.zeros(n_experts))
+        self.gate_fields = nn.Linear(n_fields * embedding_dim, n_experts, bias=False) if gate_features else None
+        self.moe = MixtureOfExperts(n_fields * embedding_dim + embedding_dim, n_experts, expert_units, tower_units,
+                                    dropout=dropout, batch_norm=batch_norm, init=mlp_init)
+
+    def field_embeddings(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``E [B, F, D]``, sequence ``[B, L, D]``, mask ``[B, L]``, target ``[B, D]``."""
+        emb = self.embedding(batch)
+        seq, mask = emb.sequences[self.sequence_field]
+        e = emb.stack()
+        if self.numeric is not None:
+            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
+        return e, seq, mask, emb.pooled[self.target_field]
+
+    def _gate_logits(self, scores: torch.Tensor, units: torch.Tensor, mask: torch.Tensor,
+                     field_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = masked_softmax(scores, mask)                          # [B, L]
+        z = (alpha.unsqueeze(-1) * units).sum(dim=1) + self.gate_prior  # [B, N]
+        if field_logits is not None:
+            z = z + field_logits
+        return z, alpha
+
+    def forward_embedded(self, e: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor,
+                         target: torch.Tensor) -> ModelOutput:
+        """The model after the embedding lookup (shapes as :meth:`field_embeddings`).
+
+        Padded positions (``mask`` False) are zeroed first, so whatever they hold never reaches
+        the output."""
+        seq = seq.masked_fill(~mask.unsqueeze(-1), 0.0)
+        flat = e.flatten(1)                                           # [B, F*D]
+        scores = self.activation(seq, target)                         # [B, L]
+        units = self.gate_unit(seq)                                   # [B, L, N]
+        field_logits = self.gate_fields(flat) if self.gate_fields is not None else None
+        z, alpha = self._gate_logits(scores, units, mask, field_logits)
+        gate = _normalise_gate(z, self.gate_normalization)
+        summary = (alpha.unsqueeze(-1) * seq).sum(dim=1)              # [B, D]
+        logits = self.moe(torch.cat([flat, summary], dim=1), gate)
+        out = ModelOutput(logits=logits, extras={"gate": gate, "attention": alpha})
+        if self.training and self.cl_weight > 0:
+            masked = random_behaviour_mask(mask, self.mask_rate)
+            z2, _ = self._gate_logits(scores, units, masked, field_logits)
+            out.aux_losses["contrastive"] = self.cl_weight * self.contrastive_loss(z, z2, mask.any(dim=1))
+        return out
+
+    def contrastive_loss(self, z: torch.Tensor, z_masked: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between the gates of the two views (``[B, N]`` logits each) over ``rows``
+        (``[B]`` bool: rows with a non-empty sequence); 0 when fewer than 2 rows qualify."""
+        if int(rows.sum()) < 2:
+            return z.sum() * 0.0
+        a, p = z[rows], z_masked[rows]
+        if self.contrast_on == "logits":
+            a, p = a - a.mean(dim=1, keepdim=True), p - p.mean(dim=1, keepdim=True)
+        else:
+            a, p = _normalise_gate(a, self.gate_normalization), _normalise_gate(p, self.gate_normalization)
+        return info_nce(a, p, self.temperature, self.similarity)
+
+    def forward(self, batch) -> ModelOutput:
+        return self.forward_embedded(*self.field_embeddings(batch))
+
+    @torch.no_grad()
+    def gate_weights(self, batch) -> torch.Tensor:
+        """Expert weights ``[B, N]`` of the full sequence (softmax: each row sums to 1)."""
+        return self.forward(batch).extras["gate"]
+
+
+class MoE(RankingModel):
+    """Plain softmax-gated mixture of experts (one-task MMoE): the AW-MoE ablation baseline.
+
+    ``x = flatten(E)`` with ``E [B, F, D]`` every id field pooled (the behaviour sequence
+    mean-pooled as one field, as the schema says) plus numeric fields as ``x * v``;
+    ``g = softmax(GateMLP(x))`` ``[B, N]`` (rows sum to 1; ``gate_units=()`` is a linear gate);
+    ``logits = Tower(Σ_n g_n Expert_n(x))`` ``[B]``. No auxiliary loss. ``extras["gate"]``
+    holds ``g``.
+
+    Args:
+        features: fitted FeatureEncoder.
+        embedding_dim: D.
+        n_experts: N.
+        expert_units: hidden widths of each expert MLP.
+        tower_units: hidden widths of the tower (``()``: one linear layer).
+        gate_units: hidden widths of the gate MLP (``()``: linear).
+        dropout, batch_norm, mlp_init: of the expert and tower MLPs.
+        dims: table -> width overrides (projected to D).
+        init_std: std of the N(0, std^2) embedding init.
+    """
+
+    def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, n_experts: int = 4,
+                 expert_units: Sequence[int] = (256, 128), tower_units: Sequence[int] = (),
+                 gate_units: Sequence[int] = (), dropout: float = 0.0, batch_norm: bool = False,
+                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4):
+        super().__init__()
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
+                                          project_to=embedding_dim, init_std=init_std)
+        n_dense = len(features.schema.dense_fields)
+        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
+        in_dim = (len(self.embedding.pooled_names) + n_dense) * embedding_dim
+        self.gate = MLP(in_dim, list(gate_units), out_dim=n_experts)
+        self.moe = MixtureOfExperts(in_dim, n_experts, expert_units, tower_units, dropout=dropout,
+                                    batch_norm=batch_norm, init=mlp_init)
+
+    def field_embeddings(self, batch) -> torch.Tensor:
+        """``E [B, F, D]``: id fields (schema order) then numeric fields."""
+        e = self.embedding(batch).stack()
+        if self.numeric is not None:
+            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
+        return e
+
+    def forward(self, batch) -> ModelOutput:
+        x = self.field_embeddings(batch).flatten(1)
+        gate = torch.softmax(self.gate(x), dim=-1)
+        return ModelOutput(logits=self.moe(x, gate), extras={"gate": gate})
+
+    @torch.no_grad()
+    def gate_weights(self, batch) -> torch.Tensor:
+        """Expert weights ``[B, N]``; each row sums to 1."""
+        return self.forward(batch).extras["gate"]
