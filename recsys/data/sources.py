@@ -48,10 +48,12 @@ def _movielens(max_history: int = 1000, history_len: int = 50) -> tuple[pl.DataF
     return load_ml100k_ctr(max_history=max(max_history, history_len)), ml100k_ctr_schema(history_len=history_len)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+def read_table(path: str | Path, columns: list[str] | None = None, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
     """Read a parquet or CSV file (or a directory of parquet files), only ``columns`` if given.
 
-    Raises :class:`DataError` naming the path for a missing file, an unknown format or a read failure.
+    ``lazy=True`` returns the ``LazyFrame`` scan instead (its schema already read, so a file polars
+    cannot open fails here, not at ``collect``). Raises :class:`DataError` naming the path for a
+    missing or empty file, an unknown format or a read failure.
     """
     p = Path(path)
     if not p.exists():
@@ -63,6 +65,8 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         elif suffix in (".parquet", ".pq"):
             lf = pl.scan_parquet(str(p))
         elif suffix in (".csv", ".tsv", ".txt"):
+            if p.stat().st_size == 0:
+                raise DataError("the file is empty", where=str(p), fix="write a header line and data rows")
             lf = pl.scan_csv(str(p), separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10000)
         else:
             raise DataError(f"unsupported file type {suffix!r}", where=str(p), fix="use .parquet or .csv")
@@ -73,9 +77,13 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
                 raise DataError(f"columns {missing} are missing; the file has {present}", where=str(p),
                                 fix="add the columns or fix the schema's field names / 'column:' entries")
             lf = lf.select(columns)
+        if lazy:
+            lf.collect_schema()
+            return lf
         return lf.collect()
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - polars/OS errors become one clear message
-        raise DataError(f"could not read the file ({type(e).__name__}: {str(e).splitlines()[0]})", where=str(p),
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"could not read the file ({type(e).__name__}: {first})", where=str(p),
                         fix="check that it is a valid parquet/CSV file") from None

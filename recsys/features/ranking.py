@@ -95,7 +95,10 @@ The data-quality report of the same pass is :attr:`FeatureRanker.quality_` (see
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import math
+import sys
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,29 +229,33 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------------ reading
 def scan_table(path: str | Path) -> pl.LazyFrame:
-    """A lazy scan of a parquet / CSV file (or a directory of parquet files), with clear errors."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError("file not found", where=str(p), fix="check the path")
-    suffix = p.suffix.lower()
+    """A lazy scan of a parquet / CSV file (or a directory of parquet files), with clear errors
+    (:func:`recsys.data.sources.read_table` with ``lazy=True``)."""
+    return _sources().read_table(path, lazy=True)
+
+
+def _sources():
+    """The :mod:`recsys.data.sources` module, without importing the ``recsys.data`` package when it is
+    not loaded yet: its ``__init__`` imports torch, torchrec and lightning (seconds), which ranking
+    never needs. The module is loaded from its file under its own name, so a later
+    ``import recsys.data`` reuses it."""
+    name = "recsys.data.sources"
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod
+    if "recsys.data" in sys.modules:
+        return importlib.import_module(name)
+    import recsys
+
+    spec = importlib.util.spec_from_file_location(name, Path(recsys.__file__).parent / "data" / "sources.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
     try:
-        if p.is_dir():
-            lf = pl.scan_parquet(str(p / "*.parquet"))
-        elif suffix in (".parquet", ".pq"):
-            lf = pl.scan_parquet(str(p))
-        elif suffix in (".csv", ".tsv", ".txt"):
-            if p.stat().st_size == 0:
-                raise DataError("the file is empty", where=str(p), fix="write a header line and data rows")
-            lf = pl.scan_csv(str(p), separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10000)
-        else:
-            raise DataError(f"unsupported file type {suffix!r}", where=str(p), fix="use .parquet or .csv")
-        lf.collect_schema()
-        return lf
-    except DataError:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
         raise
-    except Exception as e:  # noqa: BLE001 - polars/OS errors become one clear message
-        raise DataError(f"could not read the file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                        where=str(p), fix="check that it is a valid parquet/CSV file") from None
+    return mod
 
 
 # ---------------------------------------------------------------------------------- per column
@@ -261,10 +268,311 @@ def _row_hash(rows: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(33)).astype(np.int64)
 
 
+_EMPTY = -1  # hash table / lookup table: free slot
+_CLAIMED = np.iinfo(np.int32).min  # slot taken in the current batch, code not yet assigned
+_FIB = np.uint64(0x9E3779B97F4A7C15)
+_MIX2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_LUT_MIN = 1 << 16  # a direct lookup table may always span this many integers...
+_LUT_PER_VALUE = 4  # ...or this many per distinct value (+ per row of the batch being coded)
+_CHUNK = 1 << 21  # rows per weighted bincount: sums of 31-bit row hashes stay below 2**53 (exact)
+_PATTERN_MAX = 1 << 12  # joint label patterns counted in one bincount when C**(K+1) is at most this
+_PATTERN_CELLS = 1 << 20  # ... and distinct values x patterns is at most this
+
+
+class _Coder:
+    """A column's running dictionary: value -> dense code ``0, 1, ...`` in order of first appearance.
+
+    Keys are int64: the integer itself (integer, boolean, bin and float columns: exact), or for
+    any other type (strings, multi-hot sets, ...) two independent 64-bit polars hashes compared
+    together (a 128-bit key: two distinct values share a code with probability ~2**-128 per pair).
+    Integer keys in a small range use a direct lookup table (at most ``_LUT_PER_VALUE`` slots per
+    distinct value, or ``_LUT_MIN``); everything else an open-addressing hash table (linear
+    probing, load <= 1/2), all vectorized with numpy. Memory grows with distinct values, not rows.
+    Missing values get a code of their own.
+    """
+
+    def __init__(self, two_keys: bool):
+        self.two = two_keys
+        self.card = 0
+        self.null_code: int | None = None
+        self.lut: np.ndarray | None = None  # direct table (one-key integers): code of lo + i
+        self.lo = 0
+        self.mode = "hash" if two_keys else "lut"
+        self.bits = 0
+        self.used = 0
+        self.tk1 = self.tk2 = self.tc = None
+
+    # --------------------------------------------------------------- hash table
+    def _new_table(self, bits: int) -> None:
+        cap = 1 << bits
+        self.bits = bits
+        self.tk1 = np.zeros(cap, np.int64)
+        self.tk2 = np.zeros(cap, np.int64) if self.two else None
+        self.tc = np.full(cap, _EMPTY, np.int32)
+        self.used = 0
+
+    def _slots(self, k1: np.ndarray, k2: np.ndarray | None) -> np.ndarray:
+        h = k1.view(np.uint64)
+        if k2 is not None:
+            h = h ^ (k2.view(np.uint64) * _MIX2)
+        return ((h * _FIB) >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def _probe(self, k1: np.ndarray, k2: np.ndarray | None, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Linear probing from slots ``s``: (slot holding the key or the first free slot, found)."""
+        mask = (1 << self.bits) - 1
+        tk1, tk2, tc = self.tk1, self.tk2, self.tc
+        c = tc[s]
+        occ = c != _EMPTY
+        eq = occ & (tk1[s] == k1)
+        if k2 is not None:
+            eq &= tk2[s] == k2
+        found = eq
+        go = np.flatnonzero(occ & ~eq)
+        if go.size:
+            s = s.copy()
+            while go.size:
+                sg = (s[go] + 1) & mask
+                s[go] = sg
+                c = tc[sg]
+                occ = c != _EMPTY
+                e = occ & (tk1[sg] == k1[go])
+                if k2 is not None:
+                    e &= tk2[sg] == k2[go]
+                found[go[e]] = True
+                go = go[occ & ~e]
+        return s, found
+
+    def _insert(self, k1: np.ndarray, k2: np.ndarray | None, fill: np.ndarray | None = None) -> None:
+        """Insert keys not in the table (repeats allowed): each distinct key takes one free slot, with
+        code ``fill`` (default: claimed, code assigned later)."""
+        s = self._slots(k1, k2)
+        while k1.size:
+            s, found = self._probe(k1, k2, s)
+            todo = np.flatnonzero(~found)
+            if not todo.size:
+                return
+            st = s[todo]  # free slots: one of the keys aiming at each slot wins it; the others probe on
+            self.tk1[st] = k1[todo]
+            if k2 is not None:
+                self.tk2[st] = k2[todo]
+            self.tc[st] = _CLAIMED if fill is None else fill[todo]
+            k1, s = k1[todo], st
+            k2 = k2[todo] if k2 is not None else None
+            fill = fill[todo] if fill is not None else None
+
+    def _grow(self, need: int) -> None:
+        """(Re)build the hash table for ``need`` keys at load <= 1/2."""
+        bits = max(12, int(2 * max(need, 1) - 1).bit_length())
+        if self.mode == "lut":  # integers outgrew the direct table
+            idx = np.flatnonzero(self.lut != _EMPTY) if self.lut is not None else np.empty(0, np.int64)
+            k1, k2, fill = idx.astype(np.int64) + self.lo, None, (self.lut[idx] if idx.size else None)
+            self.lut = None
+            self.mode = "hash"
+        else:
+            idx = np.flatnonzero(self.tc != _EMPTY)
+            k1, fill = self.tk1[idx], self.tc[idx]
+            k2 = self.tk2[idx] if self.two else None
+            if bits <= self.bits:
+                bits = self.bits + 1
+        self._new_table(bits)
+        if k1.size:
+            self._insert(k1, k2, fill)
+        self.used = k1.size
+
+    # ------------------------------------------------------------------ coding
+    def encode(self, k1: np.ndarray, k2: np.ndarray | None, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Codes of one batch (``k1``/``k2``: keys of every row, ignored where ``valid`` is False =
+        missing) and the batch positions of the values first seen in it (ascending, one per new code)."""
+        m = k1.size
+        vi = None
+        if valid is not None and not valid.all():
+            vi = np.flatnonzero(valid)
+            k1 = k1[vi]
+            k2 = k2[vi] if k2 is not None else None
+        if self.mode == "lut":
+            codes, first = self._encode_lut(k1)
+        else:
+            codes, first = self._encode_hash(k1, k2)
+        # missing values: a code of their own, ordered with the new values by first appearance
+        null_first = None
+        if vi is not None:
+            full = np.empty(m, np.int64)
+            full[vi] = codes
+            nulls = np.flatnonzero(~valid)
+            first = vi[first]
+            if self.null_code is None:
+                null_first = int(nulls[0])
+            codes = full
+        new_pos = first
+        if null_first is not None:
+            at = int(np.searchsorted(first, null_first))
+            new_pos = np.insert(first, at, null_first)
+            # the values first seen after the first missing one move up by one code
+            shift_from = self.card + at
+            if codes.size:
+                codes[codes >= shift_from] += 1  # only this batch's new codes can be >= shift_from
+            self._shift_new(shift_from)
+            self.null_code = self.card + at
+        if vi is not None:
+            codes[nulls] = self.null_code
+        self.card += new_pos.size
+        return codes, new_pos
+
+    def _shift_new(self, shift_from: int) -> None:
+        """Codes >= shift_from (all assigned in this batch) move up by one in the tables."""
+        t = self.lut if self.mode == "lut" else self.tc
+        if t is not None:
+            t[t >= shift_from] += 1
+
+    def _encode_lut(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not x.size:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        bmin, bmax = int(x.min()), int(x.max())
+        if self.lut is None:
+            lo, hi = bmin, bmax
+        else:
+            lo, hi = min(self.lo, bmin), max(self.lo + self.lut.size - 1, bmax)
+        span = hi - lo + 1
+        allowed = max(_LUT_MIN, _LUT_PER_VALUE * (self.card + x.size))
+        if span > allowed:  # too sparse for a direct table: switch to the hash table for good
+            self._grow(self.card + min(x.size, 1 << 16))
+            return self._encode_hash(x, None)
+        if self.lut is None or lo < self.lo or hi >= self.lo + self.lut.size:
+            old, old_lo = self.lut, self.lo
+            if old is not None:  # grow with room to spare on the side(s) that grew
+                pad = max(0, min(span // 4, allowed - span))
+                lo -= pad if lo < old_lo else 0
+                hi += pad if hi >= old_lo + old.size else 0
+            self.lut = np.full(hi - lo + 1, _EMPTY, np.int32)
+            self.lo = lo
+            if old is not None:
+                self.lut[old_lo - lo:old_lo - lo + old.size] = old
+        idx = x - self.lo
+        lut = self.lut
+        codes = lut[idx].astype(np.int64)
+        miss = np.flatnonzero(codes < 0)
+        if not miss.size:
+            return codes, np.empty(0, np.int64)
+        im = idx[miss]
+        lut[im] = _CLAIMED
+        np.maximum.at(lut, im, (-2 - miss).astype(np.int32))  # -2 - (first position of the value)
+        first = miss[lut[im] == -2 - miss]
+        lut[idx[first]] = np.arange(self.card, self.card + first.size, dtype=np.int32)
+        codes[miss] = lut[im]
+        return codes, first
+
+    def _encode_hash(self, k1: np.ndarray, k2: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if not k1.size:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        if self.tc is None:
+            self._new_table(12)
+        s, found = self._probe(k1, k2, self._slots(k1, k2))
+        miss = np.flatnonzero(~found)
+        codes = np.empty(k1.size, np.int64)
+        hit = np.flatnonzero(found)
+        codes[hit] = self.tc[s[hit]]
+        if not miss.size:
+            return codes, np.empty(0, np.int64)
+        rest = miss
+        while rest.size:  # insert in chunks that cannot push the load above 1/2 (used: an upper bound)
+            room = (1 << self.bits) // 2 - self.used
+            if room < min(rest.size, 4096):
+                self.used = int(np.count_nonzero(self.tc != _EMPTY))
+                room = (1 << self.bits) // 2 - self.used
+                if room < min(rest.size, 4096):
+                    self._grow(self.used + min(rest.size, max(self.used, 4096)))
+                    continue
+            part, rest = rest[:room], rest[room:]
+            self._insert(k1[part], k2[part] if k2 is not None else None)
+            self.used += part.size
+            if rest.size:
+                rk2 = k2[rest] if k2 is not None else None
+                _, f = self._probe(k1[rest], rk2, self._slots(k1[rest], rk2))
+                rest = rest[~f]
+        mk2 = k2[miss] if k2 is not None else None
+        sm, _ = self._probe(k1[miss], mk2, self._slots(k1[miss], mk2))
+        tc = self.tc
+        np.maximum.at(tc, sm, (-2 - miss).astype(np.int32))  # claimed slots: -2 - (first position)
+        first = miss[tc[sm] == -2 - miss]
+        sf = sm[np.searchsorted(miss, first)]
+        tc[sf] = np.arange(self.card, self.card + first.size, dtype=np.int32)
+        codes[miss] = tc[sm]
+        return codes, first
+
+
+class _BatchLabels:
+    """Per batch: the label and its permutations as codes, in the forms the counting needs (shared by
+    every column): the joint label pattern, packed indicator weights, the row hashes."""
+
+    def __init__(self, y: np.ndarray, y_perm: np.ndarray, n_classes: int, rows: np.ndarray):
+        self.C = n_classes
+        self.vecs = [y.astype(np.int64)] + [p for p in y_perm]  # K + 1 label vectors
+        self.m = y.size
+        self.n_fields = len(self.vecs) * (n_classes - 1)
+        P = n_classes ** len(self.vecs)
+        self.P = P if P <= _PATTERN_MAX else 0
+        self._pat = None
+        self._ind = None
+        self._packed: dict[int, list[tuple[np.ndarray, list[int]]]] = {}
+        self.rh = _row_hash(rows).astype(np.float64)
+
+    @property
+    def pattern(self) -> np.ndarray:
+        """``sum_k y_k C**k``: the row's joint label pattern."""
+        if self._pat is None:
+            pat = np.zeros(self.m, np.int64)
+            for v in reversed(self.vecs):
+                pat *= self.C
+                pat += v
+            self._pat = pat
+        return self._pat
+
+    @property
+    def indicator(self) -> np.ndarray:
+        """P x F float matrix: pattern -> 1 where label vector k has class c (field k (C - 1) + c - 1)."""
+        if self._ind is None:
+            C, K1 = self.C, len(self.vecs)
+            digits = (np.arange(self.P)[:, None] // (C ** np.arange(K1))[None, :]) % C  # P x (K + 1)
+            ind = np.zeros((self.P, self.n_fields))
+            for k in range(K1):
+                for c in range(1, C):
+                    ind[:, k * (C - 1) + c - 1] = digits[:, k] == c
+            self._ind = ind
+        return self._ind
+
+    def packed(self, width: int) -> list[tuple[np.ndarray, list[int]]]:
+        """The indicator fields packed ``53 // width`` per float64 weight vector (exact sums while
+        every count stays below ``2**width``): [(weights, fields)]."""
+        if width not in self._packed:
+            per = max(1, 53 // width)
+            fields = [(k, c) for k in range(len(self.vecs)) for c in range(1, self.C)]
+            out = []
+            for g in range(0, len(fields), per):
+                w = np.zeros(self.m)
+                for i, (k, c) in enumerate(fields[g:g + per]):
+                    w += (self.vecs[k] == c) * float(1 << (width * i))
+                out.append((w, list(range(g, min(g + per, len(fields))))))
+            self._packed[width] = out
+        return self._packed[width]
+
+
+def _bincount(codes: np.ndarray, weights: np.ndarray | None, size: int) -> np.ndarray:
+    """Exact integer bincount (weighted sums in chunks of ``_CHUNK`` rows, each below 2**53)."""
+    if weights is None:
+        return np.bincount(codes, minlength=size)
+    if codes.size <= _CHUNK:
+        return np.bincount(codes, weights=weights, minlength=size).astype(np.int64)
+    out = np.zeros(size, np.int64)
+    for i in range(0, codes.size, _CHUNK):
+        out += np.bincount(codes[i:i + _CHUNK], weights=weights[i:i + _CHUNK], minlength=size).astype(np.int64)
+    return out
+
+
 @dataclass
 class _Column:
-    """Streaming state of one feature: per distinct value, its count, its label counts, its permuted
-    label counts, its first row and the sum of its rows' hashes (a running polars frame)."""
+    """Streaming state of one feature: a running dictionary of its values (:class:`_Coder`) and, per
+    distinct value (by code, i.e. in order of first appearance): its row count, its label counts, its
+    permuted label counts, its first row and the sum of its rows' hashes (growable numpy arrays)."""
 
     name: str  # feature name (schema field name or column)
     source: str  # raw column
@@ -274,18 +582,23 @@ class _Column:
     n_bins: int = 10
     separator: str | None = None
     boundaries: np.ndarray | None = None
-    agg: pl.DataFrame | None = None
 
-    # values -> the series whose distinct values are the categories
+    def start(self, count_dtype: type) -> None:
+        self.coder: _Coder | None = None
+        self.dtype = count_dtype  # int32 while the data has < 2**31 rows
+        self.card = 0
+        self._cap = 0
+        self._n = self._cnt = self._first = self._rh = None
+        self._values: list[pl.Series] = []
+
+    # values -> the series whose distinct values are the categories (pair pass)
     def prepare(self, s: pl.Series) -> pl.Series:
         if self.kind == "numeric":
-            x = s.cast(pl.Float64, strict=False)
-            if x.dtype == pl.Float64:
-                x = x.fill_nan(None)
-            v = x.to_numpy()  # nulls -> NaN
-            bins = np.searchsorted(self.boundaries, v, side="left").astype(np.float64)
-            bins[np.isnan(v)] = np.nan
-            return pl.Series("v", bins, nan_to_null=True).cast(pl.Int32)
+            bins, valid = self._bins(s)
+            b = bins.astype(np.float64)
+            if valid is not None:
+                b[~valid] = np.nan
+            return pl.Series("v", b, nan_to_null=True).cast(pl.Int32)
         if self.kind == "multi_hot":
             if s.dtype == pl.String and self.separator:
                 s = s.str.split(self.separator)
@@ -299,49 +612,116 @@ class _Column:
             return s
         return s
 
-    def agg_exprs(self) -> list[pl.Expr]:
-        C = self.n_classes
-        ex = [pl.len().cast(pl.Int64).alias("n")]
-        ex += [(pl.col("__y") == c).sum().cast(pl.Int64).alias(f"y{c}") for c in range(1, C)]
-        ex += [(pl.col(f"__p{k}") == c).sum().cast(pl.Int64).alias(f"p{k}_{c}")
-               for k in range(self.n_perm) for c in range(1, C)]
-        ex += [pl.col("__row").min().alias("row"), pl.col("__rh").sum().alias("rh")]
-        return ex
+    def _bins(self, s: pl.Series) -> tuple[np.ndarray, np.ndarray | None]:
+        """Numeric: bin index per row (``(b[i-1], b[i]]`` -> i) and the non-missing mask (NaN is missing)."""
+        x = s.cast(pl.Float64, strict=False)
+        v = x.to_numpy()  # nulls -> NaN
+        bins = np.searchsorted(self.boundaries, v, side="left")
+        nan = np.isnan(v)
+        return bins, (~nan if nan.any() else None)
 
-    def merge(self, g: pl.DataFrame) -> None:
-        if self.agg is None:
-            self.agg = g
+    def keys(self, s: pl.Series) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, pl.Series | None]:
+        """``(k1, k2, valid, values)``: the coder's keys of every row, the non-missing mask (None: no
+        missing) and the series the distinct values are taken from (None for numeric bins)."""
+        if self.kind == "numeric":
+            bins, valid = self._bins(s)
+            return bins.astype(np.int64), None, valid, None
+        v = self.prepare(s)
+        valid = v.is_not_null().to_numpy() if v.null_count() else None
+        dt = v.dtype
+        if dt.is_integer() or dt == pl.Boolean:
+            x = v.reinterpret(signed=True) if dt == pl.UInt64 else v.cast(pl.Int64)
+            k1 = (x.fill_null(0) if valid is not None else x).to_numpy()
+            return k1, None, valid, v
+        if dt.is_float():
+            f = v.cast(pl.Float64).fill_null(0.0).to_numpy() + 0.0  # -0.0 -> 0.0
+            f[np.isnan(f)] = np.nan  # one NaN
+            return f.view(np.int64), None, valid, v
+        if isinstance(dt, (pl.Categorical, pl.Enum)):
+            v = v.cast(pl.String)
+        k1 = v.hash(0x2545F4914F6CDD1D).to_numpy().view(np.int64)
+        k2 = v.hash(0x5851F42D4C957F2D).to_numpy().view(np.int64)
+        return k1, k2, valid, v
+
+    def _ensure(self, card: int) -> None:
+        if card <= self._cap:
             return
-        if g.schema["v"] != self.agg.schema["v"]:
-            try:
-                g = g.cast({"v": self.agg.schema["v"]})
-            except Exception:  # noqa: BLE001
-                raise DataError(f"the column's type changed between batches ({self.agg.schema['v']} -> "
-                                f"{g.schema['v']})", where=f"column {self.source!r}",
-                                fix="give the column one type in every file / row group") from None
-        rest = [c for c in g.columns if c not in ("v", "row")]
-        self.agg = (pl.concat([self.agg, g]).group_by("v")
-                    .agg([pl.col(c).sum() for c in rest] + [pl.col("row").min()]).select(g.columns))
+        cap = max(card, int(self._cap * 1.5), 1024)
+        F = (self.n_perm + 1) * (self.n_classes - 1)
+
+        def grow(a, shape, dtype):
+            b = np.zeros(shape, dtype)
+            if a is not None:
+                b[:self.card] = a[:self.card]
+            return b
+
+        self._n = grow(self._n, cap, self.dtype)
+        self._cnt = grow(self._cnt, (cap, F), self.dtype)
+        self._first = grow(self._first, cap, np.int64)
+        self._rh = grow(self._rh, cap, np.int64)
+        self._cap = cap
+
+    def update(self, s: pl.Series, lab: _BatchLabels, row0: int) -> None:
+        """Count one batch (``row0``: the row number of its first row)."""
+        k1, k2, valid, values = self.keys(s)
+        if self.coder is None:
+            self.coder = _Coder(two_keys=k2 is not None)
+        codes, new_pos = self.coder.encode(k1, k2, valid)
+        card = self.coder.card
+        self._ensure(card)
+        if new_pos.size:
+            self._first[self.card:card] = row0 + new_pos
+            if values is not None:
+                self._values.append(values.gather(new_pos))
+            else:  # numeric: the bin (missing: null)
+                b = k1[new_pos].astype(np.float64)
+                if valid is not None:
+                    b[~valid[new_pos]] = np.nan
+                self._values.append(pl.Series("v", b, nan_to_null=True).cast(pl.Int32))
+        self.card = card
+        if lab.P and card * lab.P <= max(_PATTERN_CELLS, 4 * lab.m):
+            t = np.bincount(codes * lab.P + lab.pattern, minlength=card * lab.P).reshape(card, lab.P)
+            n = t.sum(1)
+            fields = np.rint(t @ lab.indicator).astype(np.int64)
+            self._n[:card] += n.astype(self.dtype)
+            self._cnt[:card] += fields.astype(self.dtype)
+        else:
+            n = np.bincount(codes, minlength=card)
+            self._n[:card] += n.astype(self.dtype)
+            if lab.C == 2 or lab.n_fields <= 12:
+                width = max(1, int(n.max()).bit_length())
+                mask = (1 << width) - 1
+                for w, idx in lab.packed(width):
+                    packed = _bincount(codes, w, card)
+                    for i, f in enumerate(idx):
+                        self._cnt[:card, f] += ((packed >> (width * i)) & mask).astype(self.dtype)
+            else:  # many classes: one bincount per label vector
+                C = lab.C
+                for k, v in enumerate(lab.vecs):
+                    t = np.bincount(codes * C + v, minlength=card * C).reshape(card, C)
+                    self._cnt[:card, k * (C - 1):(k + 1) * (C - 1)] += t[:, 1:].astype(self.dtype)
+        self._rh[:card] += _bincount(codes, lab.rh, card)
 
     def finalize(self) -> None:
-        """Order the values by first occurrence; expose numpy views."""
-        a = self.agg.sort("row")
-        self.agg = a
-        self.card = a.height
-        self.n = a["n"].to_numpy()
-        C = self.n_classes
-        ys = np.stack([a[f"y{c}"].to_numpy() for c in range(1, C)], axis=1) if C > 1 else np.zeros((self.card, 0), np.int64)
+        """Expose numpy arrays (values already in order of first appearance)."""
+        card, C = self.card, self.n_classes
+        self.values = pl.concat(self._values) if self._values else pl.Series("v", [], dtype=pl.Int32)
+        self._values = []
+        self.n = self._n[:card].astype(np.int64)
+        cnt = self._cnt[:card].astype(np.int64)
+        ys = cnt[:, :C - 1]
         self.table = np.concatenate([(self.n - ys.sum(1))[:, None], ys], axis=1)
-        self.perm = [np.stack([a[f"p{k}_{c}"].to_numpy() for c in range(1, C)], axis=1) for k in range(self.n_perm)]
+        self.perm = [cnt[:, (k + 1) * (C - 1):(k + 2) * (C - 1)] for k in range(self.n_perm)]
         h = hashlib.blake2b(digest_size=16)
-        h.update(a["row"].to_numpy().astype(np.int64).tobytes())
-        h.update(a["rh"].to_numpy().astype(np.int64).tobytes())
+        h.update(self._first[:card].astype(np.int64).tobytes())
+        h.update(self._rh[:card].astype(np.int64).tobytes())
         self.fingerprint = h.digest()
-        nulls = np.flatnonzero(a["v"].is_null().to_numpy())
-        self.null_index = int(nulls[0]) if nulls.size else None
+        self.null_index = self.coder.null_code if self.coder is not None else None
+        self._n = self._cnt = self._first = self._rh = None
+        self.coder = None
 
     def decode(self, idx: np.ndarray) -> list[Any]:
-        vals = self.agg["v"].gather(pl.Series(idx, dtype=pl.Int64))
+        vals = self.values.gather(pl.Series(idx, dtype=pl.Int64))
         if self.kind == "numeric":
             b = self.boundaries
             out = []
@@ -626,28 +1006,15 @@ class FeatureRanker:
         n = int(class_counts.sum())
         C = len(classes)
         cols = self._columns(names, dtypes, where, label, C)
-        numeric = [c for c in cols if c.kind == "numeric"]
-        if numeric:
-            q_lf = lazy
-            if self._sample_idx is not None:
-                q_lf = lazy.with_row_index("__row").filter(pl.col("__row").is_in(pl.Series(self._sample_idx)))
-            exprs = []
-            for i, c in enumerate(numeric):
-                x = pl.col(c.source).cast(pl.Float64, strict=False)
-                x = x.fill_nan(None)
-                qs = np.linspace(0, 1, c.n_bins + 1)[1:-1]
-                exprs += [x.quantile(float(q), interpolation="nearest").alias(f"{i}_{j}") for j, q in enumerate(qs)]
-            row = q_lf.select(exprs).collect().row(0)
-            pos = 0
-            for c in numeric:
-                k = c.n_bins - 1
-                vals = [v for v in row[pos:pos + k] if v is not None]
-                c.boundaries = np.array(sorted(set(vals)), np.float64)
-                pos += k
+        self._boundaries(lazy, [c for c in cols if c.kind == "numeric"])
 
-        # ---- pass 1: per batch, one polars group_by per column (run in parallel), merged into running counts
+        # ---- pass 1: per batch, each column's values -> dense codes (a running dictionary), counted with
+        # numpy bincounts against the label and its permutations into running per-value arrays
         label_map = pl.DataFrame({"v": pl.Series(classes, dtype=lab_dtype), "y": np.arange(C, dtype=np.int8)})
         perm = _PermutedStream(class_counts, self.n_permutations, self.seed)
+        count_dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
+        for c in cols:
+            c.start(count_dtype)
         sources = list(dict.fromkeys([c.source for c in cols] + [label]))
         bar = self._bar(n, "counting")
         row0 = 0
@@ -655,15 +1022,10 @@ class FeatureRanker:
             m = b.height
             y = b.select(pl.col(label).alias("v")).join(label_map, on="v", how="left", maintain_order="left")["y"]
             rows = np.arange(row0, row0 + m)  # (sampled) row numbers: fingerprints only
+            lab = _BatchLabels(y.to_numpy(), perm.next(m), C, rows)
+            for c in cols:
+                c.update(b[c.source], lab, row0)
             row0 += m
-            base = {"__y": y, "__row": pl.Series(rows.astype(np.int64)), "__rh": pl.Series(_row_hash(rows))}
-            y_perm = perm.next(m).astype(np.int8)
-            base.update({f"__p{k}": pl.Series(y_perm[k]) for k in range(self.n_permutations)})
-            batch = pl.DataFrame({**{f"__c{i}": c.prepare(b[c.source]) for i, c in enumerate(cols)}, **base})
-            lazies = [batch.lazy().group_by(f"__c{i}").agg(c.agg_exprs()).rename({f"__c{i}": "v"})
-                      for i, c in enumerate(cols)]
-            for c, g in zip(cols, pl.collect_all(lazies)):
-                c.merge(g)
             if bar is not None:
                 bar.update(m)
         if bar is not None:
@@ -739,6 +1101,31 @@ class FeatureRanker:
         thresholds = self.quality if self.quality is not None else QualityThresholds()
         self.quality_ = quality_report(self, thresholds)
         return self
+
+    def _boundaries(self, lazy: pl.LazyFrame, numeric: list[_Column]) -> None:
+        """Numeric columns' bin boundaries: the distinct ``k / n_bins`` quantiles ("nearest", as polars
+        computes them: the non-missing value of sorted index ``round((n - 1) q)``) of all rows (or the
+        sample), found by partial sorts of the materialized columns, one column at a time."""
+        if not numeric:
+            return
+        q_lf = lazy
+        if self._sample_idx is not None:
+            q_lf = lazy.with_row_index("__row").filter(pl.col("__row").is_in(pl.Series(self._sample_idx)))
+        cols = q_lf.select([pl.col(c.source).cast(pl.Float64, strict=False).fill_nan(None).alias(f"__n{i}")
+                            for i, c in enumerate(numeric)]).collect()
+        for i, c in enumerate(numeric):
+            s = cols.to_series(i)
+            nulls = s.null_count()
+            v = s.drop_nulls().to_numpy()
+            if not v.size:
+                c.boundaries = np.array([], np.float64)
+                continue
+            qs = np.linspace(0, 1, c.n_bins + 1)[1:-1]
+            idx = [_round_half_away((v.size - 1.0) * float(q) + nulls) - nulls for q in qs]
+            part = np.partition(v, sorted(set(idx)))
+            c.boundaries = np.array(sorted({float(part[j]) for j in idx}), np.float64)
+            del part, v, s
+        del cols
 
     def _bar(self, total: int, desc: str):
         if not self.progress:
@@ -866,6 +1253,12 @@ class FeatureRanker:
             "ranking": _jsonable(self.ranking_.to_dicts()),
             "pairs": _jsonable(self.pairs_.to_dicts()) if self.pairs_ is not None else None,
         }
+
+
+def _round_half_away(x: float) -> int:
+    """Round to the nearest integer, halves away from zero (Rust's ``f64::round``, used by polars), x >= 0."""
+    f = math.floor(x)
+    return int(f) + 1 if x - f >= 0.5 else int(f)
 
 
 def _count_sums(keys: np.ndarray, size: int) -> tuple[float, int]:

@@ -5,6 +5,8 @@ Run with the PEER venv's python (see setup_peers.sh), never with recsys's:
     experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_deepfm.py \
         --data DIR --seed 2019 --model DeepFM --out result.json
 
+Models: DeepFM, AutoInt, AutoIntPlus (the zoo's AutoInt with a DNN), MMoE (one task); see MODELS.
+
 DIR holds train.parquet / valid.parquet / test.parquet with the ml100k-ctr columns
 (see shared BENCHMARKS.md): user_id, item_id, age_bucket, gender, occupation, zip3,
 release_year, genres (list[str]), first_genre, history (list[int], most recent last),
@@ -26,7 +28,8 @@ the model zoo (``model_zoo/<Model>/src/<Model>.py`` lives only in the GitHub rep
 ``RankDataLoader`` returns the loaders directly, so the zoo's ``run_expid.py`` (which calls
 ``.make_iterator()``) fails on it. Hence this driver. With ``--model-zoo PATH`` (a FuxiCTR
 checkout's ``model_zoo`` folder) the zoo's own model class is used; otherwise the model is
-composed here from the wheel's layers exactly as the zoo composes it (see ``build_deepfm``).
+composed here from the wheel's layers exactly as the zoo composes it (see ``BUILDERS``; the
+zoo's ``MultiHeadSelfAttention`` and ``MMoE_Layer`` are copied here too, as the wheel lacks them).
 
 Init fix: ``FeatureEmbeddingDict.init_weights`` skips every feature that has
 ``share_embedding``. In the main embedding that is right (the table *is* the shared
@@ -63,10 +66,12 @@ from fuxictr.pytorch.layers import (
     FactorizationMachine,
     FeatureEmbedding,
     FeatureEmbeddingDict,
+    LogisticRegression,
     MLP_Block,
+    ScaledDotProductAttention,
 )
-from fuxictr.pytorch.models import BaseModel
-from fuxictr.pytorch.torch_utils import seed_everything
+from fuxictr.pytorch.models import BaseModel, MultiTaskModel
+from fuxictr.pytorch.torch_utils import get_activation, seed_everything
 
 DATASET_ID = "ml100k_ctr"
 CATEGORICAL = ["user_id", "item_id", "age_bucket", "gender", "occupation", "zip3",
@@ -98,18 +103,63 @@ COMMON_PARAMS = {
 # how the history is fed to it, and the zoo's module/class name) and, for use without
 # --model-zoo, a builder in BUILDERS composed from the wheel's layers.
 #   DCN       -> zoo "DCN": CrossNet(num_fields*emb, num_cross_layers) + MLP_Block, concat, Linear
-#   AutoInt   -> zoo "AutoInt" (class AutoInt) with dnn_hidden_units=[]; AutoInt+ is the
-#                same class with dnn_hidden_units=[256, 128] (no separate AutoIntPlus class)
-#   MMoE      -> zoo "MMoE" is a MultiTaskModel (fuxictr.pytorch.models.multitask_model);
-#                one task: task=["binary_classification"], num_tasks=1, num_experts=4
 #   DIN       -> zoo "DIN": history must stay unpooled (history_encoder=None) and the
 #                target is item_id (din_target_field="item_id", din_sequence_field="history")
+# Here: DeepFM, AutoInt, AutoIntPlus (the zoo's AutoInt class with dnn_hidden_units set; the
+# zoo has no separate AutoInt+ class), MMoE (the zoo's MultiTaskModel with one task).
 # ---------------------------------------------------------------------------------------
+# AutoInt widths of experiments/autoint_ml100k.yaml (the paper's: 3 interacting layers, 2 heads of
+# d' = 32, i.e. FuxiCTR's attention_dim = 64), and FuxiCTR's AutoInt_default switches:
+# use_residual True, use_scale False, layer_norm False, use_wide False, no dropout.
+AUTOINT_PARAMS = {
+    "attention_layers": 3,
+    "num_heads": 2,
+    "attention_dim": 64,
+    "use_residual": True,
+    "use_scale": False,
+    "layer_norm": False,
+    "use_wide": False,
+    "dnn_activations": "relu",
+    "net_dropout": 0,
+    "batch_norm": False,
+}
+
 MODELS = {
     "DeepFM": {
         "zoo": ("DeepFM", "DeepFM"),
         "params": {
             "hidden_units": [256, 128],
+            "hidden_activations": "relu",
+            "net_dropout": 0,
+            "batch_norm": False,
+        },
+        "history_max_len": 50,
+        "history_encoder": "layers.MaskedAveragePooling()",
+    },
+    "AutoInt": {
+        "zoo": ("AutoInt", "AutoInt"),
+        "params": {**AUTOINT_PARAMS, "dnn_hidden_units": []},
+        "history_max_len": 50,
+        "history_encoder": "layers.MaskedAveragePooling()",
+    },
+    "AutoIntPlus": {
+        "zoo": ("AutoInt", "AutoInt"),
+        "params": {**AUTOINT_PARAMS, "dnn_hidden_units": [256, 128]},
+        "history_max_len": 50,
+        "history_encoder": "layers.MaskedAveragePooling()",
+    },
+    # one-task MMoE with the widths of recsys's MoE (experiments/moe_*.yaml): 4 experts
+    # [256, 128], a linear gate, a linear tower (FuxiCTR's zoo defaults would be gate/tower
+    # [128, 64]; the recipe's "hidden [256, 128]" is the experts here)
+    "MMoE": {
+        "zoo": ("multitask/MMoE", "MMoE"),
+        "params": {
+            "task": ["binary_classification"],
+            "num_tasks": 1,
+            "num_experts": 4,
+            "expert_hidden_units": [256, 128],
+            "gate_hidden_units": [],
+            "tower_hidden_units": [],
             "hidden_activations": "relu",
             "net_dropout": 0,
             "batch_norm": False,
@@ -150,7 +200,160 @@ class DeepFM(BaseModel):
         return {"y_pred": self.output_activation(logit)}
 
 
-BUILDERS = {"DeepFM": DeepFM}
+class MultiHeadSelfAttention(nn.Module):
+    """The zoo's ``MultiHeadSelfAttention`` (model_zoo/AutoInt/src/AutoInt.py; not in the
+    wheel): bias-free W_q/W_k/W_v, heads split, the wheel's ScaledDotProductAttention (softmax
+    over the last axis), heads concatenated, residual (a bias-free W_res only when the widths
+    differ), optional LayerNorm, then ReLU."""
+
+    def __init__(self, input_dim, attention_dim=None, num_heads=1, dropout_rate=0.,
+                 use_residual=True, use_scale=False, layer_norm=False):
+        super().__init__()
+        if attention_dim is None:
+            attention_dim = input_dim
+        assert attention_dim % num_heads == 0, \
+            f"attention_dim={attention_dim} is not divisible by num_heads={num_heads}"
+        self.head_dim = attention_dim // num_heads
+        self.num_heads = num_heads
+        self.use_residual = use_residual
+        self.scale = self.head_dim ** 0.5 if use_scale else None
+        self.W_q = nn.Linear(input_dim, attention_dim, bias=False)
+        self.W_k = nn.Linear(input_dim, attention_dim, bias=False)
+        self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
+        self.W_res = (nn.Linear(input_dim, attention_dim, bias=False)
+                      if use_residual and input_dim != attention_dim else None)
+        self.dot_attention = ScaledDotProductAttention(dropout_rate)
+        self.layer_norm = nn.LayerNorm(attention_dim) if layer_norm else None
+
+    def forward(self, X):
+        residual = X
+        query, key, value = self.W_q(X), self.W_k(X), self.W_v(X)
+        batch_size = query.size(0)
+        query = query.view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        output, _ = self.dot_attention(query, key, value, scale=self.scale)
+        output = output.transpose(1, 2).contiguous().view(batch_size, -1, self.num_heads * self.head_dim)
+        if self.W_res is not None:
+            residual = self.W_res(residual)
+        if self.use_residual:
+            output += residual
+        if self.layer_norm is not None:
+            output = self.layer_norm(output)
+        return output.relu()
+
+
+class AutoInt(BaseModel):
+    """AutoInt / AutoInt+ wired as the zoo's ``AutoInt``: FeatureEmbedding -> stacked
+    MultiHeadSelfAttention -> flatten -> Linear(num_fields * attention_dim, 1); plus an
+    MLP_Block logit over the flattened embeddings when ``dnn_hidden_units`` is non-empty
+    (AutoInt+), plus an LR logit when ``use_wide``; sigmoid."""
+
+    def __init__(self, feature_map, model_id="AutoInt", gpu=-1, learning_rate=1e-3,
+                 embedding_dim=10, dnn_hidden_units=(64, 64, 64), dnn_activations="ReLU",
+                 attention_layers=2, num_heads=1, attention_dim=8, net_dropout=0,
+                 batch_norm=False, layer_norm=False, use_scale=False, use_wide=False,
+                 use_residual=True, embedding_regularizer=None, net_regularizer=None, **kwargs):
+        super().__init__(feature_map, model_id=model_id, gpu=gpu,
+                         embedding_regularizer=embedding_regularizer,
+                         net_regularizer=net_regularizer, **kwargs)
+        self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+        self.lr_layer = LogisticRegression(feature_map, use_bias=False) if use_wide else None
+        self.dnn = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1,
+                             hidden_units=list(dnn_hidden_units),
+                             hidden_activations=dnn_activations, output_activation=None,
+                             dropout_rates=net_dropout, batch_norm=batch_norm) \
+            if dnn_hidden_units else None
+        self.self_attention = nn.Sequential(
+            *[MultiHeadSelfAttention(embedding_dim if i == 0 else attention_dim,
+                                     attention_dim=attention_dim, num_heads=num_heads,
+                                     dropout_rate=net_dropout, use_residual=use_residual,
+                                     use_scale=use_scale, layer_norm=layer_norm)
+              for i in range(attention_layers)])
+        self.fc = nn.Linear(feature_map.num_fields * attention_dim, 1)
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def forward(self, inputs):
+        X = self.get_inputs(inputs)
+        feature_emb = self.embedding_layer(X)
+        attention_out = torch.flatten(self.self_attention(feature_emb), start_dim=1)
+        y_pred = self.fc(attention_out)
+        if self.dnn is not None:
+            y_pred += self.dnn(feature_emb.flatten(start_dim=1))
+        if self.lr_layer is not None:
+            y_pred += self.lr_layer(X)
+        return {"y_pred": self.output_activation(y_pred)}
+
+
+class MMoE_Layer(nn.Module):
+    """The zoo's ``MMoE_Layer`` (model_zoo/multitask/MMoE/src/MMoE.py): expert MLP_Blocks,
+    one gate MLP_Block per task with a softmax, gate-weighted sum of the expert outputs."""
+
+    def __init__(self, num_experts, num_tasks, input_dim, expert_hidden_units, gate_hidden_units,
+                 hidden_activations, net_dropout, batch_norm):
+        super().__init__()
+        self.num_experts, self.num_tasks = num_experts, num_tasks
+        self.experts = nn.ModuleList([
+            MLP_Block(input_dim=input_dim, hidden_units=list(expert_hidden_units),
+                      hidden_activations=hidden_activations, output_activation=None,
+                      dropout_rates=net_dropout, batch_norm=batch_norm)
+            for _ in range(num_experts)])
+        self.gate = nn.ModuleList([
+            MLP_Block(input_dim=input_dim, hidden_units=list(gate_hidden_units),
+                      output_dim=num_experts, hidden_activations=hidden_activations,
+                      output_activation=None, dropout_rates=net_dropout, batch_norm=batch_norm)
+            for _ in range(num_tasks)])
+        self.gate_activation = get_activation("softmax")
+
+    def forward(self, x):
+        experts_output = torch.stack([self.experts[i](x) for i in range(self.num_experts)], dim=1)
+        mmoe_output = []
+        for i in range(self.num_tasks):
+            gate_output = self.gate_activation(self.gate[i](x))  # (B, num_experts)
+            mmoe_output.append(torch.sum(gate_output.unsqueeze(-1) * experts_output, dim=1))
+        return mmoe_output
+
+
+class MMoE(MultiTaskModel):
+    """The zoo's ``MMoE`` (a ``MultiTaskModel``): FeatureEmbedding -> flatten -> MMoE_Layer ->
+    one MLP_Block tower per task; run here with one task (num_tasks=1, the label column)."""
+
+    def __init__(self, feature_map, task=("binary_classification",), num_tasks=1, model_id="MMoE",
+                 gpu=-1, learning_rate=1e-3, embedding_dim=10, num_experts=4,
+                 expert_hidden_units=(512, 256, 128), gate_hidden_units=(128, 64),
+                 tower_hidden_units=(128, 64), hidden_activations="ReLU", net_dropout=0,
+                 batch_norm=False, embedding_regularizer=None, net_regularizer=None, **kwargs):
+        super().__init__(feature_map, task=list(task), num_tasks=num_tasks, model_id=model_id,
+                         gpu=gpu, embedding_regularizer=embedding_regularizer,
+                         net_regularizer=net_regularizer, **kwargs)
+        self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+        self.mmoe_layer = MMoE_Layer(num_experts=num_experts, num_tasks=self.num_tasks,
+                                     input_dim=embedding_dim * feature_map.num_fields,
+                                     expert_hidden_units=expert_hidden_units,
+                                     gate_hidden_units=gate_hidden_units,
+                                     hidden_activations=hidden_activations,
+                                     net_dropout=net_dropout, batch_norm=batch_norm)
+        self.tower = nn.ModuleList([
+            MLP_Block(input_dim=list(expert_hidden_units)[-1], output_dim=1,
+                      hidden_units=list(tower_hidden_units), hidden_activations=hidden_activations,
+                      output_activation=None, dropout_rates=net_dropout, batch_norm=batch_norm)
+            for _ in range(num_tasks)])
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def forward(self, inputs):
+        X = self.get_inputs(inputs)
+        feature_emb = self.embedding_layer(X)
+        expert_output = self.mmoe_layer(feature_emb.flatten(start_dim=1))
+        labels = self.feature_map.labels
+        return {f"{labels[i]}_pred": self.output_activation[i](self.tower[i](expert_output[i]))
+                for i in range(self.num_tasks)}
+
+
+BUILDERS = {"DeepFM": DeepFM, "AutoInt": AutoInt, "AutoIntPlus": AutoInt, "MMoE": MMoE}
 
 
 def model_class(name: str, model_zoo: str | None):
@@ -186,6 +389,33 @@ def apply_init_fix(model: nn.Module) -> list[str]:
                     mod.embedding_initializer(layer.weight)
             fixed.append(f"{mod_name}.embedding_layers.{feat}")
     return fixed
+
+
+def long_tail_auc(model, test_gen, feature_map, test_file: Path, max_prior: int) -> dict:
+    """Test AUC on the rows whose user had at most ``max_prior`` positives before the row (the
+    length of the raw, untruncated ``history``). The test loader is not shuffled; we check that
+    its label sequence equals the file's before trusting the row order."""
+    from sklearn.metrics import roc_auc_score
+
+    label = feature_map.labels[0]
+    preds, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in test_gen:
+            out = model.forward(batch)
+            y = out["y_pred"] if "y_pred" in out else out[f"{label}_pred"]
+            preds.append(y.detach().cpu().reshape(-1))
+            labels.append(torch.as_tensor(batch[label]).reshape(-1).float())
+    preds, labels = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    raw = pl.read_parquet(test_file, columns=[LABEL, HISTORY])
+    info = {"max_prior_positives": max_prior, "auc": None}
+    if len(raw) != len(labels) or not (raw[LABEL].to_numpy().astype("float32") == labels).all():
+        info["error"] = "test loader order differs from the file; long-tail AUC not computed"
+        return info
+    seg = (raw[HISTORY].list.len() <= max_prior).to_numpy()
+    info.update(rows=int(seg.sum()), positive_rate=float(labels[seg].mean()),
+                auc=float(roc_auc_score(labels[seg], preds[seg])))
+    return info
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,6 +480,9 @@ def main(argv=None) -> dict:
                     help="leave FuxiCTR's init as shipped (for showing the AUC ~0.59 bug)")
     ap.add_argument("--max-epochs", type=int, default=None, help="override 100 (smoke runs)")
     ap.add_argument("--batch-size", type=int, default=None, help="override the recipe's 4096")
+    ap.add_argument("--long-tail-max-prior", type=int, default=10,
+                    help="long-tail segment: test rows whose user has at most this many prior "
+                         "positives (the raw history length); default 10")
     ap.add_argument("--verbose", action="store_true", help="FuxiCTR's tqdm bars")
     args = ap.parse_args(argv)
 
@@ -340,6 +573,8 @@ def main(argv=None) -> dict:
         valid = model.evaluate(valid_gen)
         test_gen = RankDataLoader(feature_map, stage="test", **params)
         test = model.evaluate(test_gen)
+        long_tail = long_tail_auc(model, test_gen, feature_map, args.data / "test.parquet",
+                                  args.long_tail_max_prior)
     finally:
         try:
             import ray
@@ -356,6 +591,8 @@ def main(argv=None) -> dict:
         "seed": args.seed,
         "test_auc": float(test["AUC"]),
         "test_logloss": float(test["logloss"]),
+        "test_auc_long_tail": long_tail["auc"],
+        "long_tail": long_tail,
         "valid_auc": float(valid["AUC"]),
         "valid_logloss": float(valid["logloss"]),
         "epochs": epochs,
