@@ -112,6 +112,21 @@ def test_model_config_rebuilds_identical_model(dm, batch, cls):
     assert model(batch).logits.shape == (len(batch),)
 
 
+def test_deepfm_wide_part_sums_list_field_weights(dm, batch):
+    # FuxiCTR's LR (and an LR over multi-hot inputs) adds one weight per active id: sum pooling
+    torch.manual_seed(0)
+    seq = dm.features.schema.sequence_fields[0].name
+    model = DeepFM(dm.features, embedding_dim=4, hidden_units=[8], init_std=0.1)
+    wide = model.first_order.emb(batch).pooled[seq]
+    table = dict(model.first_order.emb.named_parameters())["ebc.embedding_bags.item_id.weight"]
+    for i, ids in enumerate(_rows(batch, seq)):
+        torch.testing.assert_close(wide[i], table[ids].sum(0) if ids else torch.zeros(1))
+    # a config saved before ``wide_pooling`` existed rebuilds the mean-pooled wide part it was trained with
+    legacy = {"class_path": model.config["class_path"],
+              "init_args": {k: v for k, v in model.config["init_args"].items() if k != "wide_pooling"}}
+    assert build_model(legacy, dm.features).first_order.emb.pooling[seq] == "mean"
+
+
 def test_in_backward_embedding_optimizer_updates_tables_outside_dense_optimizer(dm, batch):
     task = RankingTask(model=lambda f: DeepFM(f, embedding_dim=4, hidden_units=[8]), features=dm.features,
                        embedding_optimizer="rowwise_adagrad", embedding_lr=0.5)

@@ -66,7 +66,13 @@ class RankingModel(nn.Module):
 
 
 def build_model(config: dict[str, Any], features: Any) -> RankingModel:
-    """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``."""
+    """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``.
+
+    A class's ``legacy_defaults`` (argument -> value) fill arguments missing from ``config``:
+    a config saved before an argument existed rebuilds the model it was trained as, even where
+    the argument's default has changed since.
+    """
     module, _, name = config["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
-    return cls(features, **config.get("init_args", {}))
+    init_args = {**getattr(cls, "legacy_defaults", {}), **config.get("init_args", {})}
+    return cls(features, **init_args)

@@ -73,13 +73,18 @@ class FeatureEmbedding(nn.Module):
         init_std: embeddings start as N(0, init_std^2).
         share_tables: ``False`` gives every field its own table, even where the schema says
             ``shares`` (the vocabulary stays shared). FuxiCTR's wide/LR part does this.
+        pooling: ``mean`` or ``sum`` for every list field (multi-hot, pooled sequence),
+            overriding the schema's per-field ``pooling``; ``None`` (default) follows the schema.
+            A wide/LR part wants ``sum``: each active id adds its weight.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, dims: dict[str, int] | None = None,
                  unpooled: list[str] | tuple[str, ...] = (), project_to: int | None = None,
-                 init_std: float = 1e-4, share_tables: bool = True):
+                 init_std: float = 1e-4, share_tables: bool = True, pooling: str | None = None):
         super().__init__()
         schema = features.schema
+        if pooling not in (None, "mean", "sum"):
+            raise ValueError(f"pooling must be 'mean', 'sum' or None, got {pooling!r}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         dims = dict(dims or {})
@@ -118,7 +123,8 @@ class FeatureEmbedding(nn.Module):
             configs = []
             for t in self.bag_tables:
                 members = groups[t]
-                sum_pool = all(f.pooling == "sum" for f in members if f.is_list) and any(f.is_list for f in members)
+                sum_pool = all((pooling or f.pooling) == "sum" for f in members if f.is_list) and any(
+                    f.is_list for f in members)
                 configs.append(EmbeddingBagConfig(
                     name=t, embedding_dim=self.table_dims[t], num_embeddings=sizes[vocab_of[t]],
                     feature_names=[f.name for f in members],
@@ -138,7 +144,7 @@ class FeatureEmbedding(nn.Module):
             for n in self.pooled_names + self.unpooled:
                 if self.field_dims[n] != project_to:
                     self.projections[n] = nn.Linear(self.field_dims[n], project_to, bias=False)
-        self.pooling = {f.name: f.pooling for f in schema.id_fields}
+        self.pooling = {f.name: pooling or f.pooling for f in schema.id_fields}
 
     def output_dim(self, name: str) -> int:
         """Width of a field's output vector (after projection)."""
