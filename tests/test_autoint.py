@@ -144,7 +144,7 @@ def test_field_embeddings_numeric_is_value_times_vector(dm, batch):
     for i, name in enumerate(model.embedding.pooled_names):  # includes the mean-pooled multi-hot
         torch.testing.assert_close(e[:, i], pooled.pooled[name])
     for j in range(len(dm.features.schema.dense_fields)):
-        torch.testing.assert_close(e[:, n_id + j], batch.dense[:, j:j + 1] * model.numeric.weight[j])
+        torch.testing.assert_close(e[:, n_id + j], batch.dense[:, j:j + 1] * model.embedding.numeric.weight[j])
 
 
 def test_residual_modes_and_flags_change_the_output():

@@ -70,7 +70,7 @@ from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
-from recsys.models.baselines import FirstOrder, NumericEmbedding
+from recsys.models.baselines import FirstOrder
 from recsys.models.embedding import FeatureEmbedding
 from recsys.models.layers import MLP
 
@@ -202,16 +202,15 @@ class AutoInt(RankingModel):
             raise ValueError(f"attention_layers must be >= 1, got {attention_layers}")
         schema = features.schema
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
-                                          project_to=embedding_dim if project_fields else None, init_std=init_std)
+                                          project_to=embedding_dim if project_fields else None, init_std=init_std,
+                                          embed_numeric=True)
         if not project_fields:
             wrong = {n: self.embedding.field_dims[n] for n in self.embedding.pooled_names
                      if self.embedding.field_dims[n] != embedding_dim}
             if wrong:
                 raise ValueError(f"AutoInt attends over fields of one width; fields {wrong} are not "
                                  f"embedding_dim={embedding_dim} wide: drop their dims or set project_fields=True")
-        n_dense = len(schema.dense_fields)
-        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
-        self.attention_fields: list[str] = list(self.embedding.pooled_names) + [f.name for f in schema.dense_fields]
+        self.attention_fields: list[str] = list(self.embedding.field_names)
         n_fields = len(self.attention_fields)
         if n_fields < 1:
             raise ValueError("AutoInt needs at least one pooled id field or numeric field")
@@ -230,10 +229,7 @@ class AutoInt(RankingModel):
 
     def field_embeddings(self, batch) -> torch.Tensor:
         """``E [B, F, D]``: pooled id fields (schema order), then numeric fields ``x * v``."""
-        e = self.embedding(batch).stack()
-        if self.numeric is not None:
-            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
-        return e
+        return self.embedding(batch).stack()
 
     def attention_logit(self, e: torch.Tensor) -> torch.Tensor:
         """The interacting layers and the output layer alone: ``E [B, F, D] -> [B]``."""

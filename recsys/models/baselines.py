@@ -18,7 +18,7 @@ from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
-from recsys.models.embedding import FeatureEmbedding
+from recsys.models.embedding import FeatureEmbedding, NumericEmbedding  # noqa: F401 (re-export)
 from recsys.models.layers import MLP, FMInteraction
 
 
@@ -43,20 +43,6 @@ class FirstOrder(nn.Module):
         if self.dense is not None:
             logit = logit + self.dense(batch.dense).squeeze(1)
         return logit
-
-
-class NumericEmbedding(nn.Module):
-    """Numeric field ``m`` embedded as ``x_m * v_m`` (one learned vector per field).
-
-    Shapes: ``dense [B, Dn] -> [B, Dn, D]``.
-    """
-
-    def __init__(self, n_dense: int, dim: int, init_std: float = 1e-4):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_dense, dim) * init_std)
-
-    def forward(self, dense: torch.Tensor) -> torch.Tensor:
-        return dense.unsqueeze(2) * self.weight.unsqueeze(0)
 
 
 class LogisticRegression(RankingModel):
@@ -134,22 +120,17 @@ class DeepFM(RankingModel):
                  wide_pooling: str | None = "sum"):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
-                                          project_to=embedding_dim, init_std=init_std)
-        n_dense = len(features.schema.dense_fields)
-        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
+                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True)
         self.first_order = FirstOrder(features, init_std=init_std, share_tables=wide_share_tables,
                                       pooling=wide_pooling)
         self.fm = FMInteraction()
-        n_fields = len(self.embedding.pooled_names) + n_dense
+        n_fields = len(self.embedding.field_names)
         self.mlp = MLP(n_fields * embedding_dim, list(hidden_units), out_dim=1, dropout=dropout,
                        batch_norm=batch_norm, init=mlp_init)
 
     def field_embeddings(self, batch) -> torch.Tensor:
         """``E [B, F, D]``: id fields (schema order) then numeric fields."""
-        e = self.embedding(batch).stack()
-        if self.numeric is not None:
-            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
-        return e
+        return self.embedding(batch).stack()
 
     def forward(self, batch) -> ModelOutput:
         e = self.field_embeddings(batch)

@@ -44,15 +44,36 @@ from torchrec import (
 from recsys.data.preprocess import FeatureEncoder
 
 
+class NumericEmbedding(nn.Module):
+    """Numeric field ``m`` embedded as ``x_m * v_m`` (one learned vector per field).
+
+    Shapes: ``dense [B, Dn] -> [B, Dn, D]``.
+    """
+
+    def __init__(self, n_dense: int, dim: int, init_std: float = 1e-4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_dense, dim) * init_std)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return dense.unsqueeze(2) * self.weight.unsqueeze(0)
+
+
 @dataclass
 class EmbeddingOutput:
+    """``pooled``: field -> ``[B, D_f]``; ``sequences``: field -> (``[B, L, D]``, mask ``[B, L]``);
+    ``numeric``: ``[B, Dn, D]`` numeric fields as ``x * v`` (only with ``embed_numeric=True``)."""
+
     pooled: dict[str, torch.Tensor] = field(default_factory=dict)
     sequences: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    numeric: torch.Tensor | None = None
 
     def stack(self, names: list[str] | None = None) -> torch.Tensor:
-        """Pooled field vectors as ``[B, F, D]`` (needs equal widths: use ``project_to``)."""
-        names = list(self.pooled) if names is None else names
-        return torch.stack([self.pooled[n] for n in names], dim=1)
+        """Field vectors as ``E [B, F, D]`` (needs equal widths: use ``project_to``): the pooled id
+        fields in schema order, then the embedded numeric fields; or only the named pooled fields."""
+        if names is not None:
+            return torch.stack([self.pooled[n] for n in names], dim=1)
+        e = torch.stack(list(self.pooled.values()), dim=1)
+        return e if self.numeric is None else torch.cat([e, self.numeric], dim=1)
 
     def concat(self, names: list[str] | None = None) -> torch.Tensor:
         """Pooled field vectors concatenated, ``[B, sum_f D_f]``."""
@@ -76,11 +97,15 @@ class FeatureEmbedding(nn.Module):
         pooling: ``mean`` or ``sum`` for every list field (multi-hot, pooled sequence),
             overriding the schema's per-field ``pooling``; ``None`` (default) follows the schema.
             A wide/LR part wants ``sum``: each active id adds its weight.
+        embed_numeric: also embed the standardized numeric fields as ``x * v`` (one learned
+            vector per field, width ``project_to`` or ``embedding_dim``); they come last in
+            ``EmbeddingOutput.stack()`` and in ``field_names``.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, dims: dict[str, int] | None = None,
                  unpooled: list[str] | tuple[str, ...] = (), project_to: int | None = None,
-                 init_std: float = 1e-4, share_tables: bool = True, pooling: str | None = None):
+                 init_std: float = 1e-4, share_tables: bool = True, pooling: str | None = None,
+                 embed_numeric: bool = False):
         super().__init__()
         schema = features.schema
         if pooling not in (None, "mean", "sum"):
@@ -145,6 +170,11 @@ class FeatureEmbedding(nn.Module):
                 if self.field_dims[n] != project_to:
                     self.projections[n] = nn.Linear(self.field_dims[n], project_to, bias=False)
         self.pooling = {f.name: pooling or f.pooling for f in schema.id_fields}
+        dense_names = [f.name for f in schema.dense_fields]
+        self.numeric = (NumericEmbedding(len(dense_names), project_to or embedding_dim, init_std=init_std)
+                        if embed_numeric and dense_names else None)
+        # the F fields of ``EmbeddingOutput.stack()``, in order
+        self.field_names = self.pooled_names + (dense_names if self.numeric is not None else [])
 
     def output_dim(self, name: str) -> int:
         """Width of a field's output vector (after projection)."""
@@ -186,6 +216,8 @@ class FeatureEmbedding(nn.Module):
                     pooled[name] = _pool_jagged(jt.values(), jt.lengths(), self.pooling[name])
         for name in self.pooled_names:
             out.pooled[name] = self._proj(name, pooled[name])
+        if self.numeric is not None:
+            out.numeric = self.numeric(batch.dense)
         return out
 
 

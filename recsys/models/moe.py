@@ -55,7 +55,6 @@ from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
-from recsys.models.baselines import NumericEmbedding
 from recsys.models.embedding import FeatureEmbedding
 from recsys.models.layers import MLP
 
@@ -295,10 +294,8 @@ class AWMoE(RankingModel):
         self.gate_normalization, self.contrast_on, self.similarity = gate_normalization, contrast_on, similarity
         self.mask_rate, self.temperature, self.cl_weight = mask_rate, temperature, cl_weight
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims, unpooled=[sequence_field],
-                                          project_to=embedding_dim, init_std=init_std)
-        n_dense = len(schema.dense_fields)
-        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
-        n_fields = len(self.embedding.pooled_names) + n_dense
+                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True)
+        n_fields = len(self.embedding.field_names)
         self.activation = ActivationUnit(embedding_dim, attention_units, attention_activation)
         self.gate_unit = nn.Linear(embedding_dim, n_experts, bias=False)
         self.gate_prior = nn.Parameter(torch.zeros(n_experts))
@@ -310,10 +307,7 @@ class AWMoE(RankingModel):
         """``E [B, F, D]``, sequence ``[B, L, D]``, mask ``[B, L]``, target ``[B, D]``."""
         emb = self.embedding(batch)
         seq, mask = emb.sequences[self.sequence_field]
-        e = emb.stack()
-        if self.numeric is not None:
-            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
-        return e, seq, mask, emb.pooled[self.target_field]
+        return emb.stack(), seq, mask, emb.pooled[self.target_field]
 
     def _gate_logits(self, scores: torch.Tensor, units: torch.Tensor, mask: torch.Tensor,
                      field_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,20 +389,15 @@ class MoE(RankingModel):
         if n_experts < 1:
             raise ValueError(f"n_experts must be >= 1, got {n_experts}")
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
-                                          project_to=embedding_dim, init_std=init_std)
-        n_dense = len(features.schema.dense_fields)
-        self.numeric = NumericEmbedding(n_dense, embedding_dim, init_std=init_std) if n_dense else None
-        in_dim = (len(self.embedding.pooled_names) + n_dense) * embedding_dim
+                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True)
+        in_dim = len(self.embedding.field_names) * embedding_dim
         self.gate = MLP(in_dim, list(gate_units), out_dim=n_experts)
         self.moe = MixtureOfExperts(in_dim, n_experts, expert_units, tower_units, dropout=dropout,
                                     batch_norm=batch_norm, init=mlp_init)
 
     def field_embeddings(self, batch) -> torch.Tensor:
         """``E [B, F, D]``: id fields (schema order) then numeric fields."""
-        e = self.embedding(batch).stack()
-        if self.numeric is not None:
-            e = torch.cat([e, self.numeric(batch.dense)], dim=1)
-        return e
+        return self.embedding(batch).stack()
 
     def forward(self, batch) -> ModelOutput:
         x = self.field_embeddings(batch).flatten(1)
