@@ -86,3 +86,19 @@ def random_frame(n: int, seed: int = 0, n_users: int = 30, n_items: int = 40) ->
 @pytest.fixture
 def make_frame():
     return random_frame
+
+
+@pytest.fixture(scope="session")
+def dm():
+    """Small synthetic data module (every field kind, history of up to 6 items), fitted once."""
+    from recsys.data import CTRDataModule
+
+    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_max_len": 6}, batch_size=128)
+    d.setup("fit")
+    return d
+
+
+@pytest.fixture(scope="session")
+def batch(dm):
+    """The first training batch of ``dm`` (128 rows)."""
+    return next(iter(dm.train_dataloader()))

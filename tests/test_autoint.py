@@ -18,18 +18,6 @@ from recsys.models.autoint import InteractingLayer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dm():
-    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_max_len": 6}, batch_size=64)
-    d.setup("fit")
-    return d
-
-
-@pytest.fixture(scope="module")
-def batch(dm):
-    return next(iter(dm.train_dataloader()))
-
-
 def _reference(layer: InteractingLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The interacting layer written out per head with explicit loops over heads (no dropout)."""
     H, d = layer.num_heads, layer.head_dim

@@ -297,3 +297,117 @@ def test_bad_input_raises_recsys_error(tmp_path: Path, case: str):
     with pytest.raises(RecsysError) as e:
         FeatureRanker(**kwargs).fit(data)
     assert str(e.value)
+
+
+# ------------------------------------------------------------- the fast counting path
+def _brute_force_counts(keys: list, y: list[int], perms: np.ndarray, n_classes: int):
+    """Per distinct key in order of first appearance: row count, label counts, permuted label counts."""
+    code: dict = {}
+    for k in keys:
+        code.setdefault(k, len(code))
+    card = len(code)
+    table = np.zeros((card, n_classes), np.int64)
+    perm = np.zeros((perms.shape[0], card, n_classes), np.int64)
+    for i, k in enumerate(keys):
+        table[code[k], y[i]] += 1
+        for p in range(perms.shape[0]):
+            perm[p, code[k], perms[p, i]] += 1
+    return list(code), table, perm
+
+
+def _canon(kind: str, v):
+    if v is None:
+        return None
+    if kind == "multi_hot":
+        return frozenset(str(e) for e in v if e is not None)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else v + 0.0  # one NaN; -0.0 == 0.0
+    return v
+
+
+@pytest.mark.parametrize("batch_size", [97, 1000, 10**6])
+def test_fast_counts_equal_brute_force(batch_size: int):
+    from recsys.features.ranking import _PermutedStream
+
+    rng = np.random.default_rng(7)
+    n = 3_000
+    wide = np.where(np.arange(n) < n // 2, rng.integers(0, 50, n), rng.integers(-10**15, 10**15, n))  # LUT -> hash
+    df = pl.DataFrame({
+        "small": rng.integers(0, 5, n),
+        "wide": wide,
+        "extreme": rng.choice(np.array([np.iinfo(np.int64).min, -1, 0, np.iinfo(np.int64).max]), n),
+        "u64": pl.Series(rng.integers(0, 3, n).astype(np.uint64) * np.uint64(2**63 - 1), dtype=pl.UInt64),
+        "ints_null": pl.Series(rng.integers(0, n, n)).set(pl.Series(rng.random(n) < 0.3), None),
+        "str_hi": [f"s{v}" for v in rng.integers(0, n, n)],
+        "str_null_late": [None if i > n // 2 and i % 5 == 0 else f"b{i % 17}" for i in range(n)],
+        "boolean": pl.Series(rng.random(n) < 0.5).set(pl.Series(rng.random(n) < 0.1), None),
+        "cat": pl.Series([f"c{v}" for v in rng.integers(0, 9, n)], dtype=pl.Categorical),
+        "flt": pl.Series(rng.choice(np.array([0.0, -0.0, 1.5, np.nan]), n)).set(pl.Series(rng.random(n) < 0.1), None),
+        "tags": pl.Series([None if rng.random() < 0.1 else
+                           [None if rng.random() < 0.1 else f"t{v}" for v in rng.integers(0, 4, rng.integers(0, 25))]
+                           for _ in range(n)], dtype=pl.List(pl.String)),
+        "itags": pl.Series([list(rng.integers(0, 3, rng.integers(0, 3))) for _ in range(n)], dtype=pl.List(pl.Int64)),
+        "num": pl.Series(rng.normal(size=n)).set(pl.Series(rng.random(n) < 0.1), None),
+        "y": rng.integers(0, 3, n),
+    })
+    schema = {"label": "y", "fields": [
+        *({"name": c, "kind": "categorical"} for c in ("small", "wide", "extreme", "u64", "ints_null", "str_hi",
+                                                        "str_null_late", "boolean", "cat", "flt")),
+        {"name": "tags", "kind": "multi_hot"}, {"name": "itags", "kind": "multi_hot"},
+        {"name": "num", "kind": "numeric", "transform": "bucketize", "n_buckets": 7}]}
+    from recsys.schema import Schema
+
+    r = FeatureRanker(label="y", schema=Schema.from_dict(schema), batch_size=batch_size, n_permutations=3,
+                      seed=5).fit(df)
+    y = df["y"].to_list()
+    stream = _PermutedStream(np.bincount(y), 3, 5)
+    perms = np.concatenate([stream.next(min(batch_size, n - i)) for i in range(0, n, batch_size)], axis=1)
+    for name in df.columns[:-1]:
+        c = r._cols[name]
+        if name == "num":
+            x = df["num"].to_numpy()
+            assert list(c.boundaries) == sorted({df["num"].quantile(q, interpolation="nearest")
+                                                 for q in np.linspace(0, 1, 8)[1:-1]})
+            keys = [None if np.isnan(v) else int(np.searchsorted(c.boundaries, v)) for v in x]
+        else:
+            keys = [_canon(c.kind, v) for v in df[name].to_list()]
+        order, table, perm = _brute_force_counts(keys, y, perms, 3)
+        assert c.card == len(order), name
+        assert np.array_equal(c.table, table), name
+        assert np.array_equal(c.n, table.sum(1)), name
+        for k in range(3):
+            assert np.array_equal(c.perm[k], perm[k][:, 1:]), name
+        assert c.null_index == (order.index(None) if None in order else None), name
+        if name not in ("num", "flt"):  # decoded values, in order of first appearance
+            got = [_canon(c.kind, v) if c.kind != "multi_hot" else v for v in c.values.to_list()]
+            if c.kind == "multi_hot":
+                got = [None if v is None else frozenset(v.split("\x1f")) - {""} for v in got]
+            assert got == order, name
+
+
+def test_threads_do_not_change_results(tmp_path: Path):
+    df = _planted(20_000).with_columns(pl.Series("s", [f"v{i % 997}" for i in range(20_000)]))
+    one = _rank(df, n_threads=1, batch_size=3_000)
+    two = _rank(df, n_threads=2, batch_size=3_000)
+    assert one.ranking_.equals(two.ranking_) and one.quality_ == two.quality_
+
+
+def test_read_table_lazy_and_no_torch_import(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from recsys.data.sources import read_table
+
+    path = tmp_path / "d.csv"
+    pl.DataFrame({"a": [1, 2], "y": [0, 1]}).write_csv(path)
+    lf = read_table(path, lazy=True)
+    assert isinstance(lf, pl.LazyFrame) and lf.collect()["a"].to_list() == [1, 2]
+    empty = tmp_path / "e.csv"
+    empty.write_text("")
+    with pytest.raises(RecsysError, match="empty"):
+        read_table(empty, lazy=True)
+    # ranking a file does not pull in torch through the recsys.data package
+    code = (f"import sys; from recsys.features import FeatureRanker; FeatureRanker(label='y').fit({str(path)!r}); "
+            "assert 'torch' not in sys.modules, 'torch imported'; import recsys.data.sources as s, recsys.data; "
+            "assert recsys.data.read_table is s.read_table")
+    subprocess.run([sys.executable, "-c", code], check=True)

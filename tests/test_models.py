@@ -13,18 +13,6 @@ from recsys.models.layers import FMInteraction
 from recsys.tasks import RankingTask
 
 
-@pytest.fixture(scope="module")
-def dm():
-    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_max_len": 6}, batch_size=64)
-    d.setup("fit")
-    return d
-
-
-@pytest.fixture(scope="module")
-def batch(dm):
-    return next(iter(dm.train_dataloader()))
-
-
 def _rows(batch, key):
     """The ids of every row for one KJT key, as Python lists (independent of the model code)."""
     jt = batch.sparse[key]

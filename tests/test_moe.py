@@ -20,18 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"embedding_dim": 6, "expert_units": [8], "attention_units": [8]}
 
 
-@pytest.fixture(scope="module")
-def dm():
-    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_max_len": 6}, batch_size=128)
-    d.setup("fit")
-    return d
-
-
-@pytest.fixture(scope="module")
-def batch(dm):
-    return next(iter(dm.train_dataloader()))
-
-
 def _lengths(batch) -> torch.Tensor:
     return batch.sparse["history"].lengths()
 
