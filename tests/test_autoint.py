@@ -10,7 +10,6 @@ import torch
 import yaml
 
 from recsys.cli import main
-from recsys.data import CTRDataModule
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.models import AutoInt, AutoIntPlus, build_model
 from recsys.models.autoint import InteractingLayer

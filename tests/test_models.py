@@ -7,7 +7,6 @@ import itertools
 import pytest
 import torch
 
-from recsys.data import CTRDataModule
 from recsys.models import DNN, DeepFM, FeatureEmbedding, LogisticRegression, build_model
 from recsys.models.layers import FMInteraction
 from recsys.tasks import RankingTask

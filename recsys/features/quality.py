@@ -66,7 +66,7 @@ def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, A
         null = c.null_index
         n_missing = int(a[null]) if null is not None else 0
         distinct = c.card - (1 if null is not None else 0)
-        top = np.argsort(-a, kind="stable")[: t.top_values]
+        top = _top(a, t.top_values)
         top_vals = c.decode(top) if top.size else []
         top_share = float(a[top[0]] / n) if top.size else 1.0
         non_missing = n - n_missing
@@ -97,6 +97,18 @@ def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, A
     return {"n_rows": n, "label": {"column": ranker.label_name_, "entropy": h_y,
                                     "classes": {str(k): int(v) for k, v in zip(ranker.classes_, ranker.class_counts_)}},
             "thresholds": asdict(t), "flagged": flagged, "columns": columns}
+
+
+def _top(a: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest counts, ties by index: ``np.argsort(-a, kind="stable")[:k]``
+    without sorting everything."""
+    if k <= 0 or a.size <= k:
+        return np.argsort(-a, kind="stable")[:max(k, 0)]
+    kth = np.partition(a, a.size - k)[a.size - k]  # the k-th largest count
+    above = np.flatnonzero(a > kth)
+    tied = np.flatnonzero(a == kth)[: k - above.size]
+    cand = np.concatenate([above, tied])
+    return cand[np.argsort(-a[cand], kind="stable")]
 
 
 def _plain(v: Any) -> Any:

@@ -99,6 +99,8 @@ import importlib
 import importlib.util
 import math
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +180,16 @@ def _log_factorial(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x, return_counts=True)`` of non-negative integers (a bincount when the range is small)."""
+    top = int(x.max()) if x.size else 0
+    if top <= 4 * x.size + 1024:
+        c = np.bincount(x, minlength=top + 1)
+        v = np.flatnonzero(c)
+        return v.astype(x.dtype), c[v]
+    return np.unique(x, return_counts=True)
+
+
 def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
     """Expected plug-in MI (nats) of two partitions with these marginal counts under a uniformly
     random permutation (the hypergeometric model of adjusted MI; Vinh, Epps & Bailey 2010).
@@ -197,8 +209,8 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
         if n and int(b.sum()) != n:
             raise ValueError("the two marginals must have the same total")
         return 0.0
-    av, aw = np.unique(a, return_counts=True)
-    bv, bw = np.unique(b, return_counts=True)
+    av, aw = _unique_counts(a)
+    bv, bw = _unique_counts(b)
     lf_n = float(_log_factorial(np.array([n]))[0])
     lf_av, lf_nav = _log_factorial(av), _log_factorial(n - av)
     log_n = math.log(n)
@@ -269,7 +281,7 @@ def _row_hash(rows: np.ndarray) -> np.ndarray:
 
 
 _EMPTY = -1  # hash table / lookup table: free slot
-_CLAIMED = np.iinfo(np.int32).min  # slot taken in the current batch, code not yet assigned
+_CLAIMED = np.iinfo(np.int32).min  # taken in the current batch, code not yet assigned (< every -2 - position)
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _LUT_MIN = 1 << 16  # a direct lookup table may always span this many integers...
@@ -279,6 +291,92 @@ _PATTERN_MAX = 1 << 12  # joint label patterns counted in one bincount when C**(
 _PATTERN_CELLS = 1 << 20  # ... and distinct values x patterns is at most this
 
 
+class _HashTable:
+    """Open addressing with linear probing, vectorized with numpy: keys of one or two int64 words,
+    an int64 value per key (``_EMPTY``: free). Rows ``[k1, (k2), value]`` of one int64 array."""
+
+    def __init__(self, words: int, cap: int):
+        self.w = words
+        self.cap = max(int(cap), 64)
+        self.t = np.empty((self.cap, words + 1), np.int64)
+        self.t[:, words] = _EMPTY
+        self.used = 0
+
+    def slots(self, k1: np.ndarray, k2: np.ndarray | None) -> np.ndarray:
+        h = k1.view(np.uint64)
+        if k2 is not None:
+            h = h ^ (k2.view(np.uint64) * _MIX2)
+        h = (h * _FIB) >> np.uint64(32)  # 32 well-mixed bits, then scaled to [0, cap)
+        return ((h * np.uint64(self.cap)) >> np.uint64(32)).astype(np.int64)
+
+    def probe(self, k1: np.ndarray, k2: np.ndarray | None,
+              s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """From slots ``s``: (the key's slot, else the first free slot; found; the value where found)."""
+        t, w, cap = self.t, self.w, self.cap
+        if s is None:
+            s = self.slots(k1, k2)
+        r = np.take(t, s, axis=0)
+        val = r[:, w]
+        occ = val != _EMPTY
+        found = occ & (r[:, 0] == k1)
+        if w == 2:
+            found &= r[:, 1] == k2
+        go = np.flatnonzero(occ & ~found)
+        if go.size:
+            s = s.copy()
+            val = val.copy()
+        while go.size:
+            sg = s[go] + 1
+            sg[sg == cap] = 0
+            s[go] = sg
+            r = np.take(t, sg, axis=0)
+            v = r[:, w]
+            occ = v != _EMPTY
+            e = occ & (r[:, 0] == k1[go])
+            if w == 2:
+                e &= r[:, 1] == k2[go]
+            found[go[e]] = True
+            val[go[e]] = v[e]
+            go = go[occ & ~e]
+        return s, found, val
+
+    def insert(self, k1: np.ndarray, k2: np.ndarray | None, fill: np.ndarray | None = None,
+               free: np.ndarray | None = None) -> np.ndarray:
+        """Insert keys that are not in the table (repeats allowed); returns each row's slot. A new
+        key's value is its (first) row's ``fill``, default ``_CLAIMED``. ``free``: where a probe
+        of the current table ended for each key (its first free slot), if known."""
+        out = np.empty(k1.size, np.int64)
+        idx = np.arange(k1.size)
+        s = self.slots(k1, k2) if free is None else free
+        t, w = self.t, self.w
+        col = t[:, w]
+        first = free is not None
+        while idx.size:
+            if first:  # every key is at a free slot
+                first = False
+            else:
+                s, found, _ = self.probe(k1, k2, s)
+                f = np.flatnonzero(found)
+                out[idx[f]] = s[f]
+                todo = np.flatnonzero(~found)
+                if not todo.size:
+                    break
+                idx, s, k1 = idx[todo], s[todo], k1[todo]
+                k2 = k2[todo] if k2 is not None else None
+                fill = fill[todo] if fill is not None else None
+            # free slots wanted by several keys: the last such row wins, the others probe on
+            rows = np.arange(idx.size)
+            np.maximum.at(col, s, rows)
+            win = np.flatnonzero(col[s] == rows)
+            sw = s[win]
+            t[sw, 0] = k1[win]
+            if w == 2:
+                t[sw, 1] = k2[win]
+            col[sw] = _CLAIMED if fill is None else fill[win]
+            self.used += win.size
+        return out
+
+
 class _Coder:
     """A column's running dictionary: value -> dense code ``0, 1, ...`` in order of first appearance.
 
@@ -286,98 +384,30 @@ class _Coder:
     any other type (strings, multi-hot sets, ...) two independent 64-bit polars hashes compared
     together (a 128-bit key: two distinct values share a code with probability ~2**-128 per pair).
     Integer keys in a small range use a direct lookup table (at most ``_LUT_PER_VALUE`` slots per
-    distinct value, or ``_LUT_MIN``); everything else an open-addressing hash table (linear
-    probing, load <= 1/2), all vectorized with numpy. Memory grows with distinct values, not rows.
-    Missing values get a code of their own.
+    distinct value, or ``_LUT_MIN``); everything else a :class:`_HashTable` at load 1/3 to 1/2.
+    Memory grows with distinct values, not rows. Missing values get a code of their own.
     """
 
     def __init__(self, two_keys: bool):
-        self.two = two_keys
+        self.w = 2 if two_keys else 1
         self.card = 0
         self.null_code: int | None = None
         self.lut: np.ndarray | None = None  # direct table (one-key integers): code of lo + i
         self.lo = 0
-        self.mode = "hash" if two_keys else "lut"
-        self.bits = 0
-        self.used = 0
-        self.tk1 = self.tk2 = self.tc = None
+        self.table: _HashTable | None = None
 
-    # --------------------------------------------------------------- hash table
-    def _new_table(self, bits: int) -> None:
-        cap = 1 << bits
-        self.bits = bits
-        self.tk1 = np.zeros(cap, np.int64)
-        self.tk2 = np.zeros(cap, np.int64) if self.two else None
-        self.tc = np.full(cap, _EMPTY, np.int32)
-        self.used = 0
-
-    def _slots(self, k1: np.ndarray, k2: np.ndarray | None) -> np.ndarray:
-        h = k1.view(np.uint64)
-        if k2 is not None:
-            h = h ^ (k2.view(np.uint64) * _MIX2)
-        return ((h * _FIB) >> np.uint64(64 - self.bits)).astype(np.int64)
-
-    def _probe(self, k1: np.ndarray, k2: np.ndarray | None, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Linear probing from slots ``s``: (slot holding the key or the first free slot, found)."""
-        mask = (1 << self.bits) - 1
-        tk1, tk2, tc = self.tk1, self.tk2, self.tc
-        c = tc[s]
-        occ = c != _EMPTY
-        eq = occ & (tk1[s] == k1)
-        if k2 is not None:
-            eq &= tk2[s] == k2
-        found = eq
-        go = np.flatnonzero(occ & ~eq)
-        if go.size:
-            s = s.copy()
-            while go.size:
-                sg = (s[go] + 1) & mask
-                s[go] = sg
-                c = tc[sg]
-                occ = c != _EMPTY
-                e = occ & (tk1[sg] == k1[go])
-                if k2 is not None:
-                    e &= tk2[sg] == k2[go]
-                found[go[e]] = True
-                go = go[occ & ~e]
-        return s, found
-
-    def _insert(self, k1: np.ndarray, k2: np.ndarray | None, fill: np.ndarray | None = None) -> None:
-        """Insert keys not in the table (repeats allowed): each distinct key takes one free slot, with
-        code ``fill`` (default: claimed, code assigned later)."""
-        s = self._slots(k1, k2)
-        while k1.size:
-            s, found = self._probe(k1, k2, s)
-            todo = np.flatnonzero(~found)
-            if not todo.size:
-                return
-            st = s[todo]  # free slots: one of the keys aiming at each slot wins it; the others probe on
-            self.tk1[st] = k1[todo]
-            if k2 is not None:
-                self.tk2[st] = k2[todo]
-            self.tc[st] = _CLAIMED if fill is None else fill[todo]
-            k1, s = k1[todo], st
-            k2 = k2[todo] if k2 is not None else None
-            fill = fill[todo] if fill is not None else None
-
-    def _grow(self, need: int) -> None:
-        """(Re)build the hash table for ``need`` keys at load <= 1/2."""
-        bits = max(12, int(2 * max(need, 1) - 1).bit_length())
-        if self.mode == "lut":  # integers outgrew the direct table
-            idx = np.flatnonzero(self.lut != _EMPTY) if self.lut is not None else np.empty(0, np.int64)
-            k1, k2, fill = idx.astype(np.int64) + self.lo, None, (self.lut[idx] if idx.size else None)
+    def _rehash(self, keys: int) -> None:
+        """A table for ``keys`` keys at load 1/3, holding everything known so far."""
+        new = _HashTable(self.w, 3 * keys)
+        if self.table is not None:
+            old = self.table.t
+            occ = np.flatnonzero(old[:, self.w] != _EMPTY)
+            new.insert(old[occ, 0], old[occ, 1] if self.w == 2 else None, old[occ, self.w])
+        elif self.lut is not None:  # integers outgrew the direct table
+            occ = np.flatnonzero(self.lut != _EMPTY)
+            new.insert(occ.astype(np.int64) + self.lo, None, self.lut[occ].astype(np.int64))
             self.lut = None
-            self.mode = "hash"
-        else:
-            idx = np.flatnonzero(self.tc != _EMPTY)
-            k1, fill = self.tk1[idx], self.tc[idx]
-            k2 = self.tk2[idx] if self.two else None
-            if bits <= self.bits:
-                bits = self.bits + 1
-        self._new_table(bits)
-        if k1.size:
-            self._insert(k1, k2, fill)
-        self.used = k1.size
+        self.table = new
 
     # ------------------------------------------------------------------ coding
     def encode(self, k1: np.ndarray, k2: np.ndarray | None, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -389,40 +419,33 @@ class _Coder:
             vi = np.flatnonzero(valid)
             k1 = k1[vi]
             k2 = k2[vi] if k2 is not None else None
-        if self.mode == "lut":
+        if self.table is None and self.w == 1:
             codes, first = self._encode_lut(k1)
         else:
             codes, first = self._encode_hash(k1, k2)
+        if vi is None:
+            self.card += first.size
+            return codes, first
         # missing values: a code of their own, ordered with the new values by first appearance
-        null_first = None
-        if vi is not None:
-            full = np.empty(m, np.int64)
-            full[vi] = codes
-            nulls = np.flatnonzero(~valid)
-            first = vi[first]
-            if self.null_code is None:
-                null_first = int(nulls[0])
-            codes = full
-        new_pos = first
-        if null_first is not None:
-            at = int(np.searchsorted(first, null_first))
-            new_pos = np.insert(first, at, null_first)
-            # the values first seen after the first missing one move up by one code
-            shift_from = self.card + at
-            if codes.size:
-                codes[codes >= shift_from] += 1  # only this batch's new codes can be >= shift_from
-            self._shift_new(shift_from)
-            self.null_code = self.card + at
-        if vi is not None:
-            codes[nulls] = self.null_code
-        self.card += new_pos.size
-        return codes, new_pos
-
-    def _shift_new(self, shift_from: int) -> None:
-        """Codes >= shift_from (all assigned in this batch) move up by one in the tables."""
-        t = self.lut if self.mode == "lut" else self.tc
-        if t is not None:
-            t[t >= shift_from] += 1
+        full = np.empty(m, np.int64)
+        full[vi] = codes
+        nulls = np.flatnonzero(~valid)
+        first = vi[first]
+        if self.null_code is None:
+            at = int(np.searchsorted(first, nulls[0]))
+            first = np.insert(first, at, nulls[0])
+            shift_from = self.card + at  # the values first seen after the first missing one move up
+            if at < first.size - 1:
+                full[full >= shift_from] += 1  # (only this batch's new codes are that high)
+                if self.lut is not None:
+                    self.lut[self.lut >= shift_from] += 1
+                if self.table is not None:
+                    v = self.table.t[:, self.w]
+                    v[v >= shift_from] += 1
+            self.null_code = shift_from
+        full[nulls] = self.null_code
+        self.card += first.size
+        return full, first
 
     def _encode_lut(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not x.size:
@@ -434,8 +457,8 @@ class _Coder:
             lo, hi = min(self.lo, bmin), max(self.lo + self.lut.size - 1, bmax)
         span = hi - lo + 1
         allowed = max(_LUT_MIN, _LUT_PER_VALUE * (self.card + x.size))
-        if span > allowed:  # too sparse for a direct table: switch to the hash table for good
-            self._grow(self.card + min(x.size, 1 << 16))
+        if span > allowed:  # too sparse for a direct table: the hash table from now on
+            self._rehash(max(self.card, 1024))
             return self._encode_hash(x, None)
         if self.lut is None or lo < self.lo or hi >= self.lo + self.lut.size:
             old, old_lo = self.lut, self.lo
@@ -449,7 +472,7 @@ class _Coder:
                 self.lut[old_lo - lo:old_lo - lo + old.size] = old
         idx = x - self.lo
         lut = self.lut
-        codes = lut[idx].astype(np.int64)
+        codes = np.take(lut, idx).astype(np.int64)
         miss = np.flatnonzero(codes < 0)
         if not miss.size:
             return codes, np.empty(0, np.int64)
@@ -464,40 +487,40 @@ class _Coder:
     def _encode_hash(self, k1: np.ndarray, k2: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if not k1.size:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        if self.tc is None:
-            self._new_table(12)
-        s, found = self._probe(k1, k2, self._slots(k1, k2))
+        if self.table is None:
+            self._rehash(1024)
+        end, found, codes = self.table.probe(k1, k2)
         miss = np.flatnonzero(~found)
-        codes = np.empty(k1.size, np.int64)
-        hit = np.flatnonzero(found)
-        codes[hit] = self.tc[s[hit]]
         if not miss.size:
             return codes, np.empty(0, np.int64)
-        rest = miss
-        while rest.size:  # insert in chunks that cannot push the load above 1/2 (used: an upper bound)
-            room = (1 << self.bits) // 2 - self.used
-            if room < min(rest.size, 4096):
-                self.used = int(np.count_nonzero(self.tc != _EMPTY))
-                room = (1 << self.bits) // 2 - self.used
-                if room < min(rest.size, 4096):
-                    self._grow(self.used + min(rest.size, max(self.used, 4096)))
-                    continue
-            part, rest = rest[:room], rest[room:]
-            self._insert(k1[part], k2[part] if k2 is not None else None)
-            self.used += part.size
-            if rest.size:
-                rk2 = k2[rest] if k2 is not None else None
-                _, f = self._probe(k1[rest], rk2, self._slots(k1[rest], rk2))
-                rest = rest[~f]
+        codes = codes.copy()
+        mk1 = k1[miss]
         mk2 = k2[miss] if k2 is not None else None
-        sm, _ = self._probe(k1[miss], mk2, self._slots(k1[miss], mk2))
-        tc = self.tc
-        np.maximum.at(tc, sm, (-2 - miss).astype(np.int32))  # claimed slots: -2 - (first position)
-        first = miss[tc[sm] == -2 - miss]
-        sf = sm[np.searchsorted(miss, first)]
-        tc[sf] = np.arange(self.card, self.card + first.size, dtype=np.int32)
-        codes[miss] = tc[sm]
-        return codes, first
+        pos = -2 - np.arange(miss.size)
+        table = self.table
+        if 2 * (table.used + miss.size) <= table.cap:
+            # room even if every missing row were a distinct value: claim them in the table itself
+            ls = table.insert(mk1, mk2, free=end[miss])
+            v = table.t[:, self.w]
+            np.maximum.at(v, ls, pos)  # claimed slots: -2 - (first position)
+            first = np.flatnonzero(v[ls] == pos)
+            v[ls[first]] = np.arange(self.card, self.card + first.size)
+            codes[miss] = v[ls]
+            return codes, miss[first]
+        # else: deduplicate the batch's new values in a table of their own first, then grow to fit
+        local = _HashTable(self.w, 2 * miss.size)
+        ls = local.insert(mk1, mk2)
+        v = local.t[:, self.w]
+        np.maximum.at(v, ls, pos)
+        first = np.flatnonzero(v[ls] == pos)
+        new = np.arange(self.card, self.card + first.size)
+        v[ls[first]] = new
+        codes[miss] = v[ls]
+        del local, ls, v, pos
+        if 2 * (table.used + first.size) > table.cap:  # expect as many new values again
+            self._rehash(int(1.5 * (table.used + first.size)) + first.size)
+        self.table.insert(mk1[first], mk2[first] if mk2 is not None else None, new)
+        return codes, miss[first]
 
 
 class _BatchLabels:
@@ -513,8 +536,14 @@ class _BatchLabels:
         self.P = P if P <= _PATTERN_MAX else 0
         self._pat = None
         self._ind = None
-        self._packed: dict[int, list[tuple[np.ndarray, list[int]]]] = {}
+        self._packed: dict[tuple[int, bool], list[tuple[np.ndarray, list[int]]]] = {}
+        self._lock = threading.Lock()
         self.rh = _row_hash(rows).astype(np.float64)
+
+    def prepare(self) -> None:
+        """Compute what every column may use before the columns run in parallel."""
+        if self.P:
+            self.pattern, self.indicator  # noqa: B018
 
     @property
     def pattern(self) -> np.ndarray:
@@ -540,20 +569,27 @@ class _BatchLabels:
             self._ind = ind
         return self._ind
 
-    def packed(self, width: int) -> list[tuple[np.ndarray, list[int]]]:
-        """The indicator fields packed ``53 // width`` per float64 weight vector (exact sums while
-        every count stays below ``2**width``): [(weights, fields)]."""
-        if width not in self._packed:
-            per = max(1, 53 // width)
+    def packed(self, width: int, with_n: bool = False) -> list[tuple[np.ndarray, list[int]]]:
+        """Float64 bincount weights packing ``53 // width`` fields each (exact while every count stays
+        below ``2**width``): the label indicators (field ``k (C - 1) + c - 1``: label vector ``k`` has
+        class ``c``), preceded by the row count (all ones) if ``with_n`` (then one vector holds all).
+        Returns [(weights, fields)]."""
+        key = (width, with_n)
+        with self._lock:
+            return self._packed_locked(key, width, with_n)
+
+    def _packed_locked(self, key: tuple[int, bool], width: int, with_n: bool) -> list[tuple[np.ndarray, list[int]]]:
+        if key not in self._packed:
+            per = len(self.vecs) * (self.C - 1) + 1 if with_n else max(1, 53 // width)
             fields = [(k, c) for k in range(len(self.vecs)) for c in range(1, self.C)]
             out = []
-            for g in range(0, len(fields), per):
-                w = np.zeros(self.m)
-                for i, (k, c) in enumerate(fields[g:g + per]):
+            for g in range(0, len(fields), per - int(with_n)):
+                w = np.ones(self.m) if with_n else np.zeros(self.m)
+                for i, (k, c) in enumerate(fields[g:g + per - int(with_n)], start=int(with_n)):
                     w += (self.vecs[k] == c) * float(1 << (width * i))
-                out.append((w, list(range(g, min(g + per, len(fields))))))
-            self._packed[width] = out
-        return self._packed[width]
+                out.append((w, list(range(g, min(g + per - int(with_n), len(fields))))))
+            self._packed[key] = out
+        return self._packed[key]
 
 
 def _bincount(codes: np.ndarray, weights: np.ndarray | None, size: int) -> np.ndarray:
@@ -566,6 +602,55 @@ def _bincount(codes: np.ndarray, weights: np.ndarray | None, size: int) -> np.nd
     for i in range(0, codes.size, _CHUNK):
         out += np.bincount(codes[i:i + _CHUNK], weights=weights[i:i + _CHUNK], minlength=size).astype(np.int64)
     return out
+
+
+_SEED1, _SEED2 = 0x2545F4914F6CDD1D, 0x5851F42D4C957F2D  # the two polars hashes of a non-integer value
+_SHORT_LIST = 16  # multi-hot rows up to this long are deduplicated by pairwise comparison
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer (uint64 -> uint64, a bijection)."""
+    z = h ^ (h >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _set_keys(lst: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Multi-hot keys: per row, the sums (mod 2**64) of two independent 64-bit hashes of the row's
+    distinct non-missing elements (as strings), so the key depends on the set only (order and
+    repeats do not matter, ``[]`` and ``[null]`` are the empty set); a missing list is missing."""
+    if lst.dtype.inner != pl.String:
+        lst = lst.list.eval(pl.element().cast(pl.String))
+    m = lst.len()
+    valid = lst.is_not_null().to_numpy() if lst.null_count() else None
+    lens = lst.list.len().fill_null(0).to_numpy().astype(np.int64)
+    e = lst.explode(empty_as_null=False, keep_nulls=False)  # the elements, row after row
+    h1 = _mix64(e.hash(_SEED1).to_numpy())
+    h2 = _mix64(e.hash(_SEED2).to_numpy())
+    keep = e.is_not_null().to_numpy() if e.null_count() else np.ones(e.len(), bool)
+    starts = np.cumsum(lens) - lens
+    if e.len():
+        j = np.arange(e.len()) - np.repeat(starts, lens)  # position within the row
+        long_rows = lens > _SHORT_LIST
+        for d in range(1, min(int(lens.max()), _SHORT_LIST)):  # an earlier equal element in the row
+            i = np.flatnonzero(j >= d)
+            keep[i[(h1[i] == h1[i - d]) & (h2[i] == h2[i - d])]] = False
+        if long_rows.any():  # long rows: sort their elements by (row, hash) and drop repeats
+            el = np.flatnonzero(np.repeat(long_rows, lens))
+            row = np.repeat(np.arange(m), lens)[el]
+            order = np.lexsort((h2[el], h1[el], row))
+            o, ro = el[order], row[order]
+            same = (ro[1:] == ro[:-1]) & (h1[o[1:]] == h1[o[:-1]]) & (h2[o[1:]] == h2[o[:-1]])
+            keep[o[1:][same]] = False
+    out = []
+    for h in (h1, h2):
+        c = np.zeros(h.size + 1, np.uint64)
+        np.cumsum(np.where(keep, h, np.uint64(0)), out=c[1:])  # wraps mod 2**64
+        out.append((c[starts + lens] - c[starts]).view(np.int64))
+    return out[0], out[1], valid
 
 
 @dataclass
@@ -590,6 +675,7 @@ class _Column:
         self._cap = 0
         self._n = self._cnt = self._first = self._rh = None
         self._values: list[pl.Series] = []
+        self._width = 0  # packing width that sufficed for the previous batch
 
     # values -> the series whose distinct values are the categories (pair pass)
     def prepare(self, s: pl.Series) -> pl.Series:
@@ -600,10 +686,7 @@ class _Column:
                 b[~valid] = np.nan
             return pl.Series("v", b, nan_to_null=True).cast(pl.Int32)
         if self.kind == "multi_hot":
-            if s.dtype == pl.String and self.separator:
-                s = s.str.split(self.separator)
-            if isinstance(s.dtype, pl.Array):
-                s = s.arr.to_list()
+            s = self._lists(s) if self._lists(s) is not None else s
             if isinstance(s.dtype, pl.List):  # (as an expression on a frame: Series.list.sort is much slower)
                 e = pl.col("v")
                 if s.dtype.inner != pl.String:
@@ -620,13 +703,26 @@ class _Column:
         nan = np.isnan(v)
         return bins, (~nan if nan.any() else None)
 
+    def _lists(self, s: pl.Series) -> pl.Series | None:
+        """Multi-hot: the column as a list series (None: not a list column, a plain categorical)."""
+        if s.dtype == pl.String and self.separator:
+            s = s.str.split(self.separator)
+        if isinstance(s.dtype, pl.Array):
+            s = s.arr.to_list()
+        return s if isinstance(s.dtype, pl.List) else None
+
     def keys(self, s: pl.Series) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, pl.Series | None]:
         """``(k1, k2, valid, values)``: the coder's keys of every row, the non-missing mask (None: no
         missing) and the series the distinct values are taken from (None for numeric bins)."""
         if self.kind == "numeric":
             bins, valid = self._bins(s)
             return bins.astype(np.int64), None, valid, None
-        v = self.prepare(s)
+        if self.kind == "multi_hot":
+            lst = self._lists(s)
+            if lst is not None:
+                k1, k2, valid = _set_keys(lst)
+                return k1, k2, valid, s
+        v = s
         valid = v.is_not_null().to_numpy() if v.null_count() else None
         dt = v.dtype
         if dt.is_integer() or dt == pl.Boolean:
@@ -639,26 +735,27 @@ class _Column:
             return f.view(np.int64), None, valid, v
         if isinstance(dt, (pl.Categorical, pl.Enum)):
             v = v.cast(pl.String)
-        k1 = v.hash(0x2545F4914F6CDD1D).to_numpy().view(np.int64)
-        k2 = v.hash(0x5851F42D4C957F2D).to_numpy().view(np.int64)
+        k1 = v.hash(_SEED1).to_numpy().view(np.int64)
+        k2 = v.hash(_SEED2).to_numpy().view(np.int64)
         return k1, k2, valid, v
 
     def _ensure(self, card: int) -> None:
+        """Room for ``card`` values in the per-value arrays (grown x1.5, new parts zero)."""
         if card <= self._cap:
             return
-        cap = max(card, int(self._cap * 1.5), 1024)
+        cap = max(card, self._cap + self._cap // 2, 1024)
         F = (self.n_perm + 1) * (self.n_classes - 1)
 
-        def grow(a, shape, dtype):
-            b = np.zeros(shape, dtype)
+        def grow(a, dtype, rows=None):
+            b = np.zeros((rows, cap) if rows else cap, dtype)
             if a is not None:
-                b[:self.card] = a[:self.card]
+                b[..., :self.card] = a[..., :self.card]
             return b
 
-        self._n = grow(self._n, cap, self.dtype)
-        self._cnt = grow(self._cnt, (cap, F), self.dtype)
-        self._first = grow(self._first, cap, np.int64)
-        self._rh = grow(self._rh, cap, np.int64)
+        self._n = grow(self._n, self.dtype)
+        self._cnt = grow(self._cnt, self.dtype, F)  # field x value: field k (C - 1) + c - 1 = label vector k has class c
+        self._first = grow(self._first, self.dtype)
+        self._rh = grow(self._rh, np.int64)
         self._cap = cap
 
     def update(self, s: pl.Series, lab: _BatchLabels, row0: int) -> None:
@@ -672,34 +769,46 @@ class _Column:
         if new_pos.size:
             self._first[self.card:card] = row0 + new_pos
             if values is not None:
-                self._values.append(values.gather(new_pos))
+                vals = values.gather(new_pos)
+                self._values.append(self.prepare(vals) if self.kind == "multi_hot" else vals)
             else:  # numeric: the bin (missing: null)
                 b = k1[new_pos].astype(np.float64)
                 if valid is not None:
                     b[~valid[new_pos]] = np.nan
                 self._values.append(pl.Series("v", b, nan_to_null=True).cast(pl.Int32))
         self.card = card
+        n_acc, cnt = self._n[:card], self._cnt[:, :card]
         if lab.P and card * lab.P <= max(_PATTERN_CELLS, 4 * lab.m):
+            # few values: one bincount over (value, joint label pattern), then patterns -> label counts
             t = np.bincount(codes * lab.P + lab.pattern, minlength=card * lab.P).reshape(card, lab.P)
-            n = t.sum(1)
-            fields = np.rint(t @ lab.indicator).astype(np.int64)
-            self._n[:card] += n.astype(self.dtype)
-            self._cnt[:card] += fields.astype(self.dtype)
-        else:
-            n = np.bincount(codes, minlength=card)
-            self._n[:card] += n.astype(self.dtype)
-            if lab.C == 2 or lab.n_fields <= 12:
-                width = max(1, int(n.max()).bit_length())
-                mask = (1 << width) - 1
-                for w, idx in lab.packed(width):
-                    packed = _bincount(codes, w, card)
-                    for i, f in enumerate(idx):
-                        self._cnt[:card, f] += ((packed >> (width * i)) & mask).astype(self.dtype)
-            else:  # many classes: one bincount per label vector
-                C = lab.C
-                for k, v in enumerate(lab.vecs):
-                    t = np.bincount(codes * C + v, minlength=card * C).reshape(card, C)
-                    self._cnt[:card, k * (C - 1):(k + 1) * (C - 1)] += t[:, 1:].astype(self.dtype)
+            n_acc += t.sum(1)
+            cnt += np.rint(lab.indicator.T @ t.T).astype(np.int64)
+        elif lab.C == 2 or lab.n_fields <= 12:
+            # many values: the row count and the label indicators packed into float64 bincount weights
+            n = None
+            w = self._width
+            if w and (lab.n_fields + 1) * w <= 53:  # all in one pass if no value has >= 2**w rows here
+                (wt, _), = lab.packed(w, with_n=True)
+                f = (_bincount(codes, wt, card)[None, :] >> (w * np.arange(lab.n_fields + 1))[:, None]) & ((1 << w) - 1)
+                if int(f[0].sum()) == codes.size:
+                    n = f[0]
+                    cnt += f[1:]
+            if n is None:
+                n = np.bincount(codes, minlength=card)
+                w = max(1, int(n.max()).bit_length())
+                for wt, idx in lab.packed(w):
+                    f = (_bincount(codes, wt, card)[None, :] >> (w * np.arange(len(idx)))[:, None]) & ((1 << w) - 1)
+                    cnt[idx[0]:idx[-1] + 1] += f
+            n_acc += n
+            w = int(n.max()).bit_length() + 1 if n.size else 1
+            self._width = w if (lab.n_fields + 1) * w <= 53 else 0
+        else:  # many classes: one bincount per label vector
+            C = lab.C
+            for k, v in enumerate(lab.vecs):
+                t = np.bincount(codes * C + v, minlength=card * C).reshape(card, C)
+                cnt[k * (C - 1):(k + 1) * (C - 1)] += t[:, 1:].T
+                if k == 0:
+                    n_acc += t.sum(1)
         self._rh[:card] += _bincount(codes, lab.rh, card)
 
     def finalize(self) -> None:
@@ -708,10 +817,10 @@ class _Column:
         self.values = pl.concat(self._values) if self._values else pl.Series("v", [], dtype=pl.Int32)
         self._values = []
         self.n = self._n[:card].astype(np.int64)
-        cnt = self._cnt[:card].astype(np.int64)
+        cnt = self._cnt[:, :card].T.astype(np.int64)
         ys = cnt[:, :C - 1]
         self.table = np.concatenate([(self.n - ys.sum(1))[:, None], ys], axis=1)
-        self.perm = [cnt[:, (k + 1) * (C - 1):(k + 2) * (C - 1)] for k in range(self.n_perm)]
+        self.perm = [np.ascontiguousarray(cnt[:, (k + 1) * (C - 1):(k + 2) * (C - 1)]) for k in range(self.n_perm)]
         h = hashlib.blake2b(digest_size=16)
         h.update(self._first[:card].astype(np.int64).tobytes())
         h.update(self._rh[:card].astype(np.int64).tobytes())
@@ -787,6 +896,9 @@ class FeatureRanker:
         quality: thresholds of the data-quality report
             (:class:`recsys.features.quality.QualityThresholds`).
         progress: show a tqdm progress bar.
+        n_threads: columns counted in parallel threads (numpy releases the GIL in the heavy
+            parts); default: polars' thread pool size (the number of cores, or
+            ``POLARS_MAX_THREADS``). Results do not depend on it.
 
     Attributes (after ``fit``):
         ranking_: one row per feature, best first: ``rank``, ``feature``, ``kind``, ``score`` (the
@@ -818,6 +930,7 @@ class FeatureRanker:
         aggregation: str = "median",
         quality: Any = None,
         progress: bool = False,
+        n_threads: int | None = None,
     ):
         if heuristic not in HEURISTICS:
             raise ConfigError(f"unknown heuristic {heuristic!r}", where="heuristic", fix=f"use one of {list(HEURISTICS)}")
@@ -836,6 +949,8 @@ class FeatureRanker:
             raise ConfigError(f"n_bins must be an integer >= 2, got {n_bins!r}", where="n_bins")
         if sample is not None and (not isinstance(sample, int) or sample < 1):
             raise ConfigError(f"sample must be a positive number of rows, got {sample!r}", where="sample")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise ConfigError(f"n_threads must be a positive integer, got {n_threads!r}", where="n_threads")
         if pair_top_k is not None and (not isinstance(pair_top_k, int) or pair_top_k < 2):
             raise ConfigError(f"pair_top_k must be >= 2 (or None for all), got {pair_top_k!r}", where="pair_top_k")
         self.label = label
@@ -857,6 +972,7 @@ class FeatureRanker:
         self.aggregation = aggregation
         self.quality = quality
         self.progress = progress
+        self.n_threads = n_threads
 
     # ----------------------------------------------------------------------------- input
     def _frame(self, data: Any) -> tuple[pl.DataFrame | pl.LazyFrame, str]:
@@ -981,8 +1097,16 @@ class FeatureRanker:
             raise DataError(f"the label {label!r} is a {lab_dtype} column", where=where,
                             fix="use a single-valued binary or multi-class label")
         lab_counts: dict[Any, int] = {}
-        if self._sample_idx is None:  # one lazy query (the scan pushes the projection down)
-            vc = lazy.group_by(label).len().collect()
+        cols = self._columns(names, dtypes, where, label, 0)
+        numeric = [c for c in cols if c.kind == "numeric"]
+        numeric_frame = got = None
+        if self._sample_idx is None:  # one scan: label counts and the numeric columns (for their quantiles)
+            queries = [lazy.group_by(label).len()]
+            if numeric:
+                queries.append(self._numeric_query(lazy, numeric))
+            got = pl.collect_all(queries)
+            vc = got[0]
+            numeric_frame = got[1] if numeric else None
             lab_counts = dict(zip(vc[label].to_list(), (int(c) for c in vc["len"].to_list())))
         else:
             for b in self._batches(frame, [label]):
@@ -1005,8 +1129,10 @@ class FeatureRanker:
         class_counts = np.array([lab_counts[c] for c in classes], np.int64)
         n = int(class_counts.sum())
         C = len(classes)
-        cols = self._columns(names, dtypes, where, label, C)
-        self._boundaries(lazy, [c for c in cols if c.kind == "numeric"])
+        for c in cols:
+            c.n_classes = C
+        self._boundaries(lazy, numeric, numeric_frame)
+        del numeric_frame, got
 
         # ---- pass 1: per batch, each column's values -> dense codes (a running dictionary), counted with
         # numpy bincounts against the label and its permutations into running per-value arrays
@@ -1017,17 +1143,43 @@ class FeatureRanker:
             c.start(count_dtype)
         sources = list(dict.fromkeys([c.source for c in cols] + [label]))
         bar = self._bar(n, "counting")
-        row0 = 0
-        for b in self._batches(frame, sources):
-            m = b.height
+        n_threads = self.n_threads if self.n_threads is not None else pl.thread_pool_size()
+        pool = ThreadPoolExecutor(min(n_threads, len(cols))) if n_threads > 1 and len(cols) > 1 else None
+
+        def labels(b: pl.DataFrame | None, row0: int) -> _BatchLabels | None:
+            if b is None:
+                return None
             y = b.select(pl.col(label).alias("v")).join(label_map, on="v", how="left", maintain_order="left")["y"]
-            rows = np.arange(row0, row0 + m)  # (sampled) row numbers: fingerprints only
-            lab = _BatchLabels(y.to_numpy(), perm.next(m), C, rows)
-            for c in cols:
-                c.update(b[c.source], lab, row0)
-            row0 += m
-            if bar is not None:
-                bar.update(m)
+            lab = _BatchLabels(y.to_numpy(), perm.next(b.height), C, np.arange(row0, row0 + b.height))
+            lab.prepare()
+            return lab
+
+        try:
+            batches = iter(self._batches(frame, sources))
+            b = next(batches, None)
+            lab = labels(b, 0)
+            row0 = 0
+            while b is not None:
+                m = b.height
+                if pool is not None:  # columns in parallel, biggest first; meanwhile read the next batch
+                    todo = [pool.submit(c.update, b[c.source], lab, row0)
+                            for c in sorted(cols, key=lambda c: -c.card)]
+                    nb = next(batches, None)
+                    nlab = labels(nb, row0 + m)
+                    for f in todo:
+                        f.result()
+                else:
+                    for c in cols:
+                        c.update(b[c.source], lab, row0)
+                    nb = next(batches, None)
+                    nlab = labels(nb, row0 + m)
+                b, lab = nb, nlab
+                row0 += m
+                if bar is not None:
+                    bar.update(m)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
         for c in cols:
@@ -1102,17 +1254,21 @@ class FeatureRanker:
         self.quality_ = quality_report(self, thresholds)
         return self
 
-    def _boundaries(self, lazy: pl.LazyFrame, numeric: list[_Column]) -> None:
+    def _numeric_query(self, lazy: pl.LazyFrame, numeric: list[_Column]) -> pl.LazyFrame:
+        """The numeric columns as floats (NaN -> missing), of all rows or the sample."""
+        if self._sample_idx is not None:
+            lazy = lazy.with_row_index("__row").filter(pl.col("__row").is_in(pl.Series(self._sample_idx)))
+        return lazy.select([pl.col(c.source).cast(pl.Float64, strict=False).fill_nan(None).alias(f"__n{i}")
+                            for i, c in enumerate(numeric)])
+
+    def _boundaries(self, lazy: pl.LazyFrame, numeric: list[_Column], cols: pl.DataFrame | None = None) -> None:
         """Numeric columns' bin boundaries: the distinct ``k / n_bins`` quantiles ("nearest", as polars
         computes them: the non-missing value of sorted index ``round((n - 1) q)``) of all rows (or the
-        sample), found by partial sorts of the materialized columns, one column at a time."""
+        sample), found by partial sorts of the materialized columns (``cols``, else read here)."""
         if not numeric:
             return
-        q_lf = lazy
-        if self._sample_idx is not None:
-            q_lf = lazy.with_row_index("__row").filter(pl.col("__row").is_in(pl.Series(self._sample_idx)))
-        cols = q_lf.select([pl.col(c.source).cast(pl.Float64, strict=False).fill_nan(None).alias(f"__n{i}")
-                            for i, c in enumerate(numeric)]).collect()
+        if cols is None:
+            cols = self._numeric_query(lazy, numeric).collect()
         for i, c in enumerate(numeric):
             s = cols.to_series(i)
             nulls = s.null_count()
