@@ -1,0 +1,225 @@
+"""Long behaviour sequences: SDIM vs DIN target attention (issue 5), speed and quality.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py speed
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py quality --seeds 2019 2020 2021
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py quality --seeds 2019 --tau-sweep
+
+**Speed** (the long-term interest module alone, the part the models differ in; forward, no
+gradient, one request = one user's sequence of L behaviours and B = 1,024 candidates, d = 32):
+
+* ``din``: :class:`recsys.models.sdim.TargetAttention` (DIN's activation unit [64, 32] + softmax)
+  over ``[B, L, d]`` (the user's sequence repeated per candidate);
+* ``sdim``: :class:`recsys.models.sdim.SDIMAttention` (m = 48, τ = 3, ℓ2) direct path on the
+  request: the user's ``[1, L, d]`` sequence hashed once (the paper's O(Lm log d + ...)), the
+  collisions ``[B, L, G]`` and sums computed per candidate;
+* ``sdim per-row``: the same direct path with the sequence repeated per row (``[B, L, d]``, as a
+  training batch of B different users: each row hashes its own L behaviours);
+* ``bse``: serving split: the user's tables ``[16, 8, d]`` encoded once (``bse_encode``, timed
+  apart: the paper's BSE server runs it in parallel with retrieval) and the B candidates scored
+  from them (``bse``).
+
+Both direct paths run over the candidates in chunks of ``--chunk`` rows (bounded memory; the
+work is the same). Each cell is the median of ``--repeats`` timings after one warm-up. The bars
+of the issue: SDIM >= 5x faster than DIN at L = 1,024; BSE >= 20x faster than DIN at L = 4,096.
+
+**Quality**: ``recsys fit`` of ``experiments/sdim_ml100k.yaml`` and ``din_ml100k.yaml`` (ml100k-ctr,
+history up to 1,000) per seed, test AUC mean/std; ``--tau-sweep`` adds SDIM at m = 48 with
+τ in {1, 2, 3, 4, 6}; ``--mean-pool`` adds the τ = 0 mean-pooling baseline. Bar: SDIM mean test AUC
+within 0.003 of DIN. (FuxiCTR's SDIM as a peer is not wired in yet.)
+
+Writes ``experiments/bench/results/long_sequences_{speed,quality}.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "experiments" / "bench" / "results"
+OUR_BIN = Path(sys.executable).parent / "recsys"
+SEEDS = (2019, 2020, 2021)
+TAUS = (1, 2, 3, 4, 6)
+
+
+# ------------------------------------------------------------------------------------------ speed
+def _median_time(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed(lengths: list[int], n_candidates: int, dim: int, repeats: int, chunk: int, device: str) -> list[dict]:
+    import torch
+
+    from recsys.models.sdim import SDIMAttention, TargetAttention
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    din = TargetAttention(dim, (64, 32)).to(dev).eval()
+    sdim = SDIMAttention(dim, n_hashes=48, tau=3, normalization="l2").to(dev).eval()
+    rows = []
+    with torch.no_grad():
+        for length in lengths:
+            user = torch.randn(1, length, dim, device=dev)
+            cands = torch.randn(n_candidates, dim, device=dev)
+            seq = user.expand(n_candidates, -1, -1).contiguous()
+            mask = torch.ones(n_candidates, length, dtype=torch.bool, device=dev)
+
+            def chunked(module):
+                return lambda: [module(seq[i:i + chunk], mask[i:i + chunk], cands[i:i + chunk])
+                                for i in range(0, n_candidates, chunk)]
+
+            tables = sdim.encode(user, mask[:1])
+            t_din = _median_time(chunked(din), repeats, sync)
+            t_rows = _median_time(chunked(sdim), repeats, sync)
+            t_sdim = _median_time(lambda: sdim(user, mask[:1], cands), repeats, sync)
+            t_enc = _median_time(lambda: sdim.encode(user, mask[:1]), repeats, sync)
+            t_bse = _median_time(lambda: sdim.lookup(tables, cands.unsqueeze(0)), repeats, sync)
+            # the three SDIM paths compute the same function: check it on this input
+            k = min(64, n_candidates)
+            served = sdim.lookup(tables, cands[:k].unsqueeze(0))[0]
+            err = max((served - sdim(seq[:k], mask[:k], cands[:k])).abs().max().item(),
+                      (served - sdim(user, mask[:1], cands[:k])).abs().max().item())
+            row = {"L": length, "B": n_candidates, "d": dim, "din_ms": 1e3 * t_din, "sdim_ms": 1e3 * t_sdim,
+                   "sdim_rows_ms": 1e3 * t_rows, "bse_ms": 1e3 * t_bse, "bse_encode_ms": 1e3 * t_enc,
+                   "sdim_speedup_vs_din": t_din / t_sdim, "sdim_rows_speedup_vs_din": t_din / t_rows,
+                   "bse_speedup_vs_din": t_din / t_bse, "bse_speedup_vs_sdim": t_sdim / t_bse,
+                   "bse_max_abs_diff": err}
+            rows.append(row)
+            print(f"L={length:5d}  din {row['din_ms']:9.2f} ms  sdim {row['sdim_ms']:8.2f} ms  "
+                  f"sdim per-row {row['sdim_rows_ms']:8.2f} ms  bse {row['bse_ms']:6.3f} ms "
+                  f"(encode {row['bse_encode_ms']:6.2f} ms)  sdim/din {row['sdim_speedup_vs_din']:5.1f}x  "
+                  f"per-row/din {row['sdim_rows_speedup_vs_din']:4.1f}x  bse/din {row['bse_speedup_vs_din']:7.1f}x  "
+                  f"max|diff| {err:.1e}", flush=True)
+    return rows
+
+
+def speed_markdown(rows: list[dict], device: str, threads: str) -> str:
+    lines = [f"Long-term interest forward, B = {rows[0]['B']} candidates, d = {rows[0]['d']}, m = 48, tau = 3, "
+             f"device {device}, OMP_NUM_THREADS={threads}; median of repeats.", "",
+             "| L | DIN (ms) | SDIM (ms) | SDIM per-row (ms) | BSE score (ms) | BSE encode (ms) | SDIM vs DIN "
+             "| SDIM per-row vs DIN | BSE vs DIN | BSE vs SDIM |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['L']} | {r['din_ms']:.1f} | {r['sdim_ms']:.1f} | {r['sdim_rows_ms']:.1f} | "
+                     f"{r['bse_ms']:.3f} | {r['bse_encode_ms']:.2f} | {r['sdim_speedup_vs_din']:.1f}x | "
+                     f"{r['sdim_rows_speedup_vs_din']:.1f}x | "
+                     f"{r['bse_speedup_vs_din']:.0f}x | {r['bse_speedup_vs_sdim']:.0f}x |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- quality
+def env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def run_fit(config: str, seed: int, work: Path, name: str, overrides: list[str]) -> dict:
+    cmd = [str(OUR_BIN), "fit", "--config", str(ROOT / "experiments" / f"{config}_ml100k.yaml"),
+           "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+           "--trainer.enable_progress_bar", "false",
+           "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
+           "--trainer.default_root_dir", str(work / name), *overrides]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"fit failed ({name}):\n{res.stderr[-3000:]}")
+    metrics = json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text())
+    return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
+            "valid_auc": metrics["valid"]["auc"], "epochs": metrics["epochs_trained"],
+            "samples_per_s": metrics["train"]["samples_per_s_median"], "wall_s": wall}
+
+
+def quality(seeds: list[int], tau_sweep: bool, mean_pool: bool) -> dict[str, list[dict]]:
+    arg = "--model.init_args.model.init_args."
+    variants: dict[str, tuple[str, list[str]]] = {"din": ("din", []), "sdim": ("sdim", [])}
+    if tau_sweep:
+        for tau in TAUS:
+            if tau != 3:
+                variants[f"sdim_tau{tau}"] = ("sdim", [f"{arg}tau", str(tau), f"{arg}n_hashes", "48"])
+    if mean_pool:
+        variants["mean_pool"] = ("sdim", [f"{arg}tau", "0", f"{arg}normalization", "count"])
+    out: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for variant, (config, overrides) in variants.items():
+                r = run_fit(config, seed, Path(tmp), f"{variant}_s{seed}", overrides)
+                r["seed"] = seed
+                out[variant].append(r)
+                print(f"{variant:12s} seed {seed}: test AUC {r['test_auc']:.4f} (valid {r['valid_auc']:.4f}, "
+                      f"{r['epochs']} epochs, {r['samples_per_s']:.0f} samples/s, {r['wall_s']:.0f} s)", flush=True)
+    return out
+
+
+def quality_markdown(res: dict[str, list[dict]]) -> str:
+    lines = ["ml100k-ctr, history up to 1,000 (experiments/{sdim,din}_ml100k.yaml).", "",
+             "| model | seeds | test AUC mean ± std | test logloss | train samples/s (median) |",
+             "|---|---|---|---|---|"]
+    for name, rows in res.items():
+        aucs = [r["test_auc"] for r in rows]
+        std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+        lines.append(f"| {name} | {len(rows)} | {statistics.mean(aucs):.4f} ± {std:.4f} | "
+                     f"{statistics.mean(r['test_logloss'] for r in rows):.4f} | "
+                     f"{statistics.median(r['samples_per_s'] for r in rows):,.0f} |")
+    if res.get("din") and res.get("sdim"):
+        gap = statistics.mean(r["test_auc"] for r in res["sdim"]) - statistics.mean(r["test_auc"] for r in res["din"])
+        lines += ["", f"SDIM - DIN mean test AUC: {gap:+.4f} (bar: >= -0.003)"]
+    return "\n".join(lines) + "\n"
+
+
+def _write(stem: str, payload, md: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(payload, indent=2)), (".md", md)):
+        tmp = RESULTS / f".{stem}{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(RESULTS / f"{stem}{suffix}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="part", required=True)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    sp.add_argument("--candidates", type=int, default=1024)
+    sp.add_argument("--dim", type=int, default=32)
+    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--chunk", type=int, default=128)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--out", default="long_sequences_speed")
+    qp = sub.add_parser("quality")
+    qp.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    qp.add_argument("--tau-sweep", action="store_true")
+    qp.add_argument("--mean-pool", action="store_true")
+    args = ap.parse_args()
+    if args.part == "speed":
+        import torch
+
+        rows = speed(args.lengths, args.candidates, args.dim, args.repeats, args.chunk, args.device)
+        md = speed_markdown(rows, args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+                            os.environ.get("OMP_NUM_THREADS", "unset"))
+        print(md)
+        _write(args.out, rows, md)
+    else:
+        res = quality(args.seeds, args.tau_sweep, args.mean_pool)
+        md = quality_markdown(res)
+        print(md)
+        _write("long_sequences_quality", res, md)
+
+
+if __name__ == "__main__":
+    main()
