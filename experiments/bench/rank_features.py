@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def _tree_rss_kib(pid: int) -> int:
 def run_measured(cmd: list[str], cwd: Path, log: Path) -> dict:
     """Run cmd; wall time and peak summed RSS of its process tree."""
     peak = [0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT)
@@ -128,7 +130,9 @@ def run_measured(cmd: list[str], cwd: Path, log: Path) -> dict:
     if rc != 0:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed (rc {rc}); log {log}:\n{tail}")
-    return {"wall_s": wall, "peak_rss_mib": peak[0] / 1024}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the machine is shared: CPU time is steadier than wall
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak[0] / 1024}
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
@@ -211,6 +215,7 @@ def main() -> None:
             res = dict(reps[-1])
             res["wall_s"] = statistics.median(r["wall_s"] for r in reps)
             res["wall_s_all"] = [round(r["wall_s"], 2) for r in reps]
+            res["cpu_s"] = statistics.median(r["cpu_s"] for r in reps)
             res["peak_rss_mib"] = max(r["peak_rss_mib"] for r in reps)
             results[name] = res
             print(f"{name}: {res['wall_s']:.2f} s, {res['peak_rss_mib']:.0f} MiB, AUC {res['auc']:.4f}", flush=True)
@@ -230,12 +235,15 @@ def main() -> None:
 def report(results: dict[str, dict], truth: dict, args) -> None:
     inf = truth["informative"]
     lines = [f"# Feature ranking: {args.rows} rows x {len(truth['features'])} features, seed {args.seed}", "",
-             "| method | wall s | peak RSS MiB | AUC inf>noise | worst inf rank | " + " | ".join(inf) + " |",
-             "|" + "---|" * (5 + len(inf))]
+             "| method | wall s | CPU s | peak RSS MiB | AUC inf>noise | worst inf rank | " + " | ".join(inf) + " |",
+             "|" + "---|" * (6 + len(inf))]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['wall_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['auc']:.4f} | "
+        lines.append(f"| {name} | {r['wall_s']:.2f} | {r.get('cpu_s', float('nan')):.2f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['auc']:.4f} | "
                      f"{r['worst_informative_rank']} | " + " | ".join(str(r['ranks'][f]) for f in inf) + " |")
     ours = results.get("ours parquet")
+    if ours:
+        lines += ["", f"ours parquet, each run (s): {ours['wall_s_all']}"]
     lines.append("")
     for peer in ("outrank default (every 10th row)", "outrank --subsampling 1 (all rows)"):
         if ours and peer in results:
@@ -243,7 +251,8 @@ def report(results: dict[str, dict], truth: dict, args) -> None:
             for mine in ("ours parquet", "ours csv", "ours parquet + pairs(top 20)"):
                 o = results[mine]
                 lines.append(f"- {mine} / {peer}: time {o['wall_s'] / p['wall_s']:.4f} "
-                             f"(1/{p['wall_s'] / o['wall_s']:.1f}), peak RSS {o['peak_rss_mib'] / p['peak_rss_mib']:.2f}")
+                             f"(1/{p['wall_s'] / o['wall_s']:.1f}), CPU 1/{p['cpu_s'] / o['cpu_s']:.1f}, "
+                             f"peak RSS {o['peak_rss_mib'] / p['peak_rss_mib']:.2f}")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,8 @@ def _movielens(max_history: int = 1000, history_len: int = 50) -> tuple[pl.DataF
     return load_ml100k_ctr(max_history=max(max_history, history_len)), ml100k_ctr_schema(history_len=history_len)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
+def read_table(path: str | Path, columns: list[str] | None = None,
+               lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
     """Read a parquet or CSV file (or a directory of parquet files), only ``columns`` if given.
 
     ``lazy=True`` returns the ``LazyFrame`` scan instead (its schema already read, so a file polars

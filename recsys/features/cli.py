@@ -24,7 +24,9 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import yaml
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--top-k", type=int, default=None, help="selected_features.yaml: the k best features")
     sel.add_argument("--min-score", type=float, default=None, help="selected_features.yaml: features with score > t")
+    p.add_argument("--threads", type=int, default=None,
+                   help="columns counted in parallel (default: polars' thread pool size, i.e. the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -77,18 +81,52 @@ def main(argv: list[str]) -> int:
         raise ConfigError("3mr needs pairs", where="--pair-top-k", fix="use --pair-top-k 2 or more (default 20)")
     if pair_k not in (0, None) and pair_k < 2:
         raise ConfigError(f"must be 0 or >= 2, got {pair_k}", where="--pair-top-k")
+    _tune_process()
+    threading.Thread(target=_preload_matplotlib, daemon=True).start()  # overlaps its import with the counting
     ranker = FeatureRanker(
         label=args.label, heuristic=args.heuristic, correction=args.correction, n_permutations=args.permutations,
         seed=args.seed, schema=args.schema, features=_names(args.features), exclude=_names(args.exclude) or (),
         n_bins=args.n_bins, batch_size=args.batch_size, sample=args.sample, pairs=pair_k > 0,
         pair_top_k=pair_k if pair_k > 0 else None, alpha=args.alpha, beta=args.beta, aggregation=args.aggregation,
-        progress=not args.no_progress,
+        progress=not args.no_progress, n_threads=args.threads,
     ).fit(args.data)
     selected = ranker.selected(top_k=args.top_k, min_score=args.min_score)
     write_outputs(ranker, Path(args.out), selected, data=args.data)
     print(f"recsys: ranked {ranker.ranking_.height} features on {ranker.n_rows_} rows ({args.heuristic}); "
           f"{len(selected)} selected; wrote {args.out}")
     return 0
+
+
+def _tune_process() -> None:
+    """Process settings for this one-shot command (the library leaves them alone): the counting makes
+    many short-lived arrays of a few MB, which glibc would return to the OS and numpy would back
+    with freshly zeroed huge pages each time; keeping freed memory in the heap and using plain
+    pages saves about a fifth of the run time (page faults) for a few % more peak memory."""
+    try:
+        import numpy as np
+
+        np._core.multiarray._set_madvise_hugepage(False)
+    except Exception:  # noqa: BLE001 - an optimization only
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: heap up to 256 MB (no dynamic threshold)
+            libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MB of freed heap
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _preload_matplotlib() -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except Exception:  # noqa: BLE001 - the plots import it again and report any error
+        pass
 
 
 def write_outputs(ranker: FeatureRanker, out: Path, selected: list[str], data: str = "") -> None:

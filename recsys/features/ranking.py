@@ -54,12 +54,19 @@ concatenation (``"1" + "23"`` vs ``"12" + "3"``). Pair terms always use the perm
 Counting and memory
 -------------------
 Counts are exact over **all rows** (or over an explicit ``sample`` of rows), streamed in batches
-of ``batch_size`` rows. Per batch, each column is grouped by value (one polars ``group_by`` per
-column, all columns in parallel) into: the value's row count, its label counts, its counts under
-each label permutation, its first row and the sum of a 64-bit hash of its rows; these partial
-tables are merged into one running table per column (sums; min for the first row). Memory grows
-with distinct values (``~(3 + C - 1 + K (C - 1)) * 8`` bytes plus the value itself per distinct
-value and column), not with rows; the batch itself adds ``batch_size`` rows of the input columns.
+of ``batch_size`` rows. Per batch, each column's values become dense codes ``0, 1, ...`` (in order
+of first appearance) through a running dictionary kept with numpy: a direct lookup table for
+integers in a small range, else an open-addressing hash table keyed by the integer itself or,
+for strings, multi-hot sets and other types, by two independent 64-bit hashes (a 128-bit key).
+The codes are then counted with ``np.bincount`` against the label and its permutations: one
+bincount over ``code x joint label pattern`` for columns with few values, otherwise bincounts whose
+float64 weights pack the row count and the label indicators bit-field by bit-field (exact: every
+packed sum stays below ``2**53``). The running per-value arrays (count, label counts, permuted
+label counts, first row, sum of a 64-bit hash of its rows) grow as new values appear and are
+added to in place. Memory grows with distinct values (about ``(3 + K (C - 1)) * 4 + 8`` bytes per
+distinct value and column for the counts, plus the dictionary, ~50 bytes, and the value itself),
+not with rows; the batch itself adds ``batch_size`` rows of the input columns (two batches while
+the next one is read). Columns are counted in ``n_threads`` parallel threads.
 
 The label permutations are exact *global* permutations generated while streaming: knowing the
 class counts (a cheap pre-pass over the label column), each batch draws how many rows of each
@@ -67,7 +74,8 @@ class it receives from the multivariate hypergeometric distribution of what is l
 them. That is exactly a uniformly random arrangement of the label multiset over all rows, so no
 row-level label vector is kept. (Results depend on ``seed`` and on ``batch_size``; the same input,
 seed and batch size give identical results, whether the data is a DataFrame, a LazyFrame or a
-file. Plain MI, ``emi`` and the quality report do not depend on ``batch_size``.)
+file, and with any ``n_threads``. Plain MI, ``emi`` and the quality report do not depend on
+``batch_size``.)
 
 The pair pass (only with pairs / 3MR) re-reads the ``pair_top_k`` candidate columns and keeps
 their dense codes as int32 per row: ``pair_top_k * rows * 4`` bytes (80 MB for 20 features x 1M
@@ -83,9 +91,9 @@ Without a schema: floating-point and temporal columns are **numeric**, list colu
 * numeric: binned into ``n_bins`` quantile bins (boundaries: the distinct ``k / n_bins``
   quantiles of all rows, "nearest" interpolation; bin ``i`` holds ``(b[i-1], b[i]]``); NaN is
   missing.
-* multi-hot: the **set** of a row's values is one category (sorted distinct values joined), so
-  ``[a, b]`` and ``[b, a]`` are the same value and ``[]`` is a value of its own; a string column
-  with a schema ``separator`` is split first.
+* multi-hot: the **set** of a row's distinct non-missing values (as strings) is one category, so
+  ``[a, b]``, ``[b, a]`` and ``[a, b, a]`` are the same value and ``[]`` is a value of its own
+  (reported as its sorted elements); a string column with a schema ``separator`` is split first.
 * missing values (null) are a category of their own, never merged into another value.
 
 The data-quality report of the same pass is :attr:`FeatureRanker.quality_` (see
@@ -95,16 +103,14 @@ The data-quality report of the same pass is :attr:`FeatureRanker.quality_` (see
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import math
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -242,32 +248,10 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ reading
 def scan_table(path: str | Path) -> pl.LazyFrame:
     """A lazy scan of a parquet / CSV file (or a directory of parquet files), with clear errors
-    (:func:`recsys.data.sources.read_table` with ``lazy=True``)."""
-    return _sources().read_table(path, lazy=True)
+    (:func:`recsys.data.sources.read_table` with ``lazy=True``; importing it loads no torch)."""
+    from recsys.data.sources import read_table
 
-
-def _sources():
-    """The :mod:`recsys.data.sources` module, without importing the ``recsys.data`` package when it is
-    not loaded yet: its ``__init__`` imports torch, torchrec and lightning (seconds), which ranking
-    never needs. The module is loaded from its file under its own name, so a later
-    ``import recsys.data`` reuses it."""
-    name = "recsys.data.sources"
-    mod = sys.modules.get(name)
-    if mod is not None:
-        return mod
-    if "recsys.data" in sys.modules:
-        return importlib.import_module(name)
-    import recsys
-
-    spec = importlib.util.spec_from_file_location(name, Path(recsys.__file__).parent / "data" / "sources.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return mod
+    return read_table(path, lazy=True)
 
 
 # ---------------------------------------------------------------------------------- per column
@@ -753,7 +737,8 @@ class _Column:
             return b
 
         self._n = grow(self._n, self.dtype)
-        self._cnt = grow(self._cnt, self.dtype, F)  # field x value: field k (C - 1) + c - 1 = label vector k has class c
+        # field x value; field k (C - 1) + c - 1: label vector k has class c
+        self._cnt = grow(self._cnt, self.dtype, F)
         self._first = grow(self._first, self.dtype)
         self._rh = grow(self._rh, np.int64)
         self._cap = cap
@@ -1145,6 +1130,7 @@ class FeatureRanker:
         bar = self._bar(n, "counting")
         n_threads = self.n_threads if self.n_threads is not None else pl.thread_pool_size()
         pool = ThreadPoolExecutor(min(n_threads, len(cols))) if n_threads > 1 and len(cols) > 1 else None
+        order_of = {c.name: i for i, c in enumerate(cols)}
 
         def labels(b: pl.DataFrame | None, row0: int) -> _BatchLabels | None:
             if b is None:
@@ -1177,41 +1163,43 @@ class FeatureRanker:
                 row0 += m
                 if bar is not None:
                     bar.update(m)
+            if bar is not None:
+                bar.close()
+            # ---- scores (per column, in parallel too)
+            h_y = entropy_from_counts(class_counts)
+            s_y = _xlogx_sum(class_counts)
+
+            def score(c: _Column) -> dict[str, Any]:
+                c.finalize()
+                t = c.table
+                a = c.n
+                s_a = _xlogx_sum(a)
+                mi = _mi_from_sums(_xlogx_sum(t), s_a, s_y, n)
+                chance = []
+                for p in c.perm:
+                    first = a - p.sum(1)
+                    chance.append(_mi_from_sums(_xlogx_sum(first) + _xlogx_sum(p), s_a, s_y, n))
+                cm = float(np.mean(chance))
+                cs = float(np.std(chance, ddof=1)) if len(chance) > 1 else float("nan")
+                emi = expected_mutual_info(a, class_counts)
+                corr = mi - (cm if self.correction == "permutation" else emi)
+                z = (mi - cm) / cs if cs > 0 else float("nan")
+                null = c.null_index
+                n_missing = int(a[null]) if null is not None else 0
+                return {
+                    "feature": c.name, "column": c.source, "kind": c.kind, "mi": mi, "chance_mi_mean": cm,
+                    "chance_mi_std": cs, "emi": emi, "mi_corrected": corr, "z": z,
+                    "mi_norm": corr / h_y if h_y > 0 else 0.0,
+                    "cardinality": c.card - (1 if null is not None else 0),
+                    "coverage": 1.0 - n_missing / n, "entropy": entropy_from_counts(a),
+                }
+
+            rows = list(pool.map(score, sorted(cols, key=lambda c: -c.card))) if pool is not None else \
+                [score(c) for c in cols]
+            rows.sort(key=lambda r: order_of[r["feature"]])
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-        for c in cols:
-            c.finalize()
-
-        # ---- scores
-        h_y = entropy_from_counts(class_counts)
-        s_y = _xlogx_sum(class_counts)
-        rows = []
-        for c in cols:
-            t = c.table
-            a = c.n
-            s_a = _xlogx_sum(a)
-            mi = _mi_from_sums(_xlogx_sum(t), s_a, s_y, n)
-            chance = []
-            for p in c.perm:
-                first = a - p.sum(1)
-                chance.append(_mi_from_sums(_xlogx_sum(first) + _xlogx_sum(p), s_a, s_y, n))
-            cm = float(np.mean(chance))
-            cs = float(np.std(chance, ddof=1)) if len(chance) > 1 else float("nan")
-            emi = expected_mutual_info(a, class_counts)
-            corr = mi - (cm if self.correction == "permutation" else emi)
-            z = (mi - cm) / cs if cs > 0 else float("nan")
-            null = c.null_index
-            n_missing = int(a[null]) if null is not None else 0
-            rows.append({
-                "feature": c.name, "column": c.source, "kind": c.kind, "mi": mi, "chance_mi_mean": cm,
-                "chance_mi_std": cs, "emi": emi, "mi_corrected": corr, "z": z,
-                "mi_norm": corr / h_y if h_y > 0 else 0.0,
-                "cardinality": c.card - (1 if null is not None else 0),
-                "coverage": 1.0 - n_missing / n, "entropy": entropy_from_counts(a),
-            })
         self.n_rows_ = n
         self.classes_ = classes
         self.class_counts_ = class_counts
