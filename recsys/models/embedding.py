@@ -229,3 +229,31 @@ def _pool_jagged(values: torch.Tensor, lengths: torch.Tensor, mode: str) -> torc
     if mode == "mean":
         out = out / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
     return out
+
+
+def resolve_sequence_target(schema, sequence_field: str | None, target_field: str | None,
+                            model: str) -> tuple[str, str]:
+    """The (behaviour sequence, target item) field pair of a sequence model, validated.
+
+    Defaults: the schema's first sequence field, and the field owning its table (history ->
+    item_id). Raises ``ValueError`` at construction when the sequence is missing, the target is
+    not another id field, or the two do not share one embedding table.
+    """
+    seqs = [f.name for f in schema.sequence_fields]
+    if sequence_field is None:
+        if not seqs:
+            raise ValueError(f"{model} needs a behaviour sequence: the schema has no sequence field")
+        sequence_field = seqs[0]
+    if sequence_field not in seqs:
+        raise ValueError(f"sequence_field {sequence_field!r} is not a sequence field; sequence fields: {seqs}")
+    seq_spec = schema.field(sequence_field)
+    if target_field is None:
+        target_field = seq_spec.table
+    ids = [f.name for f in schema.id_fields]
+    if target_field not in ids or target_field == sequence_field:
+        raise ValueError(f"target_field {target_field!r} is not an id field other than the sequence; "
+                         f"id fields: {ids}")
+    if schema.field(target_field).table != seq_spec.table:
+        raise ValueError(f"target_field {target_field!r} (table {schema.field(target_field).table!r}) and "
+                         f"sequence {sequence_field!r} (table {seq_spec.table!r}) must share one table")
+    return sequence_field, target_field

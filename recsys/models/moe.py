@@ -55,7 +55,7 @@ from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
-from recsys.models.embedding import FeatureEmbedding
+from recsys.models.embedding import FeatureEmbedding, resolve_sequence_target
 from recsys.models.layers import MLP
 
 __all__ = ["AWMoE", "MoE", "ActivationUnit", "MixtureOfExperts", "info_nce", "masked_softmax",
@@ -261,23 +261,7 @@ class AWMoE(RankingModel):
         if n_experts < 1:
             raise ValueError(f"n_experts must be >= 1, got {n_experts}")
         schema = features.schema
-        seqs = [f.name for f in schema.sequence_fields]
-        if sequence_field is None:
-            if not seqs:
-                raise ValueError("AWMoE needs a behaviour sequence: the schema has no sequence field")
-            sequence_field = seqs[0]
-        if sequence_field not in seqs:
-            raise ValueError(f"sequence_field {sequence_field!r} is not a sequence field; sequence fields: {seqs}")
-        seq_spec = schema.field(sequence_field)
-        if target_field is None:
-            target_field = seq_spec.table
-        names = [f.name for f in schema.id_fields]
-        if target_field not in names or target_field == sequence_field:
-            raise ValueError(f"target_field {target_field!r} is not an id field other than the sequence; "
-                             f"id fields: {names}")
-        if schema.field(target_field).table != seq_spec.table:
-            raise ValueError(f"target_field {target_field!r} (table {schema.field(target_field).table!r}) and "
-                             f"sequence {sequence_field!r} (table {seq_spec.table!r}) must share one table")
+        sequence_field, target_field = resolve_sequence_target(schema, sequence_field, target_field, "AWMoE")
         if gate_normalization not in ("softmax", "sigmoid"):
             raise ValueError(f"gate_normalization must be 'softmax' or 'sigmoid', got {gate_normalization!r}")
         if contrast_on not in ("logits", "weights"):

@@ -46,7 +46,7 @@ from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
-from recsys.models.embedding import FeatureEmbedding
+from recsys.models.embedding import FeatureEmbedding, resolve_sequence_target
 from recsys.models.layers import MLP
 from recsys.models.moe import ActivationUnit, masked_softmax
 
@@ -272,23 +272,7 @@ class _LongSequenceRanker(RankingModel):
                mlp_init: str, dims: dict[str, int] | None, init_std: float) -> None:
         name = type(self).__name__
         schema = features.schema
-        seqs = [f.name for f in schema.sequence_fields]
-        if sequence_field is None:
-            if not seqs:
-                raise ValueError(f"{name} needs a behaviour sequence: the schema has no sequence field")
-            sequence_field = seqs[0]
-        if sequence_field not in seqs:
-            raise ValueError(f"sequence_field {sequence_field!r} is not a sequence field; sequence fields: {seqs}")
-        seq_spec = schema.field(sequence_field)
-        if target_field is None:
-            target_field = seq_spec.table
-        ids = [f.name for f in schema.id_fields]
-        if target_field not in ids or target_field == sequence_field:
-            raise ValueError(f"target_field {target_field!r} is not an id field other than the sequence; "
-                             f"id fields: {ids}")
-        if schema.field(target_field).table != seq_spec.table:
-            raise ValueError(f"target_field {target_field!r} (table {schema.field(target_field).table!r}) and "
-                             f"sequence {sequence_field!r} (table {seq_spec.table!r}) must share one table")
+        sequence_field, target_field = resolve_sequence_target(schema, sequence_field, target_field, name)
         if short_len < 0:
             raise ValueError(f"short_len must be >= 0, got {short_len}")
         if not hidden_units:
