@@ -76,20 +76,25 @@ def write_splits(out: Path) -> Path:
     return out
 
 
-def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path) -> dict:
-    name = f"{model}_b{batch_size}_s{seed}"
-    cmd = [str(OUR_BIN), "fit", "--config", str(ROOT / "experiments" / f"{model}_ml100k.yaml"),
+def fit_ml100k(config: str, seed: int, work: Path, name: str, overrides: list[str] = ()) -> tuple[dict, float]:
+    """``recsys fit --config experiments/<config>_ml100k.yaml`` with the seed (model and shuffling),
+    logs under ``work/name``, extra CLI ``overrides``; returns (its metrics.json, wall seconds)."""
+    cmd = [str(OUR_BIN), "fit", "--config", str(ROOT / "experiments" / f"{config}_ml100k.yaml"),
            "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-           "--data.init_args.batch_size", str(batch_size),
            "--trainer.enable_progress_bar", "false",
            "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
-           "--trainer.default_root_dir", str(work / name)]
+           "--trainer.default_root_dir", str(work / name), *overrides]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
-        raise SystemExit(f"ours failed ({model}, seed {seed}):\n{res.stderr[-3000:]}")
-    metrics = json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text())
+        raise SystemExit(f"recsys fit failed ({name}):\n{res.stderr[-3000:]}")
+    return json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text()), wall
+
+
+def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path) -> dict:
+    name = f"{model}_b{batch_size}_s{seed}"
+    metrics, wall = fit_ml100k(model, seed, work, name, ["--data.init_args.batch_size", str(batch_size)])
     return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
             "test_auc_long_tail": long_tail_auc_ours(model, metrics["best_checkpoint"], work / f"{name}_scores.parquet",
                                                      data),

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "bench" / "results"
-OUR_BIN = Path(sys.executable).parent / "recsys"
 SEEDS = (2019, 2020, 2021)
 TAUS = (1, 2, 3, 4, 6)
 
@@ -124,22 +122,10 @@ def speed_markdown(rows: list[dict], device: str, threads: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- quality
-def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-
-
 def run_fit(config: str, seed: int, work: Path, name: str, overrides: list[str]) -> dict:
-    cmd = [str(OUR_BIN), "fit", "--config", str(ROOT / "experiments" / f"{config}_ml100k.yaml"),
-           "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-           "--trainer.enable_progress_bar", "false",
-           "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
-           "--trainer.default_root_dir", str(work / name), *overrides]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"fit failed ({name}):\n{res.stderr[-3000:]}")
-    metrics = json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text())
+    from ctr_models import fit_ml100k  # same folder: the shared `recsys fit` runner of the benchmarks
+
+    metrics, wall = fit_ml100k(config, seed, work, name, overrides)
     return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
             "valid_auc": metrics["valid"]["auc"], "epochs": metrics["epochs_trained"],
             "samples_per_s": metrics["train"]["samples_per_s_median"], "wall_s": wall}
