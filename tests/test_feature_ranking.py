@@ -219,6 +219,11 @@ def test_quality_report_flags():
     assert f["id_like"] == ["row_id"]
     assert sorted(f["duplicated"]) == ["base", "relabelled"] and rep["columns"]["base"]["duplicate_of"] == ["relabelled"]
     assert f["suspected_leak"] == ["leak"]
+    ranker = _rank(df)
+    assert ranker.ranking_["feature"][0] == "leak"  # the leak scores highest ...
+    assert "leak" not in ranker.selected() and "leak" not in ranker.selected(top_k=3)  # ... but is not selected
+    assert "const" not in ranker.selected(top_k=8)
+    assert "leak" in ranker.selected(top_k=1, drop_flagged=())
     assert rep["columns"]["const"]["top_values"] == [{"value": "k", "count": n, "share": 1.0}]
     json.dumps(rep)
 

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--top-k", type=int, default=None, help="selected_features.yaml: the k best features")
     sel.add_argument("--min-score", type=float, default=None, help="selected_features.yaml: features with score > t")
+    sel.add_argument("--keep-flagged", action="store_true",
+                     help="selected_features.yaml: also select columns the quality report flags as suspected "
+                          "leaks or constant (dropped by default)")
     p.add_argument("--threads", type=int, default=None,
                    help="columns counted in parallel (default: polars' thread pool size, i.e. the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,7 +93,8 @@ def main(argv: list[str]) -> int:
         pair_top_k=pair_k if pair_k > 0 else None, alpha=args.alpha, beta=args.beta, aggregation=args.aggregation,
         progress=not args.no_progress, n_threads=args.threads,
     ).fit(args.data)
-    selected = ranker.selected(top_k=args.top_k, min_score=args.min_score)
+    selected = ranker.selected(top_k=args.top_k, min_score=args.min_score,
+                               **({"drop_flagged": ()} if args.keep_flagged else {}))
     write_outputs(ranker, Path(args.out), selected, data=args.data)
     print(f"recsys: ranked {ranker.ranking_.height} features on {ranker.n_rows_} rows ({args.heuristic}); "
           f"{len(selected)} selected; wrote {args.out}")

@@ -1375,10 +1375,21 @@ class FeatureRanker:
         return chosen, info
 
     # ------------------------------------------------------------------------ helpers
-    def selected(self, top_k: int | None = None, min_score: float | None = None, min_z: float = 3.0) -> list[str]:
+    def selected(self, top_k: int | None = None, min_score: float | None = None, min_z: float = 3.0,
+                 drop_flagged: tuple[str, ...] = ("suspected_leak", "constant")) -> list[str]:
         """Features to keep, in ranking order: the ``top_k`` best, or those with ``score > min_score``;
-        by default those whose MI is significant (``z >= min_z`` and corrected MI > 0)."""
+        by default those whose MI is significant (``z >= min_z`` and corrected MI > 0).
+
+        Columns the data-quality report flags under ``drop_flagged`` are never selected (by
+        default suspected label leaks and constant columns: a leak scores highest of all and would
+        otherwise head the selection. ID-like columns are kept: the chance correction already
+        discounts them, and one that stays significant carries signal); pass ``()`` to keep all.
+        """
         r = self.ranking_
+        flags = (self.quality_ or {}).get("flagged", {}) if drop_flagged else {}
+        dropped = sorted({c for k in drop_flagged for c in flags.get(k, [])})
+        if dropped:
+            r = r.filter(~pl.col("feature").is_in(dropped) & ~pl.col("column").is_in(dropped))
         if top_k is not None:
             return r["feature"].head(top_k).to_list()
         if min_score is not None:
