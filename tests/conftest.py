@@ -8,6 +8,7 @@ tests that need more rows (batching, splits, files).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import random
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -102,3 +103,25 @@ def dm():
 def batch(dm):
     """The first training batch of ``dm`` (128 rows)."""
     return next(iter(dm.train_dataloader()))
+
+
+def small_synthetic_config(tmp_path, name: str, model_args: dict, dataset_options: dict,
+                           epochs: int = 4, lr: float = 0.003, batch_size: int = 512):
+    """The shipped ``experiments/<name>_synthetic.yaml`` shrunk for a test fit (rows, epochs, widths),
+    logging under ``tmp_path/name``; the raised learning rate lets a few epochs suffice."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "experiments" / f"{name}_synthetic.yaml").read_text())
+    cfg["trainer"].update({
+        "max_epochs": epochs, "default_root_dir": str(tmp_path / name), "enable_progress_bar": False,
+        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                   "init_args": {"save_dir": str(tmp_path), "name": name}},
+    })
+    cfg["model"]["init_args"]["model"]["init_args"].update(model_args)
+    cfg["model"]["init_args"]["lr"] = lr
+    cfg["data"]["init_args"]["dataset_options"] = dict(dataset_options)
+    cfg["data"]["init_args"]["batch_size"] = batch_size
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from conftest import small_synthetic_config
 from recsys.cli import main
 from recsys.data import CTRDataModule
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.models import AWMoE, MoE, build_model
 from recsys.models.moe import info_nce, masked_softmax, random_behaviour_mask
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"embedding_dim": 6, "expert_units": [8], "attention_units": [8]}
 
 
@@ -201,21 +200,7 @@ N_ROWS = 20_000
 
 
 def _config(tmp_path: Path, name: str) -> Path:
-    """The shipped synthetic config, shrunk (rows, epochs, widths) and writing under tmp_path; the
-    learning rate is raised to 3e-3 so that a few epochs on 16k rows suffice."""
-    cfg = yaml.safe_load((ROOT / "experiments" / f"{name}_synthetic.yaml").read_text())
-    cfg["trainer"].update({
-        "max_epochs": 4, "default_root_dir": str(tmp_path / name), "enable_progress_bar": False,
-        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                   "init_args": {"save_dir": str(tmp_path), "name": name}},
-    })
-    cfg["model"]["init_args"]["model"]["init_args"].update({"embedding_dim": 8, "expert_units": [64, 32]})
-    cfg["model"]["init_args"]["lr"] = 0.003
-    cfg["data"]["init_args"]["dataset_options"] = {"n_rows": N_ROWS, "seed": 0}
-    cfg["data"]["init_args"]["batch_size"] = 512
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return small_synthetic_config(tmp_path, name, {"embedding_dim": 8, "expert_units": [64, 32]}, {"n_rows": N_ROWS, "seed": 0})
 
 
 @pytest.mark.parametrize("name", ["aw_moe", "moe"])

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
+from conftest import small_synthetic_config
 from recsys.cli import main
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.models import DIN, SDIM, build_model
 from recsys.models.sdim import SDIMAttention, SimHash, TargetAttention, last_k
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"embedding_dim": 8, "n_hashes": 12, "tau": 3, "short_len": 3, "attention_units": [8], "hidden_units": [16]}
 
 
@@ -244,22 +243,7 @@ N_ROWS = 20_000
 
 
 def _config(tmp_path: Path, name: str) -> Path:
-    """The shipped synthetic config shrunk (rows, history 30, epochs, widths), writing under
-    tmp_path; lr 3e-3 so that a few epochs on 16k rows suffice."""
-    cfg = yaml.safe_load((ROOT / "experiments" / f"{name}_synthetic.yaml").read_text())
-    cfg["trainer"].update({
-        "max_epochs": 4, "default_root_dir": str(tmp_path / name), "enable_progress_bar": False,
-        "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                   "init_args": {"save_dir": str(tmp_path), "name": name}},
-    })
-    cfg["model"]["init_args"]["model"]["init_args"].update({"embedding_dim": 8, "hidden_units": [64, 32],
-                                                            "attention_units": [16]})
-    cfg["model"]["init_args"]["lr"] = 0.003
-    cfg["data"]["init_args"]["dataset_options"] = {"n_rows": N_ROWS, "seed": 0, "history_max_len": 30}
-    cfg["data"]["init_args"]["batch_size"] = 512
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return small_synthetic_config(tmp_path, name, {"embedding_dim": 8, "hidden_units": [64, 32], "attention_units": [16]}, {"n_rows": N_ROWS, "seed": 0, "history_max_len": 30})
 
 
 @pytest.mark.parametrize("name", ["sdim", "din"])
