@@ -164,8 +164,12 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
     return metrics
 
 
-def run_trainer_cli(argv: list[str]):
-    """Run a Lightning trainer subcommand; returns the LightningCLI object."""
+def run_trainer_cli(argv: list[str], callbacks: list | None = None):
+    """Run a Lightning trainer subcommand; returns the LightningCLI object.
+
+    ``callbacks`` are extra Lightning callbacks added to those of the config (for programmatic
+    callers such as ``recsys tune``'s pruning callback, which cannot come from YAML).
+    """
     import pytorch_lightning as L
 
     from recsys.data.datamodule import CTRDataModule  # noqa: F401 - importable short names
@@ -181,6 +185,7 @@ def run_trainer_cli(argv: list[str]):
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
     )
 
 
