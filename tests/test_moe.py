@@ -148,6 +148,49 @@ def test_aux_loss_only_in_training_and_weighted(dm, batch):
     assert MoE(dm.features, embedding_dim=6, expert_units=[8]).train()(batch).aux_losses == {}
 
 
+def test_detach_full_trains_only_through_the_masked_view():
+    """detach_full: the contrastive gradient reaches the masked view's gate logits and not the
+    full view's; without it both get one."""
+    from recsys.models.moe import AWMoE as _A
+
+    torch.manual_seed(0)
+    z = torch.randn(8, 4, requires_grad=True)
+    z2 = (z.detach() + 0.3 * torch.randn(8, 4)).requires_grad_(True)
+    rows = torch.ones(8, dtype=torch.bool)
+    for detach, full_grad in ((True, False), (False, True)):
+        z.grad = z2.grad = None
+        stub = _A.__new__(_A)  # only the loss's settings are needed
+        stub.detach_full, stub.contrast_on, stub.temperature, stub.similarity = detach, "logits", 0.1, "cosine"
+        stub.gate_normalization = "softmax"
+        _A.contrastive_loss(stub, z, z2, rows).backward()
+        assert (z.grad is not None and z.grad.abs().sum() > 0) == full_grad
+        assert z2.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("how, extra", [("attention", 1), ("mean", 1), ("both", 2)])
+def test_expert_history_sets_the_experts_input(dm, batch, how, extra):
+    """The experts see the field embeddings plus one (attention or mean) or two summaries; the
+    mean summary is the plain average of the real behaviours, so changing the attention unit
+    leaves a mean-only model's logits unchanged through the experts' input."""
+    torch.manual_seed(0)
+    model = AWMoE(dm.features, expert_history=how, **SMALL).eval()
+    n_fields = len(model.embedding.field_names)
+    assert model.moe.experts[0].net[0].in_features == (n_fields + extra) * 6
+    if how == "mean":
+        e, seq, mask, target = model.field_embeddings(batch)
+        seq = seq.masked_fill(~mask.unsqueeze(-1), 0.0)
+        with torch.no_grad():
+            before = model.forward_embedded(e, seq, mask, target)
+            model.gate_unit.weight.zero_()  # uniform gate either way: only the experts' input matters
+            model.gate_prior.zero_()
+            ref = model.forward_embedded(e, seq, mask, target).logits
+            model.activation.mlp.net[0].weight.add_(1.0)  # different attention, same mean summary
+            torch.testing.assert_close(model.forward_embedded(e, seq, mask, target).logits, ref)
+        assert before.logits.shape == ref.shape
+    with pytest.raises(ValueError, match="expert_history"):
+        AWMoE(dm.features, expert_history="max", **SMALL)
+
+
 def test_eval_is_deterministic_and_uses_the_full_sequence(dm, batch):
     torch.manual_seed(0)
     model = AWMoE(dm.features, mask_rate=0.9, **SMALL).eval()

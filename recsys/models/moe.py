@@ -203,8 +203,12 @@ class AWMoE(RankingModel):
       could also mean per expert and hidden unit; not implemented).
     * **Other features in the gate**: off by default (the abstract feeds the gate the behaviour
       sequence); ``gate_features=True`` adds a linear map of ``flatten(E)`` to ``z``.
-    * **Experts' view of the sequence**: the attention-weighted summary ``s = Σ_j α_j b_j``
-      (the same α as the gate), appended to the flattened field embeddings. The target item and
+    * **Experts' view of the sequence**: ``expert_history="attention"`` (default) appends the
+      attention-weighted summary ``s = Σ_j α_j b_j`` (the same α as the gate) to the flattened
+      field embeddings; ``"mean"`` appends the plain mean of the real behaviours instead, and
+      ``"both"`` appends both (``[B, F*D + 2D]``). The softmax-normalised summary forgets how
+      long the history is; the mean keeps the user's general taste next to the target-specific
+      summary. The target item and
       every other id field are fields of ``E``; numeric fields are embedded as ``x * v``.
     * **Experts and tower**: each expert an MLP ``expert_units``; their last hidden vectors are
       mixed by the gate and a tower (``tower_units`` then a linear layer) gives the logit.
@@ -217,7 +221,9 @@ class AWMoE(RankingModel):
       weights, which for N = 4 are nearly collinear positive vectors and separate rows poorly.
     * **InfoNCE**: anchor = full view, positives/negatives = masked views of the batch's rows
       (one direction, as the spec's formula), ``similarity="cosine"`` (or ``"dot"``),
-      ``temperature`` τ = 0.1 by default, gradients through both views. Rows whose full
+      ``temperature`` τ = 0.1 by default, gradients through both views by default
+      (``detach_full=True`` stops the gradient at the full view, so the loss only teaches the
+      masked, long-tail-like view to find its own full-history gate). Rows whose full
       sequence is empty are left out (their two views are the same constant prior, which
       carries no signal and would count as false negatives); with fewer than 2 rows left the
       loss is 0.
@@ -232,6 +238,7 @@ class AWMoE(RankingModel):
         n_experts: N.
         expert_units: hidden widths of each expert MLP (the last is H).
         tower_units: hidden widths of the tower after the mixture (``()``: one linear layer).
+        expert_history: the sequence summary the experts see: ``attention``, ``mean`` or ``both``.
         attention_units: hidden widths of the activation unit.
         attention_activation: activation of the activation unit (``relu``, ``prelu``, ...).
         sequence_field: the behaviour sequence (default: the schema's first sequence field).
@@ -243,6 +250,7 @@ class AWMoE(RankingModel):
         cl_weight: λ >= 0 (0: no contrastive loss).
         similarity: ``cosine`` or ``dot``.
         contrast_on: ``logits`` (centred gate logits) or ``weights``.
+        detach_full: stop the contrastive gradient at the full view.
         dropout, batch_norm, mlp_init: of the expert and tower MLPs.
         dims: table -> width overrides.
         init_std: std of the N(0, std^2) embedding init.
@@ -254,12 +262,17 @@ class AWMoE(RankingModel):
                  sequence_field: str | None = None, target_field: str | None = None,
                  gate_normalization: str = "softmax", gate_features: bool = False,
                  mask_rate: float = 0.3, temperature: float = 0.1, cl_weight: float = 0.1,
-                 similarity: str = "cosine", contrast_on: str = "logits",
+                 similarity: str = "cosine", contrast_on: str = "logits", detach_full: bool = False,
+                 expert_history: str = "attention",
                  dropout: float = 0.0, batch_norm: bool = False, mlp_init: str = "torch",
                  dims: dict[str, int] | None = None, init_std: float = 1e-4):
         super().__init__()
         if n_experts < 1:
             raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        if expert_history not in ("attention", "mean", "both"):
+            raise ValueError(f"expert_history must be 'attention', 'mean' or 'both', got {expert_history!r}")
+        self.expert_history = expert_history
+        self.detach_full = detach_full
         schema = features.schema
         sequence_field, target_field = resolve_sequence_target(schema, sequence_field, target_field, "AWMoE")
         if gate_normalization not in ("softmax", "sigmoid"):
@@ -284,7 +297,8 @@ class AWMoE(RankingModel):
         self.gate_unit = nn.Linear(embedding_dim, n_experts, bias=False)
         self.gate_prior = nn.Parameter(torch.zeros(n_experts))
         self.gate_fields = nn.Linear(n_fields * embedding_dim, n_experts, bias=False) if gate_features else None
-        self.moe = MixtureOfExperts(n_fields * embedding_dim + embedding_dim, n_experts, expert_units, tower_units,
+        n_summaries = 2 if expert_history == "both" else 1
+        self.moe = MixtureOfExperts((n_fields + n_summaries) * embedding_dim, n_experts, expert_units, tower_units,
                                     dropout=dropout, batch_norm=batch_norm, init=mlp_init)
 
     def field_embeddings(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -314,8 +328,13 @@ class AWMoE(RankingModel):
         field_logits = self.gate_fields(flat) if self.gate_fields is not None else None
         z, alpha = self._gate_logits(scores, units, mask, field_logits)
         gate = _normalise_gate(z, self.gate_normalization)
-        summary = (alpha.unsqueeze(-1) * seq).sum(dim=1)              # [B, D]
-        logits = self.moe(torch.cat([flat, summary], dim=1), gate)
+        parts = [flat]
+        if self.expert_history in ("attention", "both"):
+            parts.append((alpha.unsqueeze(-1) * seq).sum(dim=1))      # [B, D] attention summary
+        if self.expert_history in ("mean", "both"):
+            count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+            parts.append(seq.sum(dim=1) / count)                       # [B, D] mean of behaviours
+        logits = self.moe(torch.cat(parts, dim=1), gate)
         out = ModelOutput(logits=logits, extras={"gate": gate, "attention": alpha})
         if self.training and self.cl_weight > 0:
             masked = random_behaviour_mask(mask, self.mask_rate)
@@ -329,6 +348,8 @@ class AWMoE(RankingModel):
         if int(rows.sum()) < 2:
             return z.sum() * 0.0
         a, p = z[rows], z_masked[rows]
+        if self.detach_full:
+            a = a.detach()
         if self.contrast_on == "logits":
             a, p = a - a.mean(dim=1, keepdim=True), p - p.mean(dim=1, keepdim=True)
         else:
