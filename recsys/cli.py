@@ -10,6 +10,17 @@ Other subcommands (``rank-features``, ``search-dims``, ``tune``, ``report``, ``r
 themselves with :func:`register_command`; ``recsys --help`` lists whatever is registered.
 
 User errors (:class:`~recsys.errors.RecsysError`) print one line and exit with status 2.
+
+Safety: a config may only instantiate classes from the packages in :data:`ALLOWED_PACKAGES`
+(recsys, torch, torchrec, pytorch_lightning/lightning); others need an explicit opt-in on the
+command line (``--allow_classes mypkg[,otherpkg]``) or in the environment
+(``RECSYS_ALLOW_CLASSES=mypkg``), never in the YAML itself. Checkpoints are read with
+``weights_only=True`` everywhere (resume included) and written atomically.
+
+Resume: ``recsys fit --config X.yaml --ckpt_path last`` continues from the newest ``last*.ckpt``
+of the config's log directory, in the same ``version_N`` directory; with
+``--save_every_n_steps N`` a run writes ``last.ckpt`` every N training steps, so a run killed
+mid-epoch resumes mid-epoch and ends with the metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -43,6 +54,62 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "retrieve": ("candidate retrieval (single vector or kNN-Embed) from a trained two-tower checkpoint",
                  "recsys.retrieval.cli:main"),
 }
+
+
+from recsys.utils import ALLOW_ENV, ALLOWED_PACKAGES, check_class_allowed  # noqa: E402,F401
+from recsys.utils import split_names as _split_names  # noqa: E402
+
+
+def _pop_allow_classes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Remove ``--allow_classes X`` / ``--allow_classes=X`` from ``argv``; return (argv, packages).
+    A command-line flag only: a YAML config cannot widen what it may instantiate."""
+    out, allowed = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--allow_classes":
+            if i + 1 >= len(argv):
+                from recsys.errors import ConfigError
+
+                raise ConfigError("--allow_classes needs a value", where="--allow_classes",
+                                  fix="e.g. --allow_classes mypkg,otherpkg.models")
+            allowed += _split_names(argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--allow_classes="):
+            allowed += _split_names(a.split("=", 1)[1])
+        else:
+            out.append(a)
+        i += 1
+    return out, allowed
+
+
+def class_paths(config) -> list[tuple[str, str]]:
+    """Every ``class_path`` of a parsed config, as (where, class path) pairs."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node, where: str) -> None:
+        if hasattr(node, "__dict__") and type(node).__name__ == "Namespace":
+            node = vars(node)
+        if isinstance(node, dict):
+            cp = node.get("class_path")
+            if isinstance(cp, str):
+                found.append((where or "config", cp))
+            for k, v in node.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(config, "")
+    return found
+
+
+def check_class_paths(config, extra_allowed: list[str] = ()) -> None:
+    """Raise :class:`~recsys.errors.ConfigError` if the config names a class outside
+    :data:`ALLOWED_PACKAGES` + ``extra_allowed`` + ``$RECSYS_ALLOW_CLASSES``."""
+    for where, cp in class_paths(config):
+        check_class_allowed(cp, where, extra_allowed)
 
 
 def register_command(name: str, help: str, target: str) -> None:
@@ -81,6 +148,8 @@ def _make_cli_class():
     from recsys.tasks.callbacks import PredictionWriter
 
     class RecsysCLI(LightningCLI):
+        allow_classes: list[str] = []
+
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.features", "model.init_args.features", apply_on="instantiate")
             parser.add_argument("--predict_out", type=str | None, default=None,
@@ -90,15 +159,49 @@ def _make_cli_class():
             parser.add_argument("--report", type=bool, default=False,
                                 help="fit/test: also write the offline AUC report of the best (fit) or given "
                                      "(test --ckpt_path) checkpoint to <log_dir>/report")
+            parser.add_argument("--save_every_n_steps", type=int | None, default=None,
+                                help="fit: also write <log_dir>/checkpoints/last.ckpt every N training steps, so "
+                                     "`--ckpt_path last` can resume a killed run mid-epoch")
 
         def before_instantiate_classes(self) -> None:
-            # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
             cfg = self.config.get(self.subcommand) if self.subcommand else None
-            if cfg is None or self.subcommand == "fit":
+            check_class_paths(cfg if cfg is not None else self.config, self.allow_classes)
+            if cfg is None:
                 return
+            if self.subcommand == "fit":
+                if cfg.get("ckpt_path") == "last":
+                    _resolve_last(cfg)
+                return
+            # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
             ckpt = cfg.get("ckpt_path")
             if ckpt and ckpt not in ("best", "last", "hpc") and not cfg.data.init_args.get("features_from"):
                 cfg.data.init_args.features_from = ckpt
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning reads --ckpt_path here (weights_only=True) to merge its hyperparameters
+            # into the config; read it first so a corrupt or unsafe file is a RecsysError
+            from recsys.tasks.distributed import read_checkpoint
+
+            sub = self.config.get("subcommand")
+            ckpt = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt and Path(ckpt).is_file():
+                read_checkpoint(ckpt, keys=())
+            super()._parse_ckpt_path()
+
+        def instantiate_trainer(self, **kwargs):
+            from pytorch_lightning.callbacks import ModelCheckpoint
+
+            from recsys.tasks.distributed import RecsysCheckpointIO
+
+            cfg = self.config.get(self.subcommand) if self.subcommand else self.config
+            every = cfg.get("save_every_n_steps") if cfg is not None else None
+            trainer = super().instantiate_trainer(**kwargs)
+            if every:
+                trainer.callbacks.append(ModelCheckpoint(every_n_train_steps=int(every), save_top_k=0, save_last=True))
+            io = trainer.strategy.checkpoint_io
+            if type(io).__name__ == "TorchCheckpointIO":  # Lightning's default: make it atomic + weights_only
+                trainer.strategy.checkpoint_io = RecsysCheckpointIO()
+            return trainer
 
         def before_predict(self) -> None:
             cfg = self.config[self.subcommand]
@@ -122,11 +225,66 @@ def _make_cli_class():
             if not cfg.get("test_after_fit", True) or self.trainer.interrupted:
                 return
             metrics = write_fit_metrics(self.trainer, self.model, self.datamodule)
-            if cfg.get("report") and metrics.get("best_checkpoint"):
+            if cfg.get("report") and metrics.get("best_checkpoint") and self.trainer.is_global_zero:
                 self._write_report(metrics["best_checkpoint"], "test" if "test" in metrics else "valid",
                                    Path(metrics["metrics_file"]).parent / "report")
 
     return RecsysCLI
+
+
+def _logger_root(cfg) -> tuple[object | None, Path | None]:
+    """(logger init_args namespace, its save_dir/name directory) of a trainer config, when the
+    logger is one class_path entry with a save_dir (CSVLogger, TensorBoardLogger)."""
+    logger = cfg.trainer.get("logger") if cfg.get("trainer") is not None else None
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    init = getattr(logger, "init_args", None) if logger is not None and not isinstance(logger, bool) else None
+    if init is None or not init.get("save_dir"):
+        return init, None
+    name = init.get("name")
+    return init, Path(init.save_dir) / name if name else Path(init.save_dir)
+
+
+def _launcher_rank() -> int:
+    """This process's rank as set by a launcher (Lightning's own, torchrun, SLURM); 0 if none."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) != 0:
+            return int(os.environ[var])
+    return 0
+
+
+def _resolve_last(cfg) -> None:
+    """``fit --ckpt_path last``: the newest ``last*.ckpt`` (file, or directory of a sharded run)
+    under the config's log directory; the resumed run logs into the same ``version_N``
+    directory (its old ``metrics.csv`` is kept as ``metrics.part-K.csv``), so its checkpoint
+    callbacks continue their own history. Nothing found: Lightning trains from scratch."""
+    init, root = _logger_root(cfg)
+    default_root = Path(cfg.trainer.get("default_root_dir") or Path.cwd() / "lightning_logs")
+    found: list[Path] = []
+    for r in (root, default_root):  # the logger's own directory first: default_root_dir may be shared
+        if r is not None and r.is_dir():
+            found = [p for p in r.rglob("last*.ckpt") if not p.name.startswith(".") and (p.is_file() or p.is_dir())]
+            if found:
+                break
+    if not found:
+        return
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    cfg.ckpt_path = str(newest)
+    if init is not None and root is not None and init.get("version") is None:
+        try:
+            version_dir = newest.relative_to(root).parts[0]
+        except ValueError:
+            return
+        if (root / version_dir).is_dir():
+            init.version = version_dir
+            old = root / version_dir / "metrics.csv"
+            if old.is_file() and _launcher_rank() == 0:
+                k = 1
+                while (root / version_dir / f"metrics.part-{k}.csv").exists():
+                    k += 1
+                os.replace(old, root / version_dir / f"metrics.part-{k}.csv")
+    if _launcher_rank() == 0:
+        print(f"recsys: resuming from {newest}")
 
 
 def write_fit_metrics(trainer, task, datamodule) -> dict:
@@ -156,26 +314,34 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
         metrics[split] = {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(prefix + "/")}
     out_dir = Path(trainer.log_dir or trainer.default_root_dir)
     path = out_dir / "metrics.json"
-    atomic_write_text(path, json.dumps(metrics, indent=2))
     metrics["metrics_file"] = str(path)
+    metrics["world_size"] = trainer.world_size
+    if not trainer.is_global_zero:  # every rank evaluated (collectives); one writes
+        return metrics
+    atomic_write_text(path, json.dumps({k: v for k, v in metrics.items() if k != "metrics_file"}, indent=2))
     summary = ", ".join(f"{s} auc {metrics[s]['auc']:.4f} logloss {metrics[s]['logloss']:.4f}"
                         for s in ("valid", "test") if s in metrics and "auc" in metrics[s])
     print(f"recsys: {summary}; metrics written to {path}")
     return metrics
 
 
-def run_trainer_cli(argv: list[str], callbacks: list | None = None):
+def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classes: list[str] | None = None):
     """Run a Lightning trainer subcommand; returns the LightningCLI object.
 
     ``callbacks`` are extra Lightning callbacks added to those of the config (for programmatic
     callers such as ``recsys tune``'s pruning callback, which cannot come from YAML).
+    ``allow_classes``: packages beyond :data:`ALLOWED_PACKAGES` whose classes the config may
+    instantiate (also ``--allow_classes`` in ``argv``).
     """
     import pytorch_lightning as L
 
     from recsys.data.datamodule import CTRDataModule  # noqa: F401 - importable short names
+    from recsys.tasks import distributed  # noqa: F401 - registers the `recsys_ddp` strategy
     from recsys.tasks.ranking import RankingTask  # noqa: F401
 
+    argv, allowed = _pop_allow_classes(list(argv))
     cls = _make_cli_class()
+    cls.allow_classes = list(allow_classes or []) + allowed
     return cls(
         L.LightningModule,
         L.LightningDataModule,

@@ -10,11 +10,28 @@ from typing import Iterator
 
 
 def cache_dir(sub: str = "") -> Path:
-    """recsys's download/derived-data cache: ``$RECSYS_CACHE`` or ``~/.cache/recsys``."""
-    root = Path(os.environ.get("RECSYS_CACHE", Path.home() / ".cache" / "recsys"))
-    path = root / sub if sub else root
+    """recsys's download/derived-data cache: ``$RECSYS_CACHE`` or ``~/.cache/recsys``.
+
+    ``sub`` is a relative folder inside it; one that would lead outside the cache (absolute,
+    ``..``) raises :class:`~recsys.errors.RecsysError`, so fetch code never writes elsewhere.
+    """
+    root = Path(os.environ.get("RECSYS_CACHE") or Path.home() / ".cache" / "recsys").expanduser()
+    path = within(root, sub) if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def within(root: str | Path, relative: str | Path) -> Path:
+    """``root / relative``, refusing a ``relative`` that is absolute or climbs out of ``root``."""
+    from recsys.errors import RecsysError
+
+    rel = Path(relative)
+    root = Path(root)
+    target = (root / rel).resolve()
+    if rel.is_absolute() or ".." in rel.parts or not target.is_relative_to(root.resolve()):
+        raise RecsysError(f"{str(relative)!r} leads outside {root}", where=str(root),
+                          fix="cache entries are plain relative names")
+    return root / rel
 
 
 @contextlib.contextmanager
@@ -43,3 +60,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+# packages whose classes configs and checkpoints may name without an explicit opt-in
+ALLOWED_PACKAGES = ("recsys", "torch", "torchrec", "pytorch_lightning", "lightning", "lightning_fabric")
+ALLOW_ENV = "RECSYS_ALLOW_CLASSES"
+
+
+def split_names(value: str | None) -> list[str]:
+    """``"a, b;c"`` -> ``["a", "b", "c"]``."""
+    return [v.strip() for v in (value or "").replace(";", ",").split(",") if v.strip()]
+
+
+def allowed_packages(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """:data:`ALLOWED_PACKAGES`, then ``extra``, then ``$RECSYS_ALLOW_CLASSES``."""
+    return list(ALLOWED_PACKAGES) + list(extra) + split_names(os.environ.get(ALLOW_ENV))
+
+
+def check_class_allowed(class_path: str, where: str, extra: list[str] | tuple[str, ...] = ()) -> None:
+    """Raise :class:`~recsys.errors.ConfigError` unless ``class_path`` lies in an allowed package
+    (a whole package name: ``torchevil.X`` is not ``torch``)."""
+    from recsys.errors import ConfigError
+
+    allowed = allowed_packages(extra)
+    if not isinstance(class_path, str) or not any(class_path == a or class_path.startswith(a + ".") for a in allowed):
+        top = str(class_path).split(".")[0]
+        raise ConfigError(f"asks to instantiate {class_path!r}, which is not from an allowed package "
+                          f"({', '.join(allowed)})", where=where,
+                          fix=f"if you trust it, allow its package on the command line: --allow_classes {top} "
+                              f"(or {ALLOW_ENV}={top})")
+

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.preprocess import EncodedSplit
@@ -133,28 +133,99 @@ class SplitDataset(Dataset):
         )
 
 
-class BatchIndexSampler(Sampler[torch.Tensor]):
+class BatchIndexSampler(DistributedSampler):
     """Yields index tensors of ``batch_size`` rows; shuffled with ``seed + epoch`` when asked.
 
     The same seed gives the same order in every run; each ``__iter__`` is a new epoch.
+
+    Several processes (``world_size > 1``): every rank walks the same *global* batches of
+    ``batch_size`` rows and keeps its ``rank``-th contiguous slice (sizes differ by at most one
+    row), so every rank runs the same number of steps, the data of one step is the same global
+    batch whatever the number of processes, and a run on N processes matches one process with
+    the same ``batch_size`` (gradients are averaged over ranks). A final global batch with fewer
+    than ``world_size`` rows is merged into the batch before it (no rank ever gets an empty batch).
+
+    Resumable: :meth:`state_dict` records the epoch and how many batches of it were yielded;
+    after :meth:`load_state_dict` the next ``__iter__`` of that epoch skips those batches, so a
+    run resumed from a mid-epoch checkpoint sees exactly the rows it would have seen. (The class
+    derives from ``DistributedSampler`` only so that Lightning leaves it in place under DDP.)
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        Sampler.__init__(self)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._iter_epoch = 0  # epoch of the iteration in progress
+        self._yielded = 0  # batches yielded so far in it
+        self._resume: dict | None = None
+
+    def _bounds(self) -> list[int]:
+        """Start offsets of the global batches, plus the end."""
+        full, rest = divmod(self.n, self.batch_size)
+        starts = [i * self.batch_size for i in range(full)]
+        if rest and not self.drop_last:
+            if full and self.world_size > 1 and rest < self.world_size:
+                pass  # merge the short tail into the last full batch
+            else:
+                starts.append(full * self.batch_size)
+        return starts + [self.n if (rest and not self.drop_last) else full * self.batch_size]
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return len(self._bounds()) - 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def state_dict(self) -> dict:
+        """Where the iteration in progress stands: ``epoch`` and ``batches`` yielded in it."""
+        return {"epoch": self._iter_epoch, "batches": self._yielded, "n": self.n, "batch_size": self.batch_size,
+                "seed": self.seed, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Make the next iteration of ``state['epoch']`` skip the ``state['batches']`` batches
+        already trained. The data and batch size must be those of the saved run (the number of
+        processes may differ: global batches do not depend on it)."""
+        for key in ("n", "batch_size", "seed", "shuffle"):
+            if key in state and state[key] != getattr(self, key):
+                from recsys.errors import RecsysError
+
+                raise RecsysError(f"cannot resume mid-epoch: the checkpoint's sampler had {key}={state[key]!r}, "
+                                  f"this run has {getattr(self, key)!r}", where="data",
+                                  fix="resume with the data and batch size of the interrupted run")
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
     def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch = self.epoch
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            g = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(self.n, generator=g)
             self.epoch += 1
         else:
             order = torch.arange(self.n)
-        for i in range(len(self)):
-            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+        start = 0
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            start = self._resume["batches"]
+        self._resume = None
+        self._iter_epoch, self._yielded = epoch, start
+        bounds = self._bounds()
+        for i in range(start, len(bounds) - 1):
+            idx = order[bounds[i]:bounds[i + 1]]
+            if self.world_size > 1:
+                idx = torch.tensor_split(idx, self.world_size)[self.rank]
+            self._yielded = i + 1
+            yield idx
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose ``state_dict``/``load_state_dict`` are its sampler's, so Lightning
+    stores the position inside the epoch in every checkpoint and restores it on resume."""
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

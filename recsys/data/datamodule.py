@@ -26,7 +26,7 @@ import polars as pl
 import pytorch_lightning as L
 from torch.utils.data import DataLoader
 
-from recsys.data.batch import BatchIndexSampler, SplitDataset
+from recsys.data.batch import BatchIndexSampler, ResumableDataLoader, SplitDataset
 from recsys.data.preprocess import EncodedSplit, FeatureEncoder
 from recsys.data.sources import BUILTIN, read_table
 from recsys.errors import DataError
@@ -192,8 +192,20 @@ class CTRDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset_for(split)
         bs = self.batch_size if split == "train" else self.eval_batch_size
-        sampler = BatchIndexSampler(len(ds), bs, shuffle=shuffle, seed=self.seed)
-        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
+        rank, world = self._rank_and_world()
+        sampler = BatchIndexSampler(len(ds), bs, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        # the training loader is resumable: Lightning stores its position in every checkpoint
+        cls = ResumableDataLoader if split == "train" else DataLoader
+        return cls(ds, sampler=sampler, batch_size=None, num_workers=0)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        """This process's rank and the number of processes (1 outside a distributed trainer).
+        Under several processes every rank takes its slice of each global batch (see
+        :class:`~recsys.data.batch.BatchIndexSampler`); predict always runs on the whole data."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1 or trainer.predicting:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -219,13 +231,17 @@ def load_features(path: str) -> FeatureEncoder:
     p = Path(path)
     if p.suffix == ".json":
         return FeatureEncoder.load(p)
-    if not p.is_file():
+    if not p.exists():
         raise DataError("checkpoint not found", where=str(p), fix="check --ckpt_path / data.features_from")
-    import torch
+    from recsys.errors import RecsysError
+    from recsys.tasks.distributed import read_checkpoint
 
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(p, keys=())  # weights_only=True; a file or a sharded run's directory
         return FeatureEncoder.from_dict(ckpt["recsys"]["features"])
+    except RecsysError as e:
+        raise DataError(f"cannot read fitted encoders from it ({e.message})", where=str(p),
+                        fix="pass a checkpoint written by recsys fit") from None
     except Exception as e:  # noqa: BLE001 - corrupt file, foreign checkpoint
         raise DataError(f"cannot read fitted encoders from it ({type(e).__name__})", where=str(p),
                         fix="pass a checkpoint written by recsys fit") from None

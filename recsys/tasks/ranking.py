@@ -102,9 +102,11 @@ class RankingTask(L.LightningModule):
     # ------------------------------------------------------------ optimizers
     def table_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters of every TorchRec table in the model."""
+        from torchrec.distributed.types import ShardedModule
+
         params = []
         for m in self.model.modules():
-            if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)):
+            if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection, ShardedModule)):
                 params.extend(m.parameters())
         return params
 
@@ -117,12 +119,21 @@ class RankingTask(L.LightningModule):
         if name not in classes:
             raise RecsysError(f"unknown embedding_optimizer {name!r}", where="model.embedding_optimizer",
                               fix=f"use one of {sorted(classes)}")
-        apply_optimizer_in_backward(classes[name], self.table_parameters(), {"lr": lr})
+        # eps as FBGEMM's fused kernels use it, so replicated and sharded tables train alike
+        kwargs = {"lr": lr, "eps": 1e-8} if name in ("rowwise_adagrad", "adagrad", "adam") else {"lr": lr}
+        apply_optimizer_in_backward(classes[name], self.table_parameters(), kwargs)
         self._in_backward = True
 
     def configure_optimizers(self):
-        table_ids = {id(p) for p in self.table_parameters()} if self._in_backward else set()
-        params = [p for p in self.parameters() if p.requires_grad and id(p) not in table_ids]
+        from torchrec.distributed.types import ShardedModule
+
+        # tables with an in-backward optimizer, and sharded tables (fused optimizer), are not the
+        # dense optimizer's
+        skip = {id(p) for p in self.parameters() if hasattr(p, "_in_backward_optimizers")}
+        for m in self.model.modules():
+            if isinstance(m, ShardedModule):
+                skip |= {id(p) for p in m.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
         cls = _DENSE_OPTIMIZERS[self.hparams.optimizer]
         opt = cls(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.plateau_factor is None:
@@ -142,15 +153,22 @@ class RankingTask(L.LightningModule):
         loss = bce
         for name, aux in out.aux_losses.items():
             loss = loss + aux
-            self.log(f"{split}/aux_{name}", aux, batch_size=len(batch), on_step=False, on_epoch=True)
+            self.log(f"{split}/aux_{name}", aux, batch_size=len(batch), on_step=False, on_epoch=True,
+                     sync_dist=self._distributed())
         if not torch.isfinite(loss):
             raise RecsysError(f"the {split} loss is {loss.item()} (not finite)", where=f"{split} step {self.global_step}",
                               fix="lower the learning rate or check the numeric inputs")
         self.auc[f"{split}_auc"].update(logits.detach(), batch.labels.long())
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, batch_size=len(batch), on_step=on_step, on_epoch=True, prog_bar=on_step)
-        self.log(f"{split}/logloss", bce, batch_size=len(batch), on_step=False, on_epoch=True)
+        sync = self._distributed()  # epoch means over every rank's rows (AUC syncs by itself)
+        self.log(f"{split}/loss", loss, batch_size=len(batch), on_step=on_step, on_epoch=True, prog_bar=on_step,
+                 sync_dist=sync)
+        self.log(f"{split}/logloss", bce, batch_size=len(batch), on_step=False, on_epoch=True, sync_dist=sync)
         return loss
+
+    def _distributed(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1
 
     def training_step(self, batch, batch_idx):
         self._epoch_samples += len(batch)
@@ -173,14 +191,19 @@ class RankingTask(L.LightningModule):
     def _log_auc(self, split: str) -> None:
         metric = self.auc[f"{split}_auc"]
         if metric.update_count:
-            self.log(f"{split}/auc", metric.compute(), prog_bar=split == "val")
+            # compute() gathers every rank's scores: the value is already global
+            self.log(f"{split}/auc", metric.compute(), prog_bar=split == "val", sync_dist=self._distributed())
         metric.reset()
 
     def on_train_epoch_end(self) -> None:
         elapsed = time.perf_counter() - self._epoch_start
         if elapsed > 0 and self._epoch_samples:
-            self.throughput.append(self._epoch_samples / elapsed)
-            self.log("train/samples_per_s", self._epoch_samples / elapsed)
+            # every rank trains its equal slice of each global batch in lockstep: the run's
+            # throughput is this rank's times the number of processes
+            world = self.trainer.world_size if self._trainer is not None else 1
+            rate = self._epoch_samples * world / elapsed
+            self.throughput.append(rate)
+            self.log("train/samples_per_s", rate, sync_dist=self._distributed())
         self._log_auc("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -197,6 +220,43 @@ class RankingTask(L.LightningModule):
             "task": {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
                      "init_args": _jsonable(dict(self.hparams))},
         }
+        # random state (dropout, ...) so a resumed run continues exactly where it stopped
+        checkpoint["recsys_rng"] = {"torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        # the tables' in-backward optimizers are not Lightning's: their state travels here
+        state = {name: opt.state_dict() for name, opt in self._in_backward_optimizers().items()}
+        if state:
+            checkpoint["recsys_in_backward_optimizers"] = state
+
+    def _in_backward_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Parameter name -> its in-backward optimizer (unsharded tables only; sharded tables'
+        fused optimizers are saved by the strategy)."""
+        from torchrec.optim.keyed import KeyedOptimizer
+
+        out = {}
+        for name, p in self.named_parameters():
+            opts = getattr(p, "_in_backward_optimizers", None)
+            if opts and isinstance(opts[0], torch.optim.Optimizer) and not isinstance(opts[0], KeyedOptimizer):
+                out[name] = opts[0]
+        return out
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied when training restarts (on_train_start): Lightning creates the data iterator
+        # between here and there, which draws from the global generator
+        self._resume_rng = checkpoint.get("recsys_rng")
+        saved = checkpoint.get("recsys_in_backward_optimizers") or {}
+        if saved:
+            for name, opt in self._in_backward_optimizers().items():
+                if name in saved:
+                    opt.load_state_dict(saved[name])
+
+    def on_train_start(self) -> None:
+        rng, self._resume_rng = getattr(self, "_resume_rng", None), None
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
 def _jsonable(value: Any) -> Any:
@@ -208,29 +268,52 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _check_model_class(meta: dict, where: str) -> None:
+    """A checkpoint names its model class; build only a RankingModel from an allowed package
+    (the file is data: it must not pick what code runs)."""
+    import importlib
+
+    from recsys.utils import check_class_allowed
+
+    cp = (meta.get("model") or {}).get("class_path") if isinstance(meta.get("model"), dict) else None
+    check_class_allowed(cp, f"{where} (model.class_path)")
+    module, _, name = cp.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise RecsysError(f"the checkpoint's model class {cp!r} does not exist here", where=where,
+                          fix="install the recsys version (or plugin) that trained it") from None
+    if not (isinstance(cls, type) and issubclass(cls, RankingModel)):
+        raise RecsysError(f"the checkpoint's model class {cp!r} is not a RankingModel", where=where)
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> RankingTask:
     """Rebuild a trained task from a checkpoint file alone (no YAML), in eval mode.
 
     The file is read with ``weights_only=True``: schema, encoders and model arguments are JSON.
     """
+    from recsys.tasks.distributed import read_checkpoint
+
     p = Path(path)
-    if not p.is_file():
-        raise RecsysError("checkpoint not found", where=str(p), fix="check the path")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated/corrupt file raises various errors
-        raise RecsysError(f"cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                          where=str(p), fix="the file is corrupt or not a recsys checkpoint; retrain or pick another") from None
+    ckpt = read_checkpoint(p, map_location=map_location)  # weights_only=True; a sharded (DCP) run's directory too
     meta = ckpt.get("recsys")
-    if meta is None:
-        raise RecsysError("not a recsys checkpoint (no 'recsys' section)", where=str(p))
-    features = FeatureEncoder.from_dict(meta["features"])
-    model = build_model(meta["model"], features)
-    accepted = set(inspect.signature(RankingTask.__init__).parameters) - {"self", "model", "features"}
-    task_args = {k: v for k, v in meta["task"]["init_args"].items() if k in accepted}
-    task_args.pop("embedding_optimizer", None)  # in-backward optimizers are for training only
-    task = RankingTask(model=model, features=features, **task_args)
-    task.load_state_dict(ckpt["state_dict"])
+    if meta is None or "state_dict" not in ckpt:
+        raise RecsysError("not a recsys checkpoint (no 'recsys' section or no weights)", where=str(p))
+    _check_model_class(meta, str(p))
+    try:
+        features = FeatureEncoder.from_dict(meta["features"])
+        model = build_model(meta["model"], features)
+        accepted = set(inspect.signature(RankingTask.__init__).parameters) - {"self", "model", "features"}
+        task_args = {k: v for k, v in meta["task"]["init_args"].items() if k in accepted}
+        task_args.pop("embedding_optimizer", None)  # in-backward optimizers are for training only
+        task = RankingTask(model=model, features=features, **task_args)
+        task.load_state_dict(ckpt["state_dict"])
+    except RecsysError:
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged metadata or weights that do not fit the model
+        msg = str(e).splitlines()[0][:200] if str(e) else ""
+        raise RecsysError(f"the checkpoint does not rebuild its model ({type(e).__name__}: {msg})", where=str(p),
+                          fix="the file is damaged or from an incompatible recsys version; retrain") from None
     task.eval()
     return task
 
@@ -240,11 +323,10 @@ def load_datamodule(path: str | Path, **overrides: Any):
     checkpoint's fitted encoders; ``overrides`` replace saved arguments (e.g. ``predict_path``)."""
     from recsys.data.datamodule import CTRDataModule
 
+    from recsys.tasks.distributed import read_checkpoint
+
     p = Path(path)
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise RecsysError(f"cannot read the checkpoint ({type(e).__name__})", where=str(p)) from None
+    ckpt = read_checkpoint(p, keys=())  # metadata only
     saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
     if not saved:
         raise RecsysError("the checkpoint does not record its data module", where=str(p),

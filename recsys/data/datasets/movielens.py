@@ -73,7 +73,9 @@ __all__ = [
     "GENRES",
     "fetch_ml100k",
     "load_ml100k_ctr",
+    "load_ml100k_retrieval",
     "ml100k_ctr_schema",
+    "ml100k_retrieval_schema",
     "read_ml100k_raw",
 ]
 
@@ -86,6 +88,7 @@ GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GROUPLENS_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"
 GROUPLENS_FILES = ("u.data", "u.user", "u.item")
 GROUPLENS_TIMEOUT_S = 10.0
+GROUPLENS_SUMS = "SHA256SUMS"  # written beside the extracted files of a checked zip
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_MEMBER_DIR = "recbole/dataset_example/ml-100k"
@@ -150,10 +153,32 @@ def _extract_grouplens_zip(zip_bytes: bytes, dest: Path, origin: str) -> Path:
         raise DataError(f"MD5 {got} differs from GroupLens's published {GROUPLENS_ZIP_MD5}", where=origin,
                         fix="download ml-100k.zip again; a truncated or altered file is not used")
     with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
-        for name in GROUPLENS_FILES:
-            with atomic_path(dest / name) as tmp:
-                tmp.write_bytes(zf.read(f"ml-100k/{name}"))
+        # fixed member names written to fixed file names: nothing in the archive picks a path
+        blobs = {name: zf.read(f"ml-100k/{name}") for name in GROUPLENS_FILES}
+    for name, data in blobs.items():
+        with atomic_path(dest / name) as tmp:
+            tmp.write_bytes(data)
+    # the zip's MD5 vouched for these bytes: record their SHA-256 so a later run detects a
+    # truncated or altered cached copy (checked by _check_grouplens_cache)
+    with atomic_path(dest / GROUPLENS_SUMS) as tmp:
+        tmp.write_text("".join(f"{_sha256(blobs[n])}  {n}\n" for n in GROUPLENS_FILES))
     return dest
+
+
+def _check_grouplens_cache(folder: Path) -> bool:
+    """True if the cached u.* files match the SHA-256 recorded when they were extracted (a cache
+    from before the record existed is recorded now, as found)."""
+    sums = folder / GROUPLENS_SUMS
+    if not sums.is_file():
+        with atomic_path(sums) as tmp:
+            tmp.write_text("".join(f"{_sha256((folder / n).read_bytes())}  {n}\n" for n in GROUPLENS_FILES))
+        return True
+    want = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        want[name] = digest
+    return all(n in want and (folder / n).is_file() and _sha256((folder / n).read_bytes()) == want[n]
+               for n in GROUPLENS_FILES)
 
 
 def _fetch_grouplens(dest: Path, timeout: float) -> Path:
@@ -254,6 +279,8 @@ def fetch_ml100k(source_dir: str | Path | None = None, *, download: bool = True,
         if found is not None:
             if found[0] == "recbole":
                 _check_recbole(found[1])
+            elif not _check_grouplens_cache(found[1]):
+                continue  # truncated/altered (or unrecorded) cached copy: fetch and check again
             return found[1]
     if not download:
         raise DataError("MovieLens-100K is not in the cache and download=False", where=str(root), fix=_FIX)
@@ -479,6 +506,62 @@ def ml100k_ctr_schema(history_len: int = 50) -> Schema:
         label="label",
         keys={"user": "user_id", "item": "item_id", "time": "timestamp"},
     )
+
+
+# ------------------------------------------------------------------ the retrieval view
+RETRIEVAL_COLUMNS = (
+    "user_id", "item_id", "timestamp", "rating", "age_bucket", "gender", "occupation", "zip3",
+    "release_year", "genres", "first_genre", "history", "label", "split",
+)
+
+
+def load_ml100k_retrieval(max_history: int = 50, *, source_dir: str | Path | None = None) -> pl.DataFrame:
+    """The ``ml100k-retrieval`` view (``BENCHMARKS.md``): leave-last-out candidate retrieval.
+
+    Every rating is an interaction (implicit feedback, whatever the rating). Per user, ratings are
+    ordered by ``(timestamp, item_id)``; the last one is ``test``, the one before it ``valid``, every
+    earlier one ``train``. This reproduces the protocol's popularity floor exactly (most popular
+    unseen items by train count: Recall@10/50/100 = 0.050 / 0.143 / 0.233 on ``test``).
+
+    ``history`` of a row is the user's items *earlier in that order* (all ratings, not only
+    positives; same-second ratings with a smaller item id count as earlier), the last
+    ``max_history`` of them, oldest first: the query of a valid/test row is therefore the user's
+    whole past up to the held-out item. ``label`` is 1 on every row. User/item features are those
+    of :func:`load_ml100k_ctr`. Rows come back sorted by ``(timestamp, user_id, item_id)``.
+
+    Args:
+        max_history: the history keeps the last this many items.
+        source_dir: raw files (see :func:`fetch_ml100k`).
+
+    Returns:
+        100,000 rows: 98,114 train, 943 valid, 943 test; columns :data:`RETRIEVAL_COLUMNS`.
+    """
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+        raise ConfigError(f"max_history must be a positive integer, got {max_history!r}",
+                          where="load_ml100k_retrieval(max_history=...)")
+    ctr = load_ml100k_ctr(max_history=1000, source_dir=source_dir)
+    df = ctr.drop("history", "label", "split").sort("user_id", "timestamp", "item_id")
+    pos = pl.int_range(pl.len(), dtype=pl.Int64).over("user_id")
+    n = pl.len().over("user_id")
+    df = df.with_columns(pos.alias("_pos"), n.alias("_n"))
+    items = df.group_by("user_id", maintain_order=True).agg(pl.col("item_id").alias("_items"))
+    df = df.join(items, on="user_id", how="left", maintain_order="left")
+    start = (pl.col("_pos") - max_history).clip(lower_bound=0)
+    split = (pl.when(pl.col("_pos") == pl.col("_n") - 1).then(pl.lit("test"))
+             .when(pl.col("_pos") == pl.col("_n") - 2).then(pl.lit("valid")).otherwise(pl.lit("train")))
+    df = df.with_columns(
+        pl.col("_items").list.slice(start, pl.col("_pos") - start).alias("history"),
+        pl.lit(1, pl.Int8).alias("label"),
+        split.alias("split"),
+    )
+    return df.sort("timestamp", "user_id", "item_id").select(RETRIEVAL_COLUMNS)
+
+
+def ml100k_retrieval_schema(history_len: int = 50) -> Schema:
+    """The schema of :func:`load_ml100k_retrieval`: the ml100k-ctr fields (user fields
+    ``user_id, age_bucket, gender, occupation, zip3, history``; item fields ``item_id,
+    release_year, genres, first_genre``)."""
+    return ml100k_ctr_schema(history_len=history_len)
 
 
 if __name__ == "__main__":  # python -m recsys.data.datasets.movielens [max_history]

@@ -1,0 +1,496 @@
+"""Several processes: Lightning DDP for the dense part, TorchRec-sharded embedding tables.
+
+:class:`ShardedDDPStrategy` is a Lightning ``DDPStrategy`` that, before wrapping the task in
+``DistributedDataParallel``, asks TorchRec's planner (``EmbeddingShardingPlanner``) for a
+sharding plan of every ``EmbeddingBagCollection``/``EmbeddingCollection`` in the model and
+replaces each one by its sharded module (what ``DistributedModelParallel`` does inside). The
+tables train with TorchRec's fused in-backward optimizer (``model.embedding_optimizer``; when it
+is unset, the dense optimizer's kind and learning rate are used) and are left out of DDP's
+gradient all-reduce; everything else (dense layers, attention, towers) is plain data-parallel.
+
+Pick it from YAML or the command line (the short name is registered with Lightning)::
+
+    recsys fit --config experiments/deepfm_synthetic.yaml \\
+        --trainer.strategy recsys_ddp --trainer.devices 2 --trainer.accelerator cpu
+
+    trainer:
+      strategy:
+        class_path: recsys.tasks.distributed.ShardedDDPStrategy
+        init_args: {sharding_types: [table_wise, column_wise]}
+
+On CPU the process group is gloo (table-wise and column-wise sharding; row-wise needs CUDA);
+on GPUs it is NCCL and the planner may also choose row-wise / table-row-wise sharding. The data
+module gives every rank its slice of each global batch (``data.batch_size`` is the global
+batch), so N processes train on the same batches as one.
+
+Checkpoints of a sharded run are directories written with ``torch.distributed.checkpoint``
+(DCP): every rank writes its own shards, rank 0 adds ``recsys_meta.pt`` (loops, callbacks,
+dense optimizer, schema and encoders; plain tensors and JSON types). :func:`read_checkpoint`
+reads either kind in a single process, gathering the shards into whole tables (so ``predict``,
+``report`` and :func:`recsys.tasks.load_checkpoint` work on one process, whatever the number
+of processes that trained), always with ``weights_only=True``.
+
+Every checkpoint is written atomically: a file goes to a temporary name beside its target and
+is renamed when complete; a DCP directory is written under a temporary name and swapped in.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.strategies import DDPStrategy
+
+from recsys.errors import RecsysError
+from recsys.utils import atomic_path
+
+META_FILE = "recsys_meta.pt"
+STATE_KEY = "state_dict"
+FUSED_KEY = "fused_optimizer"
+SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise")
+
+
+# ---------------------------------------------------------------------------- reading
+def _short(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # DCP's CheckpointException: {rank: (exception, trace)}
+    if failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) else inner
+        if isinstance(inner, BaseException):
+            e = inner
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu",
+                    keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A checkpoint as one dict, read with ``weights_only=True``: a ``.ckpt`` file, or the DCP
+    directory of a sharded run (its tables gathered whole). ``keys``: read only these top-level
+    entries of a DCP directory's tensors (``state_dict``, ``fused_optimizer``); default all.
+
+    Raises :class:`RecsysError` naming the file for a missing, truncated or corrupt checkpoint.
+    """
+    p = Path(path)
+    if p.is_dir():
+        keys = (STATE_KEY,) if keys is None else tuple(keys)
+        meta_path = p / META_FILE
+        if not meta_path.is_file():
+            raise RecsysError(f"not a recsys checkpoint directory (no {META_FILE})", where=str(p),
+                              fix="pass a checkpoint written by recsys fit; an interrupted save leaves none")
+        ckpt = _torch_load(meta_path, map_location)
+        if not keys:
+            return ckpt
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+        try:
+            tensors = _read_dcp_local(p, set(keys))
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - missing/truncated shard files raise various errors
+            raise RecsysError(f"cannot read the sharded checkpoint ({_short(e)})", where=str(p),
+                              fix="the directory is incomplete or corrupt; retrain or pick another checkpoint") from None
+        for key, value in tensors.items():
+            if map_location is not None:
+                value = _to(value, map_location)
+            ckpt[key] = value
+        return ckpt
+    if not p.is_file():
+        raise RecsysError("checkpoint not found", where=str(p), fix="check the path")
+    return _torch_load(p, map_location)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP writes its ``.metadata`` with pickle and reads it back with a plain ``pickle.load``:
+    any code could run. This reader admits only the classes DCP metadata is made of."""
+
+    MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
+               "torch.distributed.checkpoint.planner")
+
+    def find_class(self, module: str, name: str):
+        if module in self.MODULES and not name.startswith("__"):
+            return super().find_class(module, name)
+        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
+            return getattr(torch, name)
+        if (module, name) in {("torch.serialization", "_get_layout"), ("torch", "strided"),
+                              ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+                              ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
+
+
+def _safe_reader(path: Path):
+    """A DCP ``FileSystemReader`` whose metadata is unpickled with :class:`_MetadataUnpickler`
+    and that refuses checkpoints with non-tensor entries (DCP would unpickle those with
+    ``weights_only=False``; recsys never writes any)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            for key, md in getattr(metadata, "state_dict_metadata", {}).items():
+                if not isinstance(md, TensorStorageMetadata):
+                    raise pickle.UnpicklingError(f"non-tensor entry {key!r}")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(path))
+
+
+def _read_dcp_local(path: Path, keys: set[str]) -> dict[str, Any]:
+    """The entries ``keys`` of a DCP checkpoint as whole tensors, read by this process alone
+    (even inside a process group: no collective is run)."""
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    sd: dict[str, Any] = {}
+    _load_state_dict(state_dict=sd, storage_reader=_safe_reader(path), no_dist=True,
+                     planner=_EmptyStateDictLoadPlanner(keys=keys))
+    return sd
+
+
+def _to(value: Any, device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def _torch_load(p: Path, map_location) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated/corrupt file raises various errors
+        raise RecsysError(f"cannot read the checkpoint ({_short(e)})", where=str(p),
+                          fix="the file is corrupt, truncated or not a recsys checkpoint; retrain or pick another") from None
+    if not isinstance(ckpt, dict):
+        raise RecsysError(f"not a checkpoint (a {type(ckpt).__name__}, not a dict)", where=str(p))
+    return ckpt
+
+
+def remove_path(path: str | Path) -> None:
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+class RecsysCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O of recsys: atomic writes (temporary file + fsync + rename, so a
+    kill during a save leaves the previous checkpoint intact), ``weights_only=True`` reads
+    whatever Lightning asks (resume, ``--ckpt_path``), DCP directories readable in one process,
+    and :class:`RecsysError` for a corrupt or truncated file. ``recsys`` trainers use it."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path, map_location=map_location or "cpu", keys=(STATE_KEY,))
+
+    def remove_checkpoint(self, path) -> None:
+        remove_path(path)
+
+
+# --------------------------------------------------------------------------- sharding
+def _collections(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    from torchrec import EmbeddingBagCollection, EmbeddingCollection
+
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))]
+
+
+def sharded_modules(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(qualified name, module) of every TorchRec sharded module under ``module``."""
+    from torchrec.distributed.types import ShardedModule
+
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, ShardedModule)]
+
+
+@torch.no_grad()
+def copy_full_into_sharded(module: torch.nn.Module, full: Mapping[str, torch.Tensor]) -> None:
+    """Copy whole tables (``full``: the unsharded module's state dict) into the local shards of
+    a TorchRec sharded module, in place."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    for key, value in module.state_dict().items():
+        if key not in full:
+            continue
+        src = full[key]
+        if isinstance(value, ShardedTensor):
+            for sh in value.local_shards():
+                index = tuple(slice(o, o + n) for o, n in zip(sh.metadata.shard_offsets, sh.metadata.shard_sizes))
+                sh.tensor.copy_(src[index])
+        elif isinstance(value, torch.Tensor) and value.shape == src.shape:
+            value.copy_(src)
+
+
+def _drop_in_backward(params) -> None:
+    """Undo ``apply_optimizer_in_backward`` on ``params`` (they go back to the dense optimizer)."""
+    from torch.distributed.optim.apply_optimizer_in_backward import param_to_optim_hook_handle_map
+
+    for p in params:
+        for handle in param_to_optim_hook_handle_map.pop(p, []):
+            handle.remove()
+        for attr in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+
+
+class ShardedDDPStrategy(DDPStrategy):
+    """DDP for the dense part + TorchRec sharding (planner-chosen) for the embedding tables.
+
+    Args:
+        sharding: shard the tables (default). ``False`` keeps every table replicated on every
+            rank and trained through DDP like the rest (plain DDP).
+        sharding_types: the sharding types the planner may choose from; default
+            ``[table_wise, column_wise]`` on CPU, plus ``row_wise`` and ``table_row_wise`` on GPUs.
+        **kwargs: the arguments of Lightning's ``DDPStrategy`` (``process_group_backend``,
+            ``timeout``, ``find_unused_parameters``, ...).
+    """
+
+    strategy_name = "recsys_ddp"
+
+    def __init__(self, sharding: bool = True, sharding_types: list[str] | None = None, **kwargs: Any):
+        kwargs.setdefault("checkpoint_io", RecsysCheckpointIO())
+        super().__init__(**kwargs)
+        bad = set(sharding_types or ()) - set(SHARDING_TYPES)
+        if bad:
+            raise RecsysError(f"unknown sharding types {sorted(bad)}", where="trainer.strategy.sharding_types",
+                              fix=f"use some of {list(SHARDING_TYPES)}")
+        self.sharding = sharding
+        self.sharding_types = list(sharding_types) if sharding_types else None
+        self.plan = None  # the ShardingPlan in use (after setup)
+        self._sharded = False
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        strategy_registry.register(cls.strategy_name, cls, description="recsys: DDP + TorchRec-sharded tables",
+                                   override=True)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer) -> None:
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        if self.sharding and not self._sharded:
+            self._shard(self.lightning_module)
+        elif not self.sharding and self.world_size > 1 and self.root_device.type != "cuda":
+            # replicated tables: DDP runs in-backward optimizers after its all-reduce only on
+            # CUDA streams; on CPU the tables train with the dense optimizer
+            from torchrec import EmbeddingBagCollection, EmbeddingCollection
+
+            for m in self.lightning_module.modules():
+                if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)):
+                    _drop_in_backward(m.parameters())
+        if not self._sharded or trainer.state.fn == TrainerFn.FITTING:
+            return super().setup(trainer)
+        # evaluating a sharded model: DDPStrategy would broadcast rank 0's whole state, shards
+        # included; broadcast only the replicated (dense) tensors
+        self.accelerator.setup(trainer)
+        self.precision_plugin.convert_module(self.model)
+        self.model_to_device()
+        self._broadcast_dense()
+        self.setup_precision_plugin()
+
+    def _broadcast_dense(self) -> None:
+        import torch.distributed as dist
+
+        ignore = set(getattr(self.lightning_module, "_ddp_params_and_buffers_to_ignore", ()))
+        for name, t in self.lightning_module.state_dict(keep_vars=True).items():
+            if name not in ignore and type(t) in (torch.Tensor, torch.nn.Parameter):
+                dist.broadcast(t.data, src=0)
+
+    def _shard(self, task) -> None:
+        import torch.distributed as dist
+        from torchrec.distributed.embedding import EmbeddingCollectionSharder
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+        from torchrec.distributed.shard import shard
+        from torchrec.distributed.types import ShardingEnv
+
+        device = self.root_device
+        cuda = device.type == "cuda"
+        colls = []
+        self.replicated_collections = []
+        for name, coll in _collections(task.model):
+            configs = coll.embedding_bag_configs() if hasattr(coll, "embedding_bag_configs") else coll.embedding_configs()
+            # FBGEMM's fused kernels need widths divisible by 4; a collection with a narrower table
+            # (e.g. a wide/LR part of width 1) stays replicated and trains through DDP
+            (colls if all(c.embedding_dim % 4 == 0 for c in configs) else self.replicated_collections).append(
+                (name, coll))
+        if not cuda:
+            # DDP runs in-backward optimizers of replicated parameters after its all-reduce only on
+            # CUDA streams; on CPU those tables train with the dense optimizer instead
+            for _, coll in self.replicated_collections:
+                _drop_in_backward(coll.parameters())
+        self.replicated_collections = [n for n, _ in self.replicated_collections]
+        if not colls:
+            return
+        emb_opt = task.hparams.get("embedding_optimizer")
+        cpu_ok = ("rowwise_adagrad", "adagrad", "sgd")
+        if not cuda and emb_opt not in cpu_ok:
+            raise RecsysError(
+                f"sharded tables on CPU train with FBGEMM's fused optimizers {list(cpu_ok)}; "
+                f"model.embedding_optimizer is {emb_opt!r}", where="model.init_args.embedding_optimizer",
+                fix="set e.g. --model.init_args.embedding_optimizer rowwise_adagrad (and embedding_lr), "
+                    "or use --trainer.strategy.init_args.sharding false for replicated tables")
+        if not getattr(task, "_in_backward", False):
+            # sharded tables need TorchRec's fused optimizer: on GPUs take the dense optimizer's kind
+            name = {"adam": "adam", "adamw": "adam", "sgd": "sgd", "adagrad": "adagrad"}.get(
+                task.hparams.get("optimizer", "adam"), "adam")
+            task._apply_embedding_optimizer(name, task.hparams.lr)
+        types = self.sharding_types or (["table_wise", "column_wise", "row_wise", "table_row_wise"] if cuda
+                                        else ["table_wise", "column_wise"])
+        if not cuda and set(types) & {"row_wise", "table_row_wise"}:
+            raise RecsysError("row-wise sharding of embedding tables needs CUDA", where="trainer.strategy.sharding_types",
+                              fix="use table_wise/column_wise on CPU")
+        # constraints are keyed by table name (the planner also plans the replicated collections,
+        # whose plan is not applied)
+        constraints = {}
+        for _, coll in colls:
+            configs = coll.embedding_bag_configs() if hasattr(coll, "embedding_bag_configs") else coll.embedding_configs()
+            for cfg in configs:
+                constraints[cfg.name] = ParameterConstraints(sharding_types=types)
+        topology = Topology(world_size=self.world_size, compute_device=device.type,
+                            local_world_size=self.num_processes)
+        sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+        pg = dist.group.WORLD
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+        self.plan = planner.collective_plan(task.model, sharders, pg)
+        env = ShardingEnv.from_process_group(pg)
+        for name, coll in colls:
+            sharder = sharders[0] if hasattr(coll, "embedding_bag_configs") else sharders[1]
+            full = {k: v.detach().clone() for k, v in coll.state_dict().items()}
+            sharded = shard(coll, self.plan.plan[name], env=env, device=device, sharder=sharder)
+            # start from the model's own initial tables (identical on every rank: same seed), not
+            # from the sharded kernels' default init, so N processes train like one
+            copy_full_into_sharded(sharded, full)
+            parent_name, _, attr = name.rpartition(".")
+            parent = task.model.get_submodule(parent_name) if parent_name else task.model
+            setattr(parent, attr, sharded)
+        ignore = []
+        for name, m in sharded_modules(task.model):
+            ignore += [f"model.{name}.{n}" for n, _ in m.named_parameters()]
+            ignore += [f"model.{name}.{n}" for n, _ in m.named_buffers()]
+        task._ddp_params_and_buffers_to_ignore = ignore
+        self._sharded = True
+        from pytorch_lightning.utilities import rank_zero_info
+
+        summary = ", ".join(f"{t}: {ps.sharding_type} on ranks {ps.ranks}"
+                            for name, _ in colls for t, ps in self.plan.plan[name].items())
+        kept = f"; replicated: {self.replicated_collections}" if self.replicated_collections else ""
+        rank_zero_info(f"recsys_ddp: {self.world_size} processes; sharded tables: {summary}{kept}")
+
+    # ------------------------------------------------------------- checkpoints
+    @property
+    def sharded(self) -> bool:
+        return self._sharded
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        # restore into the sharded modules (and their fused optimizers), not the unsharded ones
+        return self.sharding
+
+    def _fused_optimizers(self) -> dict[str, Any]:
+        return {name: m.fused_optimizer for name, m in sharded_modules(self.lightning_module.model)
+                if getattr(m, "fused_optimizer", None) is not None}
+
+    def _fused_state(self) -> dict[str, Any]:
+        out = {}
+        for name, opt in self._fused_optimizers().items():
+            state = {k: v for k, v in opt.state_dict()["state"].items() if v}
+            if state:
+                out[name] = state
+        return out
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if not self._sharded:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        import torch.distributed.checkpoint as dcp
+
+        target = Path(filepath)
+        tmp = target.parent / f".{target.name}.tmp"
+        if self.is_global_zero:
+            remove_path(tmp)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.barrier("recsys_dcp_tmp")
+        tensors = {STATE_KEY: checkpoint.pop(STATE_KEY), FUSED_KEY: self._fused_state()}
+        dcp.save(tensors, checkpoint_id=str(tmp))
+        if self.is_global_zero:
+            with open(tmp / META_FILE, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            old = target.parent / f".{target.name}.old"
+            remove_path(old)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            remove_path(old)
+        checkpoint[STATE_KEY] = tensors[STATE_KEY]
+        self.barrier("recsys_dcp_saved")
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        p = Path(checkpoint_path)
+        if not (self._sharded and p.is_dir()):
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        ckpt = _torch_load(p / META_FILE, "cpu")
+        fused_full = {name: opt.state_dict() for name, opt in self._fused_optimizers().items()}
+        fused = {name: {k: v for k, v in sd["state"].items() if v} for name, sd in fused_full.items()}
+        tensors = {STATE_KEY: self.lightning_module.state_dict(), FUSED_KEY: {k: v for k, v in fused.items() if v}}
+        try:
+            # in place: this rank's shards, resharded as needed
+            dcp.load(tensors, storage_reader=_safe_reader(p))
+        except (Exception, CheckpointException) as e:  # noqa: BLE001
+            raise RecsysError(f"cannot read the sharded checkpoint ({_short(e)})", where=str(p)) from None
+        for name, opt in self._fused_optimizers().items():
+            if fused.get(name):
+                opt.load_state_dict({**fused_full[name], "state": {**fused_full[name]["state"], **fused[name]}})
+        ckpt[STATE_KEY] = tensors[STATE_KEY]
+        ckpt["_recsys_dcp_loaded"] = True
+        return ckpt
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        if checkpoint.get("_recsys_dcp_loaded"):
+            return  # dcp.load wrote into the module's own tensors
+        if not self._sharded:
+            return super().load_model_state_dict(checkpoint, strict=strict)
+        # a whole-table checkpoint (one process, or gathered) into sharded modules: each rank
+        # copies its shards out of the whole tables; the rest loads as usual
+        state = dict(checkpoint[STATE_KEY])
+        for name, module in sharded_modules(self.lightning_module.model):
+            prefix = f"model.{name}."
+            copy_full_into_sharded(module, {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)})
+        missing, unexpected = self.lightning_module.load_state_dict(state, strict=False)
+        sharded_prefixes = tuple(f"model.{n}." for n, _ in sharded_modules(self.lightning_module.model))
+        missing = [k for k in missing if not k.startswith(sharded_prefixes)]
+        if strict and (missing or unexpected):
+            raise RecsysError(f"the checkpoint does not fit the model (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]})", where="--ckpt_path")
+
+    def remove_checkpoint(self, filepath) -> None:
+        if self.is_global_zero:
+            remove_path(filepath)
+
+
+def register() -> None:
+    """Register ``recsys_ddp`` with Lightning's strategy registry (done on import)."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    if ShardedDDPStrategy.strategy_name not in StrategyRegistry:
+        ShardedDDPStrategy.register_strategies(StrategyRegistry)
+
+
+register()
