@@ -6,6 +6,10 @@ Built-in names:
   (:mod:`recsys.data.datasets.synthetic`); options are ``SyntheticConfig`` fields.
 * ``movielens-100k``: the ``ml100k-ctr`` view (:mod:`recsys.data.datasets.movielens`);
   options: ``max_history``.
+* ``ml100k-retrieval``: MovieLens-100K for candidate retrieval, leave-last-out per user
+  (:func:`recsys.data.datasets.movielens.load_ml100k_retrieval`); options: ``history_len``.
+* ``synthetic-retrieval``: seeded users with planted multi-cluster interests
+  (:func:`recsys.data.retrieval.make_synthetic_retrieval`), leave-last-out like the above.
 
 Anything else is a path to a ``.parquet`` or ``.csv`` file (or a directory of parquet files).
 """
@@ -46,6 +50,20 @@ def _movielens(max_history: int = 1000, history_len: int = 50) -> tuple[pl.DataF
     from recsys.data.datasets.movielens import load_ml100k_ctr, ml100k_ctr_schema
 
     return load_ml100k_ctr(max_history=max(max_history, history_len)), ml100k_ctr_schema(history_len=history_len)
+
+
+@register_dataset("ml100k-retrieval")
+def _movielens_retrieval(history_len: int = 50) -> tuple[pl.DataFrame, Schema]:
+    from recsys.data.datasets.movielens import load_ml100k_retrieval, ml100k_retrieval_schema
+
+    return load_ml100k_retrieval(max_history=history_len), ml100k_retrieval_schema(history_len=history_len)
+
+
+@register_dataset("synthetic-retrieval")
+def _synthetic_retrieval(**options: Any) -> tuple[pl.DataFrame, Schema]:
+    from recsys.data.retrieval import make_synthetic_retrieval
+
+    return make_synthetic_retrieval(**options)
 
 
 def read_table(path: str | Path, columns: list[str] | None = None,
