@@ -184,15 +184,38 @@ class Schema:
         return dataclasses.replace(self, fields=tuple(f for f in self.fields if f.name in keep))
 
     # ------------------------------------------------------------- validation
+    @staticmethod
+    def _check_types(f: FieldSpec) -> None:
+        """Attribute types, checked before anything hashes or compares them."""
+        if not isinstance(f, FieldSpec):
+            raise SchemaError(f"expected FieldSpec objects, got {type(f).__name__}", where="schema")
+        if not isinstance(f.name, str) or not f.name:
+            raise SchemaError(f"a field has no name or a non-string name ({f.name!r})", where="schema",
+                              fix="give every field a 'name:' string")
+        where = f"schema field {f.name!r}"
+        for attr in ("kind", "transform", "pooling"):
+            if not isinstance(getattr(f, attr), str):
+                raise SchemaError(f"{attr} must be a string, got {getattr(f, attr)!r}", where=where)
+        for attr in ("column", "shares", "separator"):
+            v = getattr(f, attr)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise SchemaError(f"{attr} must be a non-empty string, got {v!r}", where=where)
+        for attr in ("embedding_dim", "min_count", "hash_buckets", "max_len", "n_buckets"):
+            v = getattr(f, attr)
+            if isinstance(v, bool) or (v is not None and not isinstance(v, int)):
+                raise SchemaError(f"{attr} must be an integer, got {v!r}", where=where)
+
     def _validate(self) -> None:
         seen: set[str] = set()
+        if not isinstance(self.fields, tuple):
+            raise SchemaError("fields must be a tuple of FieldSpec", where="schema")
+        for f in self.fields:
+            self._check_types(f)
         by_name = {f.name: f for f in self.fields}
         if not self.fields:
             raise SchemaError("the schema declares no fields", where="schema", fix="list at least one field under 'fields:'")
         for f in self.fields:
             where = f"schema field {f.name!r}"
-            if not isinstance(f.name, str) or not f.name:
-                raise SchemaError("a field has an empty name", where="schema", fix="give every field a 'name:'")
             if f.name in seen:
                 raise SchemaError("declared twice", where=where, fix="give each field a unique name")
             seen.add(f.name)
@@ -210,6 +233,8 @@ class Schema:
                                       fix="add e.g. 'max_len: 50'")
             elif f.max_len is not None and f.kind != "multi_hot":
                 raise SchemaError(f"max_len applies to sequence/multi_hot fields, not {f.kind}", where=where)
+            elif f.max_len is not None and f.max_len < 1:
+                raise SchemaError(f"max_len must be a positive integer, got {f.max_len!r}", where=where)
             if f.kind == "numeric":
                 if f.transform not in ("standardize", "bucketize"):
                     raise SchemaError(f"unknown transform {f.transform!r}", where=where,
@@ -234,12 +259,15 @@ class Schema:
                     raise SchemaError("a field that shares a table uses that table's vocabulary; drop "
                                       "hash_buckets/min_count here and set them on the owner", where=where)
         if not isinstance(self.label, str) or not self.label:
-            raise SchemaError("the label column is not set", where="schema", fix="add 'label: <column>'")
+            raise SchemaError(f"the label column is not set or not a string ({self.label!r})", where="schema",
+                              fix="add 'label: <column>'")
+        if not isinstance(self.keys, dict):
+            raise SchemaError("keys must map roles (user, item, time) to columns", where="schema keys")
         if self.label in by_name or self.label in {f.source for f in self.fields}:
             raise SchemaError(f"the label {self.label!r} is also declared as a feature", where="schema",
                               fix="remove it from 'fields:' (that would leak the label)")
         for role, col in self.keys.items():
-            if role not in KEY_ROLES:
+            if not isinstance(role, str) or role not in KEY_ROLES:
                 raise SchemaError(f"unknown key role {role!r}", where="schema keys", fix=f"use {list(KEY_ROLES)}")
             if not isinstance(col, str) or not col:
                 raise SchemaError(f"key {role!r} must name a column", where="schema keys")

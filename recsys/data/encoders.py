@@ -24,6 +24,7 @@ Python's standard library and stable across versions and platforms, unlike polar
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,23 @@ from recsys.errors import DataError
 OOV = 0
 MISSING = 1
 FIRST_ID = 2
+
+
+class _BadState(ValueError):
+    """An encoder state (from a checkpoint / JSON file) that cannot be what ``to_dict`` wrote."""
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise _BadState(what)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def stable_hash(value: Any, n_buckets: int) -> int:
@@ -88,9 +106,17 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Vocabulary":
-        v = cls(min_count=d["min_count"])
-        v.values_ = list(d["values"])
-        v.counts_ = list(d["counts"])
+        min_count, values, counts = d["min_count"], d["values"], d["counts"]
+        _require(_is_int(min_count) and min_count >= 1, f"min_count must be an integer >= 1, got {min_count!r}")
+        _require(isinstance(values, list) and isinstance(counts, list) and len(values) == len(counts),
+                 "values and counts must be lists of the same length")
+        _require(all(_is_int(x) for x in values) or all(isinstance(x, str) for x in values),
+                 "values must be all integers or all strings")
+        _require(len(set(values)) == len(values), "values must be distinct")
+        _require(all(_is_int(c) and c >= 0 for c in counts), "counts must be non-negative integers")
+        v = cls(min_count=min_count)
+        v.values_ = list(values)
+        v.counts_ = list(counts)
         return v
 
 
@@ -128,7 +154,9 @@ class HashEncoder:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HashEncoder":
-        return cls(d["n_buckets"])
+        n = d["n_buckets"]
+        _require(_is_int(n) and n >= 1, f"n_buckets must be an integer >= 1, got {n!r}")
+        return cls(n)
 
 
 class Standardizer:
@@ -147,19 +175,34 @@ class Standardizer:
         x = values.drop_nulls().cast(pl.Float64)
         self.mean_ = float(x.mean()) if len(x) else 0.0
         std = float(x.std()) if len(x) > 1 else 0.0
+        if not (math.isfinite(self.mean_) and math.isfinite(std)):
+            # sums overflowed (values near the float64 limit): the same statistics on x / max|x|
+            a = x.to_numpy()
+            scale = float(np.max(np.abs(a)))
+            self.mean_ = float(np.mean(a / scale)) * scale
+            std = float(np.std(a / scale, ddof=1)) * scale
+            std = std if math.isfinite(std) else float(np.finfo(np.float64).max)
         self.std_ = std if std > 1e-12 else 1.0
         return self
 
     def expr(self, column: pl.Expr) -> pl.Expr:
-        return ((column.cast(pl.Float64) - self.mean_) / self.std_).fill_null(0.0).cast(pl.Float32)
+        # clipped to float32's range, so that an extreme value (or x - mean overflowing float64)
+        # stays finite
+        f32 = float(np.finfo(np.float32).max)
+        z = (column.cast(pl.Float64) - self.mean_) / self.std_
+        z = pl.when(z.is_nan()).then(pl.lit(0.0)).otherwise(z)
+        return z.clip(-f32, f32).fill_null(0.0).cast(pl.Float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "mean": self.mean_, "std": self.std_}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Standardizer":
+        mean, std = d["mean"], d["std"]
+        _require(_is_number(mean) and _is_number(std) and std > 0,
+                 f"mean must be a finite number and std a finite number > 0, got {mean!r}, {std!r}")
         s = cls()
-        s.mean_, s.std_ = float(d["mean"]), float(d["std"])
+        s.mean_, s.std_ = float(mean), float(std)
         return s
 
 
@@ -180,8 +223,9 @@ class QuantileBucketizer:
     def fit(self, values: pl.Series) -> "QuantileBucketizer":
         x = values.drop_nulls().cast(pl.Float64).to_numpy()
         if len(x):
-            qs = np.quantile(x, np.linspace(0, 1, self.n_buckets + 1)[1:-1])
-            self.boundaries_ = sorted({float(q) for q in qs})
+            with np.errstate(over="ignore", invalid="ignore"):  # interpolating near +-1.8e308
+                qs = np.quantile(x, np.linspace(0, 1, self.n_buckets + 1)[1:-1])
+            self.boundaries_ = sorted({float(q) for q in qs if math.isfinite(q)})
         return self
 
     @property
@@ -201,19 +245,29 @@ class QuantileBucketizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantileBucketizer":
-        b = cls(d["n_buckets"])
-        b.boundaries_ = [float(v) for v in d["boundaries"]]
+        n, bounds = d["n_buckets"], d["boundaries"]
+        _require(_is_int(n) and n >= 2, f"n_buckets must be an integer >= 2, got {n!r}")
+        _require(isinstance(bounds, list) and all(_is_number(x) for x in bounds)
+                 and all(a < b for a, b in zip(bounds, bounds[1:])) and len(bounds) < n,
+                 "boundaries must be fewer than n_buckets finite numbers, strictly increasing")
+        b = cls(n)
+        b.boundaries_ = [float(v) for v in bounds]
         return b
 
 
 _ENCODERS = {c.kind: c for c in (Vocabulary, HashEncoder, Standardizer, QuantileBucketizer)}
 
 
-def encoder_from_dict(d: dict[str, Any]):
-    """Rebuild any encoder from its ``to_dict()``."""
+def encoder_from_dict(d: dict[str, Any], where: str = "encoder state"):
+    """Rebuild any encoder from its ``to_dict()``; a state that ``to_dict`` cannot have written (a
+    corrupt or foreign checkpoint / JSON file) raises :class:`DataError` naming ``where``."""
+    fix = "the checkpoint/encoder file is corrupt or was written by an incompatible recsys version"
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if not isinstance(kind, str) or kind not in _ENCODERS:
+        raise DataError(f"unknown encoder kind {kind!r}", where=where, fix=fix)
     try:
-        cls = _ENCODERS[d["kind"]]
-    except KeyError:
-        raise DataError(f"unknown encoder kind {d.get('kind')!r}", where="encoder state",
-                        fix="the checkpoint/encoder file was written by an incompatible recsys version") from None
-    return cls.from_dict(d)
+        return _ENCODERS[kind].from_dict(d)
+    except KeyError as e:
+        raise DataError(f"malformed {kind} encoder state: missing {e}", where=where, fix=fix) from None
+    except (_BadState, TypeError, ValueError) as e:
+        raise DataError(f"malformed {kind} encoder state: {e}", where=where, fix=fix) from None

@@ -132,9 +132,19 @@ class FeatureEncoder:
             if not cls.startswith("list[") and not (cls == "str" and f.separator):
                 raise DataError(f"{f.kind} field {f.name!r} needs a list column, got {col.dtype}", where=where,
                                 fix="store lists (parquet) or set 'separator:' for a delimited string column")
+            if cls.startswith("list[list[") or cls.startswith("list[Struct") or cls.startswith("list[Array"):
+                raise DataError(f"{f.kind} field {f.name!r} holds nested values ({col.dtype}); its list elements "
+                                "must be ids (integers or strings)", where=where,
+                                fix="flatten the lists, or store one id per list element")
         elif cls.startswith("list["):
             raise DataError(f"categorical field {f.name!r} holds lists ({col.dtype})", where=where,
                             fix="declare it as multi_hot, or store one value per row")
+        inner = col.dtype.inner if isinstance(col.dtype, (pl.List, pl.Array)) else col.dtype
+        if f.kind != "numeric" and inner == pl.UInt64:
+            ints = col.explode() if cls.startswith("list[") else col
+            if ints.max() is not None and ints.max() > np.iinfo(np.int64).max:
+                raise DataError(f"field {f.name!r} holds UInt64 ids above 2**63 - 1, which cannot be stored as ids",
+                                where=where, fix="cast the column to strings (or to Int64 if values fit)")
         known = self.dtypes_.get(f.source)
         if known is not None and f.kind != "numeric" and _compatible(known, cls) is False:
             raise DataError(f"field {f.name!r} holds {cls} values but was fitted on {known}", where=where,
@@ -273,10 +283,39 @@ class FeatureEncoder:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureEncoder":
-        enc = cls(Schema.from_dict(d["schema"]))
-        enc.dtypes_ = dict(d.get("dtypes", {}))
-        enc.encoders_ = {k: encoder_from_dict(v) for k, v in d["encoders"].items()}
+    def from_dict(cls, d: dict[str, Any], where: str = "fitted encoders") -> "FeatureEncoder":
+        """Rebuild from :meth:`to_dict`. A state it cannot have written (corrupt or foreign file)
+        raises :class:`DataError` naming ``where``."""
+        fix = "the checkpoint/encoder file is corrupt or was written by an incompatible recsys version"
+        if not isinstance(d, dict) or not isinstance(d.get("schema"), dict) or not isinstance(d.get("encoders"), dict):
+            raise DataError("expected a mapping with 'schema' and 'encoders' mappings", where=where, fix=fix)
+        enc = cls(Schema.from_dict(d["schema"], source=f"{where}: schema"))
+        dtypes = d.get("dtypes", {})
+        if not isinstance(dtypes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in dtypes.items()):
+            raise DataError("'dtypes' must map column names to type names", where=where, fix=fix)
+        enc.dtypes_ = dict(dtypes)
+        # exactly one encoder per numeric field and per table, of the kind its spec implies
+        wanted: dict[str, str] = {}
+        for f in enc.schema.fields:
+            if f.kind == "numeric":
+                wanted[f.name] = "standardize" if f.is_dense else "bucketize"
+        for t in enc.schema.tables:
+            owner = enc.schema.field(t)
+            if owner.kind != "numeric":
+                wanted[t] = "hash" if owner.hash_buckets else "vocabulary"
+        if set(d["encoders"]) != set(wanted):
+            raise DataError(f"encoders for {sorted(map(str, d['encoders']))}, but the schema needs {sorted(wanted)}",
+                            where=where, fix=fix)
+        encoders = {}
+        for k, v in d["encoders"].items():
+            e = encoder_from_dict(v, where=f"{where}: encoder {k!r}")
+            owner = enc.schema.field(k)
+            if e.kind != wanted[k] or (e.kind == "hash" and e.n_buckets != owner.hash_buckets) or (
+                    e.kind == "bucketize" and e.n_buckets != owner.n_buckets):
+                raise DataError(f"encoder {k!r} is a {e.kind} encoder that does not match its field {owner.to_dict()}",
+                                where=where, fix=fix)
+            encoders[k] = e
+        enc.encoders_ = encoders
         return enc
 
     def save(self, path: str | Path) -> None:
@@ -287,7 +326,12 @@ class FeatureEncoder:
         p = Path(path)
         if not p.is_file():
             raise DataError("encoder file not found", where=str(p))
-        return cls.from_dict(json.loads(p.read_text()))
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"cannot read the encoder file ({type(e).__name__})", where=str(p),
+                            fix="the file is corrupt or not a FeatureEncoder JSON file") from None
+        return cls.from_dict(data, where=str(p))
 
 
 def _compatible(fitted: str, now: str) -> bool:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -60,6 +61,7 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticData",
     "make_synthetic",
+    "write_synthetic_parquet",
     "feature_ranking_config",
     "make_feature_ranking_data",
     "roc_auc",
@@ -184,6 +186,10 @@ class SyntheticConfig:
         start_time, time_span_s: timestamps are integer seconds, uniform in
             ``[start_time, start_time + time_span_s)``; a small span makes same-second ties.
         split_fractions: train / valid / test fractions by time order.
+        effects_seed: seed of the *structure* (per-value effects, item clusters, user cluster
+            preferences) when it should differ from ``seed`` (``None``: ``seed``, the default).
+            :func:`write_synthetic_parquet` draws every chunk's rows with its own ``seed`` but one
+            ``effects_seed``, so all chunks share one planted signal.
     """
 
     n_rows: int = 50_000
@@ -210,6 +216,7 @@ class SyntheticConfig:
     start_time: int = 1_700_000_000
     time_span_s: int = 30 * 86_400
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    effects_seed: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "categoricals", _coerce_specs(self.categoricals, CategoricalSpec, "categoricals"))
@@ -227,6 +234,9 @@ class SyntheticConfig:
                 raise bad(attr, f"must be a positive integer, got {v!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise bad("seed", f"must be a non-negative integer, got {self.seed!r}")
+        if self.effects_seed is not None and (not isinstance(self.effects_seed, (int, np.integer))
+                                              or self.effects_seed < 0):
+            raise bad("effects_seed", f"must be None or a non-negative integer, got {self.effects_seed!r}")
         if not 0.0 < self.base_rate < 1.0:
             raise bad("base_rate", f"must be in (0, 1), got {self.base_rate!r}")
         if self.time_span_s < 1:
@@ -388,6 +398,12 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
                               fix=f"use SyntheticConfig fields: {[f.name for f in dataclasses.fields(SyntheticConfig)]}")
         cfg = dataclasses.replace(cfg, **overrides)
     n, seed, scale = int(cfg.n_rows), int(cfg.seed), float(cfg.effect_scale)
+    # structure (effects, clusters) comes from effects_seed when set; with the default (None) every
+    # stream below is exactly the one it always was, so existing seeds give identical frames
+    eseed = seed if cfg.effects_seed is None else int(cfg.effects_seed)
+
+    def effects_rng(r: np.random.Generator, key: str) -> np.random.Generator:
+        return r if cfg.effects_seed is None else _rng(eseed, "effects:" + key)
     logit = np.zeros(n)
     cols: dict[str, Any] = {}
     fields: list[FieldSpec] = []
@@ -401,7 +417,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
     # ---- time, users, items (items lean towards the user's preferred clusters)
     ts = cfg.start_time + np.sort(_rng(seed, "timestamp").integers(0, cfg.time_span_s, n, dtype=np.int64))
     users = _draw(_rng(seed, "user_id"), cfg.n_users, n, cfg.user_zipf)
-    r_cl = _rng(seed, "item_cluster")
+    r_cl = _rng(eseed, "item_cluster")
     item_cluster = r_cl.permutation(np.arange(cfg.n_items) % cfg.n_clusters)
     by_cluster = np.argsort(item_cluster, kind="stable")
     cl_size = np.bincount(item_cluster, minlength=cfg.n_clusters)
@@ -418,7 +434,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
     users, items = users[order], items[order]
     cols["timestamp"], cols["user_id"], cols["item_id"] = ts, users, items
 
-    r_ui = _rng(seed, "user_item_effects")
+    r_ui = _rng(eseed, "user_item_effects")
     logit += _effects(r_ui, cfg.n_users, cfg.user_effect * scale)[users]
     logit += _effects(r_ui, cfg.n_items, cfg.item_effect * scale)[items]
     fields += [FieldSpec("user_id", "categorical"), FieldSpec("item_id", "categorical")]
@@ -443,7 +459,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         if spec.missing > 0:
             mask |= r.random(n) < spec.missing
         if spec.copy_of is None:
-            eff = _effects(r, spec.cardinality, spec.effect * scale)[vals]
+            eff = _effects(effects_rng(r, "cat:" + spec.name), spec.cardinality, spec.effect * scale)[vals]
             eff[mask] = 0.0
             logit += eff
             role(spec.name, spec.effect)
@@ -480,7 +496,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         k = r.integers(1, m + 1, n)
         keep = np.arange(m)[None, :] < k[:, None]
         tags = np.sort(np.where(keep, slots, n_tags), axis=1)  # the row's k tags first, ascending
-        tag_eff = np.append(_effects(r, n_tags, cfg.tags_effect * scale), 0.0)  # n_tags = padding
+        tag_eff = np.append(_effects(effects_rng(r, "tags"), n_tags, cfg.tags_effect * scale), 0.0)  # n_tags = padding
         logit += tag_eff[tags].sum(axis=1) / k
         cols["tags"] = (
             pl.DataFrame({"tags": pl.Series(tags), "_k": k})
@@ -549,6 +565,106 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
     schema = Schema(fields=tuple(fields), label="label", keys={"user": "user_id", "item": "item_id", "time": "timestamp"})
     return SyntheticData(frame=frame, schema=schema, informative=informative, oracle_auc=oracle,
                          redundant=redundant, noise=noise, config=cfg)
+
+
+# ------------------------------------------------------------------------- larger than memory
+def _chunk_seed(seed: int, i: int) -> int:
+    """The row seed of chunk ``i`` (distinct per chunk, stable across versions and platforms)."""
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
+
+
+def write_synthetic_parquet(out_dir: str | Path, n_rows: int, chunk_rows: int = 100_000,
+                            row_group_size: int = 16_384, seed: int = 0,
+                            config: SyntheticConfig | None = None, overwrite: bool = False,
+                            **overrides: Any) -> Path:
+    """Write ``n_rows`` synthetic rows as a directory of parquet files, one chunk in memory at a time.
+
+    Chunk ``i`` (``chunk_rows`` rows, the last one shorter) is ``make_synthetic`` with its own row
+    seed (derived from ``(seed, i)``) but ``effects_seed=seed``, so every chunk carries the same
+    planted signal (user/item/value effects, item clusters); its timestamps start
+    ``i * time_span_s`` after chunk ``i - 1``'s, and its own ``split`` column holds the usual
+    80/10/10 train/valid/test by time. It is written to ``part-{i:05d}.parquet`` with row groups of
+    ``row_group_size`` rows. ``schema.yaml`` (the features) and ``synthetic.json`` (these
+    arguments) are written last; the directory is built under a temporary name and renamed when
+    complete, so a crash never leaves a half-written data set under ``out_dir``.
+
+    Peak memory is that of one chunk (``make_synthetic`` of ``chunk_rows`` rows), independent of
+    ``n_rows``. Calling it again with the same arguments reuses the existing directory; different
+    arguments raise :class:`~recsys.errors.ConfigError` unless ``overwrite=True``.
+
+    Args:
+        out_dir: the directory to create.
+        n_rows: total rows.
+        chunk_rows: rows generated (and held in memory) at once = rows per file.
+        row_group_size: parquet row-group size inside each file.
+        seed: seed of the whole data set.
+        config: base :class:`SyntheticConfig` (its ``n_rows``/``seed``/``effects_seed``/``start_time``
+            are set per chunk); ``overrides`` replace its fields, as in :func:`make_synthetic`.
+        overwrite: replace an existing directory written with other arguments.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    >>> import tempfile, polars as pl
+    >>> d = write_synthetic_parquet(tempfile.mkdtemp() + "/ds", 3_000, chunk_rows=1_000, n_users=50, n_items=40)
+    >>> sorted(p.name for p in d.iterdir())[:2], pl.scan_parquet(d / "*.parquet").select(pl.len()).collect().item()
+    (['part-00000.parquet', 'part-00001.parquet'], 3000)
+    """
+    import json
+    import os
+    import shutil
+
+    out = Path(out_dir)
+    for name, v in (("n_rows", n_rows), ("chunk_rows", chunk_rows), ("row_group_size", row_group_size)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}", where="write_synthetic_parquet")
+    base = config if config is not None else SyntheticConfig()
+    if overrides:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(SyntheticConfig)}
+        if unknown:
+            raise ConfigError(f"unknown options {sorted(unknown)}", where="write_synthetic_parquet",
+                              fix=f"use SyntheticConfig fields: {[f.name for f in dataclasses.fields(SyntheticConfig)]}")
+        base = dataclasses.replace(base, **overrides)
+    meta = {"n_rows": int(n_rows), "chunk_rows": int(chunk_rows), "row_group_size": int(row_group_size),
+            "seed": int(seed), "config": repr(base)}
+    if out.exists():
+        try:
+            old = json.loads((out / "synthetic.json").read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == meta:
+            return out
+        if not overwrite:
+            raise ConfigError("the directory exists and was not written with these arguments", where=str(out),
+                              fix="pass overwrite=True, or choose another directory")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        schema = None
+        for i, start in enumerate(range(0, int(n_rows), int(chunk_rows))):
+            rows = min(int(chunk_rows), int(n_rows) - start)
+            cfg = dataclasses.replace(base, n_rows=rows, seed=_chunk_seed(seed, i), effects_seed=int(seed),
+                                      start_time=base.start_time + i * base.time_span_s)
+            data = make_synthetic(cfg)
+            data.frame.write_parquet(tmp / f"part-{i:05d}.parquet", row_group_size=int(row_group_size))
+            schema = data.schema
+            del data
+        assert schema is not None
+        schema.to_yaml(tmp / "schema.yaml")
+        (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
+        if out.exists():  # overwrite=True
+            shutil.rmtree(out)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process (a DDP rank) finished first: keep its identical copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (out / "synthetic.json").is_file():
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 # ---------------------------------------------------------------------- feature-ranking benchmark
