@@ -305,10 +305,15 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
     if throughput:
         metrics["train"]["samples_per_s_median"] = statistics.median(throughput)
     for split, fn in (("valid", trainer.validate), ("test", trainer.test)):
-        try:
-            datamodule.frame(split)
-        except RecsysError:
-            continue
+        has_split = getattr(datamodule, "has_split", None)
+        if callable(has_split):  # cheap check (a streaming data module would load the split)
+            if not has_split(split):
+                continue
+        else:
+            try:
+                datamodule.frame(split)
+            except RecsysError:
+                continue
         res = fn(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
         prefix = "val" if split == "valid" else "test"
         metrics[split] = {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(prefix + "/")}
@@ -319,8 +324,15 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
     if not trainer.is_global_zero:  # every rank evaluated (collectives); one writes
         return metrics
     atomic_write_text(path, json.dumps({k: v for k, v in metrics.items() if k != "metrics_file"}, indent=2))
-    summary = ", ".join(f"{s} auc {metrics[s]['auc']:.4f} logloss {metrics[s]['logloss']:.4f}"
-                        for s in ("valid", "test") if s in metrics and "auc" in metrics[s])
+
+    def line(split: str) -> str:
+        m = metrics[split]
+        if "auc" in m:
+            return f"{split} auc {m['auc']:.4f} logloss {m['logloss']:.4f}"
+        shown = [k for k in ("recall@100", "ndcg@10") if k in m] or sorted(m)[:2]
+        return f"{split} " + " ".join(f"{k} {m[k]:.4f}" for k in shown)
+
+    summary = ", ".join(line(s) for s in ("valid", "test") if metrics.get(s))
     print(f"recsys: {summary}; metrics written to {path}")
     return metrics
 
@@ -340,8 +352,11 @@ def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classe
     from recsys.tasks.ranking import RankingTask  # noqa: F401
 
     argv, allowed = _pop_allow_classes(list(argv))
+    extra = list(allow_classes or []) + allowed
+    if extra:  # model factories (build_model) check class paths too: let them see the opt-in
+        os.environ[ALLOW_ENV] = ",".join([*filter(None, os.environ.get(ALLOW_ENV, "").split(",")), *extra])
     cls = _make_cli_class()
-    cls.allow_classes = list(allow_classes or []) + allowed
+    cls.allow_classes = extra
     return cls(
         L.LightningModule,
         L.LightningDataModule,

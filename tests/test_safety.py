@@ -272,3 +272,20 @@ def test_altered_cached_movielens_files_are_not_used(tmp_path, monkeypatch):
     (folder / "u.data").write_text("u.da")
     with pytest.raises(DataError, match="not in the cache"):
         ml.fetch_ml100k(download=False)
+
+
+def test_model_factories_refuse_classes_outside_the_allowlist(monkeypatch):
+    """build_model / build_retrieval_model are reached from configs and checkpoints: a class
+    path outside the allowed packages is refused before anything is imported; the environment
+    opt-in lets it through to the import."""
+    from recsys.errors import ConfigError
+    from recsys.models.base import build_model
+    from recsys.retrieval.two_tower import build_retrieval_model
+
+    monkeypatch.delenv("RECSYS_ALLOW_CLASSES", raising=False)
+    for factory in (build_model, build_retrieval_model):
+        with pytest.raises(ConfigError, match="os.system"):
+            factory({"class_path": "os.system", "init_args": {}}, None)
+    monkeypatch.setenv("RECSYS_ALLOW_CLASSES", "collections")
+    with pytest.raises(TypeError):  # allowed: imported and called (OrderedDict(None) is not a model)
+        build_model({"class_path": "collections.OrderedDict", "init_args": {"x": 1}}, None)

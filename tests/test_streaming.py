@@ -248,6 +248,13 @@ def test_fit_and_predict_through_the_cli_match_in_memory(ds_dir, tmp_path):
     assert pred.select(keys).equals(test.select(keys))  # test rows in file order
     assert pred["score"].is_between(0, 1).all()
 
+    # reports rebuild the checkpoint's own data module class (not the in-memory one)
+    from recsys.data.streaming import StreamingCTRDataModule
+    from recsys.tasks import load_datamodule
+
+    assert type(load_datamodule(ms["best_checkpoint"])) is StreamingCTRDataModule
+    assert type(load_datamodule(mm["best_checkpoint"])).__name__ == "CTRDataModule"
+
 
 def _interleave(per_worker: list[list]) -> list:
     """The DataLoader's order: one batch from each worker in turn, passing over finished workers."""

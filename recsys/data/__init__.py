@@ -16,6 +16,8 @@ _EXPORTS = {
     "SplitDataset": "recsys.data.batch",
     "gather_jagged": "recsys.data.batch",
     "CTRDataModule": "recsys.data.datamodule",
+    "StreamingCTRDataModule": "recsys.data.streaming",
+    "RetrievalDataModule": "recsys.data.retrieval",
     "EncodedSplit": "recsys.data.preprocess",
     "FeatureEncoder": "recsys.data.preprocess",
     "BUILTIN": "recsys.data.sources",

@@ -68,10 +68,17 @@ class RankingModel(nn.Module):
 def build_model(config: dict[str, Any], features: Any) -> RankingModel:
     """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``.
 
-    A class's ``legacy_defaults`` (argument -> value) fill arguments missing from ``config``:
-    a config saved before an argument existed rebuilds the model it was trained as, even where
-    the argument's default has changed since.
+    The class must come from an allowed package (:func:`recsys.utils.check_class_allowed`:
+    recsys, torch, torchrec, Lightning, or one opted in with ``--allow_classes`` /
+    ``$RECSYS_ALLOW_CLASSES``), since configs and checkpoints name it.
+
+    A class's ``legacy_defaults`` (argument -> value) fill arguments missing from ``config``: a
+    config saved before an argument existed rebuilds the model it was trained as, even where the
+    argument's default has changed since.
     """
+    from recsys.utils import check_class_allowed
+
+    check_class_allowed(config["class_path"], "model config (class_path)")
     module, _, name = config["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     init_args = {**getattr(cls, "legacy_defaults", {}), **config.get("init_args", {})}

@@ -92,7 +92,11 @@ class RetrievalModel(nn.Module):
 
 
 def build_retrieval_model(config: dict[str, Any], features: FeatureEncoder) -> RetrievalModel:
-    """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``."""
+    """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``
+    (the class must come from an allowed package, see :func:`recsys.utils.check_class_allowed`)."""
+    from recsys.utils import check_class_allowed
+
+    check_class_allowed(config["class_path"], "retrieval model config (class_path)")
     module, _, name = config["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     return cls(features, **config.get("init_args", {}))

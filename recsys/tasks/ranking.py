@@ -220,6 +220,9 @@ class RankingTask(L.LightningModule):
             "task": {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
                      "init_args": _jsonable(dict(self.hparams))},
         }
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is not None:
+            checkpoint["recsys"]["datamodule"] = f"{type(dm).__module__}.{type(dm).__qualname__}"
         # random state (dropout, ...) so a resumed run continues exactly where it stopped
         checkpoint["recsys_rng"] = {"torch": torch.get_rng_state(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -319,9 +322,14 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> RankingTask:
 
 
 def load_datamodule(path: str | Path, **overrides: Any):
-    """The CTRDataModule a checkpoint was trained with (its saved arguments), using the
-    checkpoint's fitted encoders; ``overrides`` replace saved arguments (e.g. ``predict_path``)."""
+    """The data module a checkpoint was trained with (its class and saved arguments), using the
+    checkpoint's fitted encoders; ``overrides`` replace saved arguments (e.g. ``predict_path``).
+
+    The class is the one recorded in the checkpoint when it is one of recsys's data modules
+    (:class:`~recsys.data.CTRDataModule` or :class:`~recsys.data.streaming.StreamingCTRDataModule`),
+    else (older checkpoints) CTRDataModule."""
     from recsys.data.datamodule import CTRDataModule
+    from recsys.data.streaming import StreamingCTRDataModule
 
     from recsys.tasks.distributed import read_checkpoint
 
@@ -331,8 +339,10 @@ def load_datamodule(path: str | Path, **overrides: Any):
     if not saved:
         raise RecsysError("the checkpoint does not record its data module", where=str(p),
                           fix="pass the data explicitly (e.g. --data PATH), or retrain with this recsys version")
-    accepted = set(inspect.signature(CTRDataModule.__init__).parameters) - {"self"}
+    known = {f"{c.__module__}.{c.__qualname__}": c for c in (CTRDataModule, StreamingCTRDataModule)}
+    cls = known.get(str((ckpt.get("recsys") or {}).get("datamodule")), CTRDataModule)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     args = {k: v for k, v in saved.items() if k in accepted}
     args.update(overrides)
     args["features_from"] = str(p)
-    return CTRDataModule(**args)
+    return cls(**args)
