@@ -78,6 +78,14 @@ Residual = Literal["project", "auto", "identity", "none"]
 _RESIDUALS = ("project", "auto", "identity", "none")
 
 
+def _softmax_last(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis as ``exp(s - max) / sum``: the same values as
+    ``torch.softmax`` (to float rounding), several times faster on CPU for rows as short as
+    AutoInt's (F keys), where the fused kernel is slow in forward and backward."""
+    e = torch.exp(scores - scores.amax(dim=-1, keepdim=True).detach())
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 class InteractingLayer(nn.Module):
     """One multi-head self-attention layer over fields: ``[B, F, in_dim] -> [B, F, H*d]``.
 
@@ -134,12 +142,14 @@ class InteractingLayer(nn.Module):
         qkv = self.qkv(x)
         if self.qkv_relu:
             qkv = torch.relu(qkv)
-        # [B, F, 3, H, d] -> 3 x [B, H, F, d]
-        q, k, v = qkv.view(b, f, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # [B, F, 3*H*d] -> 3 x [B, F, H*d] -> 3 x [B, H, F, d] (views; split's backward is one
+        # concatenation, cheaper than unbinding a permuted [3, B, H, F, d] view)
+        q, k, v = (t.view(b, f, self.num_heads, self.head_dim).transpose(1, 2)
+                   for t in qkv.split(self.out_dim, dim=-1))
         scores = q @ k.transpose(-1, -2)                       # [B, H, F, F]
         if self.use_scale:
             scores = scores / self.head_dim ** 0.5
-        attn = scores.softmax(dim=-1)                          # over the key axis, never the batch
+        attn = _softmax_last(scores)                           # over the key axis, never the batch
         self.last_attention = attn.detach()
         if self.dropout is not None:
             attn = self.dropout(attn)
