@@ -31,8 +31,10 @@ class ModelOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class RankingModel(nn.Module):
-    """Base class of CTR models. Subclasses take ``features`` as their first argument."""
+class ConfigRecorder(nn.Module):
+    """Records each subclass's constructor arguments (minus the first, ``features``) in
+    ``self.config = {"class_path", "init_args"}`` after construction, so a checkpoint rebuilds
+    the module from JSON. Base of :class:`RankingModel` and the retrieval models."""
 
     config: dict[str, Any]
 
@@ -61,6 +63,25 @@ class RankingModel(nn.Module):
 
         cls.__init__ = __init__  # type: ignore[method-assign]
 
+
+def instantiate(config: dict[str, Any], features: Any, what: str = "model") -> Any:
+    """``cls(features, **init_args)`` for ``config = {"class_path", "init_args"}`` after checking
+    that the class comes from an allowed package (:func:`recsys.utils.check_class_allowed`:
+    recsys, torch, torchrec, Lightning, or one opted in with ``--allow_classes`` /
+    ``$RECSYS_ALLOW_CLASSES``), since configs and checkpoints name it. A class's
+    ``legacy_defaults`` (argument -> value) fill arguments missing from ``config``."""
+    from recsys.utils import check_class_allowed
+
+    check_class_allowed(config["class_path"], f"{what} config (class_path)")
+    module, _, name = config["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    init_args = {**getattr(cls, "legacy_defaults", {}), **config.get("init_args", {})}
+    return cls(features, **init_args)
+
+
+class RankingModel(ConfigRecorder):
+    """Base class of CTR models. Subclasses take ``features`` as their first argument."""
+
     def forward(self, batch: Any) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -68,18 +89,9 @@ class RankingModel(nn.Module):
 def build_model(config: dict[str, Any], features: Any) -> RankingModel:
     """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``.
 
-    The class must come from an allowed package (:func:`recsys.utils.check_class_allowed`:
-    recsys, torch, torchrec, Lightning, or one opted in with ``--allow_classes`` /
-    ``$RECSYS_ALLOW_CLASSES``), since configs and checkpoints name it.
-
-    A class's ``legacy_defaults`` (argument -> value) fill arguments missing from ``config``: a
-    config saved before an argument existed rebuilds the model it was trained as, even where the
+    The class must come from an allowed package (see :func:`instantiate`). A class's
+    ``legacy_defaults`` (argument -> value) fill arguments missing from ``config``: a config
+    saved before an argument existed rebuilds the model it was trained as, even where the
     argument's default has changed since.
     """
-    from recsys.utils import check_class_allowed
-
-    check_class_allowed(config["class_path"], "model config (class_path)")
-    module, _, name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    init_args = {**getattr(cls, "legacy_defaults", {}), **config.get("init_args", {})}
-    return cls(features, **init_args)
+    return instantiate(config, features, "model")

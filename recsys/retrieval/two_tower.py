@@ -24,9 +24,6 @@ be embedded once and indexed (:mod:`recsys.retrieval.index`).
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -35,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
+from recsys.models.base import ConfigRecorder, instantiate
 from recsys.models.embedding import FeatureEmbedding
 from recsys.models.layers import MLP
 
@@ -49,37 +47,11 @@ class TwoTowerOutput:
     item: torch.Tensor
 
 
-class RetrievalModel(nn.Module):
+class RetrievalModel(ConfigRecorder):
     """Base of retrieval models: records its constructor arguments (minus ``features``) in
     ``self.config = {"class_path", "init_args"}`` so a checkpoint rebuilds it from JSON, like
     :class:`~recsys.models.base.RankingModel`. Subclasses provide ``user_embedding(batch) -> [B, D]``
     and ``item_embedding(batch) -> [B, D]``."""
-
-    config: dict[str, Any]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        original = cls.__dict__.get("__init__")
-        if original is None:
-            return
-        signature = inspect.signature(original)
-
-        @functools.wraps(original)
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            outermost = "_recording" not in self.__dict__
-            if outermost:
-                object.__setattr__(self, "_recording", True)
-            original(self, *args, **kw)
-            if outermost:
-                bound = signature.bind(self, *args, **kw)
-                bound.apply_defaults()
-                object.__setattr__(self, "config", {
-                    "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                    "init_args": dict(list(bound.arguments.items())[2:]),
-                })
-                del self.__dict__["_recording"]
-
-        cls.__init__ = __init__  # type: ignore[method-assign]
 
     def user_embedding(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -93,13 +65,8 @@ class RetrievalModel(nn.Module):
 
 def build_retrieval_model(config: dict[str, Any], features: FeatureEncoder) -> RetrievalModel:
     """Instantiate ``config`` (``{"class_path", "init_args"}``) with the fitted ``features``
-    (the class must come from an allowed package, see :func:`recsys.utils.check_class_allowed`)."""
-    from recsys.utils import check_class_allowed
-
-    check_class_allowed(config["class_path"], "retrieval model config (class_path)")
-    module, _, name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(features, **config.get("init_args", {}))
+    (the class must come from an allowed package, see :func:`recsys.models.base.instantiate`)."""
+    return instantiate(config, features, "retrieval model")
 
 
 class _Tower(nn.Module):
