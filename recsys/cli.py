@@ -351,6 +351,10 @@ def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classe
     from recsys.tasks import distributed  # noqa: F401 - registers the `recsys_ddp` strategy
     from recsys.tasks.ranking import RankingTask  # noqa: F401
 
+    import warnings
+
+    # `recsys fit ...` hands its argv over explicitly; Lightning warns whenever sys.argv is not empty
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     argv, allowed = _pop_allow_classes(list(argv))
     extra = list(allow_classes or []) + allowed
     if extra:  # model factories (build_model) check class paths too: let them see the opt-in
