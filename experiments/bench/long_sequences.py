@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py speed
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py quality --seeds 2019 2020 2021
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py quality --seeds 2019 --tau-sweep
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/long_sequences.py quality --seeds 2019 2020 2021 --peer
 
 **Speed** (the long-term interest module alone, the part the models differ in; forward, no
 gradient, one request = one user's sequence of L behaviours and B = 1,024 candidates, d = 32):
@@ -25,7 +26,15 @@ of the issue: SDIM >= 5x faster than DIN at L = 1,024; BSE >= 20x faster than DI
 **Quality**: ``recsys fit`` of ``experiments/sdim_ml100k.yaml`` and ``din_ml100k.yaml`` (ml100k-ctr,
 history up to 1,000) per seed, test AUC mean/std; ``--tau-sweep`` adds SDIM at m = 48 with
 τ in {1, 2, 3, 4, 6}; ``--mean-pool`` adds the τ = 0 mean-pooling baseline. Bar: SDIM mean test AUC
-within 0.003 of DIN. (FuxiCTR's SDIM as a peer is not wired in yet.)
+within 0.003 of DIN.
+
+``--peer`` adds FuxiCTR's SDIM per seed on the same data (the ml100k-ctr splits written by
+``ctr_models.write_splits``, history up to 1,000), run in the peer venv by
+``experiments/bench/peers/fuxictr_deepfm.py --model SDIM`` (FuxiCTR 2.3.10's layers composed as
+its LongCTR zoo SDIM, with our yaml's widths: embedding 16, m = 48 / tau = 3 as 16 hashes of 3 bits,
+L2 per signature, short-term over the last 10, DNN [256, 128], batch 1024; see
+``experiments/bench/peers/README.md``); its row is ``fuxictr_sdim``. ``--peer-only`` runs just the
+peer (and writes ``--out`` elsewhere so it does not replace a full run's table).
 
 Writes ``experiments/bench/results/long_sequences_{speed,quality}.{json,md}``.
 """
@@ -131,9 +140,31 @@ def run_fit(config: str, seed: int, work: Path, name: str, overrides: list[str])
             "samples_per_s": metrics["train"]["samples_per_s_median"], "wall_s": wall}
 
 
-def quality(seeds: list[int], tau_sweep: bool, mean_pool: bool) -> dict[str, list[dict]]:
+PEER = "fuxictr_sdim"
+
+
+def _peer_ready() -> None:
+    """Set up the peer venv (FuxiCTR) as ctr_models.py does, when it is missing."""
+    import subprocess
+
+    from ctr_models import BENCH
+
+    if not (BENCH / ".venv-peers" / ".peers-installed").exists():
+        print("setting up the peer venv (FuxiCTR) ...", flush=True)
+        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
+
+
+def run_peer_sdim(seed: int, data: Path, work: Path, batch_size: int) -> dict:
+    """FuxiCTR's SDIM on the written splits (ctr_models.run_peer: the peer venv's driver)."""
+    from ctr_models import run_peer
+
+    return run_peer("SDIM", seed, data, work, batch_size)
+
+
+def quality(seeds: list[int], tau_sweep: bool, mean_pool: bool, peer: bool = False, ours: bool = True,
+            peer_batch_size: int = 1024) -> dict[str, list[dict]]:
     arg = "--model.init_args.model.init_args."
-    variants: dict[str, tuple[str, list[str]]] = {"din": ("din", []), "sdim": ("sdim", [])}
+    variants: dict[str, tuple[str, list[str]]] = {"din": ("din", []), "sdim": ("sdim", [])} if ours else {}
     if tau_sweep:
         for tau in TAUS:
             if tau != 3:
@@ -141,7 +172,15 @@ def quality(seeds: list[int], tau_sweep: bool, mean_pool: bool) -> dict[str, lis
     if mean_pool:
         variants["mean_pool"] = ("sdim", [f"{arg}tau", "0", f"{arg}normalization", "count"])
     out: dict[str, list[dict]] = {v: [] for v in variants}
+    if peer:
+        _peer_ready()
+        out[PEER] = []
     with tempfile.TemporaryDirectory() as tmp:
+        data = None
+        if peer:
+            from ctr_models import write_splits
+
+            data = write_splits(Path(tmp) / "ml100k_ctr")
         for seed in seeds:
             for variant, (config, overrides) in variants.items():
                 r = run_fit(config, seed, Path(tmp), f"{variant}_s{seed}", overrides)
@@ -149,22 +188,50 @@ def quality(seeds: list[int], tau_sweep: bool, mean_pool: bool) -> dict[str, lis
                 out[variant].append(r)
                 print(f"{variant:12s} seed {seed}: test AUC {r['test_auc']:.4f} (valid {r['valid_auc']:.4f}, "
                       f"{r['epochs']} epochs, {r['samples_per_s']:.0f} samples/s, {r['wall_s']:.0f} s)", flush=True)
+            if peer:
+                try:
+                    r = run_peer_sdim(seed, data, Path(tmp), peer_batch_size)
+                except SystemExit as exc:  # keep our rows: a peer failure is reported, not fatal
+                    print(f"{PEER:12s} seed {seed}: FAILED\n{exc}", file=sys.stderr, flush=True)
+                    out.setdefault(f"{PEER}_failed", []).append({"seed": seed, "error": str(exc)[-2000:]})
+                    continue
+                r.update(seed=seed, batch_size=peer_batch_size)
+                out[PEER].append(r)
+                print(f"{PEER:12s} seed {seed}: test AUC {r['test_auc']:.4f} (valid {r['valid_auc']:.4f}, "
+                      f"{r['epochs']} epochs, {r['samples_per_s']:.0f} samples/s end to end, "
+                      f"{r['compute_samples_per_s']:.0f} compute, {r['wall_s']:.0f} s)", flush=True)
     return out
 
 
 def quality_markdown(res: dict[str, list[dict]]) -> str:
     lines = ["ml100k-ctr, history up to 1,000 (experiments/{sdim,din}_ml100k.yaml).", "",
-             "| model | seeds | test AUC mean ± std | test logloss | train samples/s (median) |",
-             "|---|---|---|---|---|"]
+             "| model | seeds | test AUC mean ± std | per seed | test logloss | epochs | train samples/s (median) |",
+             "|---|---|---|---|---|---|---|"]
     for name, rows in res.items():
+        if not rows or name.endswith("_failed"):
+            continue
         aucs = [r["test_auc"] for r in rows]
         std = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
         lines.append(f"| {name} | {len(rows)} | {statistics.mean(aucs):.4f} ± {std:.4f} | "
+                     f"{' / '.join(f'{a:.4f}' for a in aucs)} | "
                      f"{statistics.mean(r['test_logloss'] for r in rows):.4f} | "
+                     f"{' / '.join(str(r['epochs']) for r in rows)} | "
                      f"{statistics.median(r['samples_per_s'] for r in rows):,.0f} |")
     if res.get("din") and res.get("sdim"):
         gap = statistics.mean(r["test_auc"] for r in res["sdim"]) - statistics.mean(r["test_auc"] for r in res["din"])
         lines += ["", f"SDIM - DIN mean test AUC: {gap:+.4f} (bar: >= -0.003)"]
+    if res.get(PEER):
+        lines += ["", f"{PEER}: FuxiCTR 2.3.10's layers composed as its LongCTR zoo SDIM (peer venv, "
+                  "experiments/bench/peers/fuxictr_deepfm.py --model SDIM; our yaml's widths, batch "
+                  f"{res[PEER][0].get('batch_size', 1024)}); samples/s end to end incl. Ray data loading "
+                  f"(compute only: {statistics.median(r['compute_samples_per_s'] for r in res[PEER]):,.0f}). "
+                  "Its shuffling is not seeded (Ray), so a rerun differs slightly."]
+        if res.get("sdim"):
+            gap = (statistics.mean(r["test_auc"] for r in res["sdim"])
+                   - statistics.mean(r["test_auc"] for r in res[PEER]))
+            lines.append(f"SDIM (ours) - FuxiCTR SDIM mean test AUC: {gap:+.4f}")
+    if res.get(f"{PEER}_failed"):
+        lines += ["", f"{PEER} FAILED for seeds {[r['seed'] for r in res[f'{PEER}_failed']]} (errors in the JSON)."]
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +258,12 @@ def main() -> None:
     qp.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     qp.add_argument("--tau-sweep", action="store_true")
     qp.add_argument("--mean-pool", action="store_true")
+    qp.add_argument("--peer", action="store_true", help="add FuxiCTR's SDIM (peer venv) per seed")
+    qp.add_argument("--peer-only", action="store_true", help="run FuxiCTR's SDIM only (implies --peer)")
+    qp.add_argument("--peer-batch-size", type=int, default=1024,
+                    help="FuxiCTR SDIM's batch size (default 1024, our yaml's; 4096 = shared recipe)")
+    qp.add_argument("--out", default=None, help="result stem (default long_sequences_quality; "
+                    "long_sequences_quality_peer with --peer-only)")
     args = ap.parse_args()
     if args.part == "speed":
         import torch
@@ -201,10 +274,13 @@ def main() -> None:
         print(md)
         _write(args.out, rows, md)
     else:
-        res = quality(args.seeds, args.tau_sweep, args.mean_pool)
+        peer = args.peer or args.peer_only
+        res = quality(args.seeds, args.tau_sweep and not args.peer_only, args.mean_pool and not args.peer_only,
+                      peer=peer, ours=not args.peer_only, peer_batch_size=args.peer_batch_size)
         md = quality_markdown(res)
         print(md)
-        _write("long_sequences_quality", res, md)
+        stem = args.out or ("long_sequences_quality_peer" if args.peer_only else "long_sequences_quality")
+        _write(stem, res, md)
 
 
 if __name__ == "__main__":

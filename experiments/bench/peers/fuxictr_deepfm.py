@@ -5,7 +5,8 @@ Run with the PEER venv's python (see setup_peers.sh), never with recsys's:
     experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_deepfm.py \
         --data DIR --seed 2019 --model DeepFM --out result.json
 
-Models: DeepFM, AutoInt, AutoIntPlus (the zoo's AutoInt with a DNN), MMoE (one task); see MODELS.
+Models: DeepFM, AutoInt, AutoIntPlus (the zoo's AutoInt with a DNN), MMoE (one task), SDIM
+(the LongCTR zoo's, over the full history up to 1,000, unpooled); see MODELS.
 
 DIR holds train.parquet / valid.parquet / test.parquet with the ml100k-ctr columns
 (see shared BENCHMARKS.md): user_id, item_id, age_bucket, gender, occupation, zip3,
@@ -29,7 +30,9 @@ the model zoo (``model_zoo/<Model>/src/<Model>.py`` lives only in the GitHub rep
 ``.make_iterator()``) fails on it. Hence this driver. With ``--model-zoo PATH`` (a FuxiCTR
 checkout's ``model_zoo`` folder) the zoo's own model class is used; otherwise the model is
 composed here from the wheel's layers exactly as the zoo composes it (see ``BUILDERS``; the
-zoo's ``MultiHeadSelfAttention`` and ``MMoE_Layer`` are copied here too, as the wheel lacks them).
+zoo's ``MultiHeadSelfAttention`` and ``MMoE_Layer`` are copied here too, as the wheel lacks them;
+SDIM's LSH attention is written here on the wheel's ``MultiHeadTargetAttention``/``MLP_Block``, and
+only the composition works for it: the zoo's LongCTR class needs LongCTR's own data loader).
 
 Init fix: ``FeatureEmbeddingDict.init_weights`` skips every feature that has
 ``share_embedding``. In the main embedding that is right (the table *is* the shared
@@ -56,6 +59,7 @@ from pathlib import Path
 
 import polars as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fuxictr
@@ -68,6 +72,7 @@ from fuxictr.pytorch.layers import (
     FeatureEmbeddingDict,
     LogisticRegression,
     MLP_Block,
+    MultiHeadTargetAttention,
     ScaledDotProductAttention,
 )
 from fuxictr.pytorch.models import BaseModel, MultiTaskModel
@@ -107,6 +112,7 @@ COMMON_PARAMS = {
 #                target is item_id (din_target_field="item_id", din_sequence_field="history")
 # Here: DeepFM, AutoInt, AutoIntPlus (the zoo's AutoInt class with dnn_hidden_units set; the
 # zoo has no separate AutoInt+ class), MMoE (the zoo's MultiTaskModel with one task).
+# SDIM (LongCTR zoo): history unpooled (history_encoder=None), left-padded (history_padding).
 # ---------------------------------------------------------------------------------------
 # AutoInt widths of experiments/autoint_ml100k.yaml (the paper's: 3 interacting layers, 2 heads of
 # d' = 32, i.e. FuxiCTR's attention_dim = 64), and FuxiCTR's AutoInt_default switches:
@@ -166,6 +172,42 @@ MODELS = {
         },
         "history_max_len": 50,
         "history_encoder": "layers.MaskedAveragePooling()",
+    },
+    # LongCTR SDIM with the widths of experiments/sdim_ml100k.yaml: embedding 16, m = 48 hashes
+    # in tau = 3 bits per signature (FuxiCTR's num_hashes = m / tau = 16 signatures, hash_bits = 3),
+    # per-signature L2 (l2_norm True; the zoo's default is False, ours and the paper's is L2),
+    # short-term part over the last 10 behaviours, DNN [256, 128], batch 1024 (our yaml's; the
+    # shared recipe's 4096 is what --batch-size 4096 gives). The short-term attention is the zoo's
+    # MultiHeadTargetAttention with its SDIM_default widths (attention_dim 64, 2 heads, scaled,
+    # Q/K/V/O projections). History: the full one (up to 1,000), unpooled, left-padded ("pre",
+    # the layout of the zoo's LongCTR data loader: most recent last).
+    "SDIM": {
+        "zoo": ("LongCTR/SDIM", "SDIM"),
+        "zoo_unusable": "the zoo's LongCTR SDIM needs LongCTR's own data loader (batches of "
+                        "(batch_dict, item_dict, mask)) and asserts fuxictr==2.3.2; use the "
+                        "composition (no --model-zoo)",
+        "params": {
+            "batch_size": 1024,
+            "dnn_hidden_units": [256, 128],
+            "dnn_activations": "relu",
+            "attention_dim": 64,
+            "num_heads": 2,
+            "use_scale": True,
+            "use_qkvo": True,
+            "attention_dropout": 0,
+            "reuse_hash": True,
+            "num_hashes": 16,
+            "hash_bits": 3,
+            "l2_norm": True,
+            "short_seq_len": 10,
+            "net_dropout": 0,
+            "batch_norm": False,
+            "target_field": "item_id",
+            "sequence_field": HISTORY,
+        },
+        "history_max_len": 1000,
+        "history_encoder": None,
+        "history_padding": "pre",
     },
 }
 
@@ -353,11 +395,105 @@ class MMoE(MultiTaskModel):
                 for i in range(self.num_tasks)}
 
 
-BUILDERS = {"DeepFM": DeepFM, "AutoInt": AutoInt, "AutoIntPlus": AutoInt, "MMoE": MMoE}
+class SDIM(BaseModel):
+    """SDIM (FuxiCTR's LongCTR zoo ``SDIM``) composed on the wheel's layers for the standard
+    RankDataLoader (one feature dict per batch; the zoo's own class needs LongCTR's loader,
+    which yields ``(batch_dict, item_dict, mask)``, and asserts fuxictr==2.3.2).
+
+    As in the zoo: ``FeatureEmbedding``; target = the item's embedding (here ``item_id`` is the
+    only item-side feature, so ``item_info_dim`` = embedding_dim, and the history shares its
+    table); short-term interest = the wheel's ``MultiHeadTargetAttention`` of the target over
+    the last ``short_seq_len`` behaviours; long-term interest = LSH attention: fixed
+    ``random_rotations`` [d, num_hashes * hash_bits] ~ N(0, 1) (``requires_grad=False``, drawn
+    once: ``reuse_hash``), bit = 1[rotation > 0] (the zoo's argmax over [-rot, rot], ties -> 0),
+    bucket = sum_b bit_b 2**b per hash; per hash, the sum of the real behaviours whose bucket
+    equals the target's (zero when none), optionally L2-normalised (``l2_norm``), mean over the
+    hashes; ``MLP_Block`` with the sigmoid inside over [other fields, target, long, short].
+
+    Written here rather than copied: the colliding sums are one batched matmul of the collision
+    matrix [B, L, H] with the sequence (the zoo gathers the same rows with ``nonzero`` +
+    ``F.embedding_bag(mode="sum")``); the rotations are one [d, H * bits] matrix instead of a
+    per-row ``repeat``; the short-term slice takes the last ``short_seq_len`` *behaviours* with
+    their own mask (the zoo's ``[-short_seq_len:-1]`` slice counts the target's slot, and slices
+    a length-L mask as if it had the target's column; see the README). Each batch's history is
+    cut to its longest real one, as LongCTR's loader pads per batch (output unchanged).
+    """
+
+    def __init__(self, feature_map, model_id="SDIM", gpu=-1, learning_rate=1e-3, embedding_dim=10,
+                 dnn_hidden_units=(512, 128, 64), dnn_activations="ReLU", attention_dim=64,
+                 use_qkvo=True, num_heads=1, use_scale=True, attention_dropout=0, reuse_hash=True,
+                 num_hashes=1, hash_bits=4, l2_norm=False, short_seq_len=50, net_dropout=0,
+                 batch_norm=False, target_field="item_id", sequence_field="history",
+                 embedding_regularizer=None, net_regularizer=None, **kwargs):
+        super().__init__(feature_map, model_id=model_id, gpu=gpu,
+                         embedding_regularizer=embedding_regularizer,
+                         net_regularizer=net_regularizer, **kwargs)
+        if not reuse_hash:
+            raise ValueError("reuse_hash=False (fresh rotations every batch) is not supported here")
+        self.target_field, self.sequence_field = target_field, sequence_field
+        self.num_hashes, self.hash_bits = num_hashes, hash_bits
+        self.short_seq_len, self.l2_norm = short_seq_len, l2_norm
+        self.item_info_dim = feature_map.features[target_field].get("embedding_dim", embedding_dim)
+        self.other_fields = [f for f, spec in feature_map.features.items()
+                             if spec["type"] != "meta" and f not in (target_field, sequence_field)]
+        self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+        self.short_attention = MultiHeadTargetAttention(self.item_info_dim, attention_dim, num_heads,
+                                                        attention_dropout, use_scale, use_qkvo)
+        self.random_rotations = nn.Parameter(
+            torch.randn(self.item_info_dim, num_hashes * hash_bits), requires_grad=False)
+        self.powers_of_two = nn.Parameter(2.0 ** torch.arange(hash_bits, dtype=torch.float32),
+                                          requires_grad=False)
+        other_dim = sum(feature_map.features[f].get("embedding_dim", embedding_dim)
+                        for f in self.other_fields)
+        self.dnn = MLP_Block(input_dim=other_dim + 3 * self.item_info_dim, output_dim=1,
+                             hidden_units=list(dnn_hidden_units), hidden_activations=dnn_activations,
+                             output_activation=self.output_activation, dropout_rates=net_dropout,
+                             batch_norm=batch_norm)
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def lsh_hash(self, x):
+        """``x [..., d] -> buckets [..., num_hashes]`` (small exact integers, as float)."""
+        bits = (x @ self.random_rotations > 0).float()                      # [..., H * bits]
+        return bits.unflatten(-1, (self.num_hashes, self.hash_bits)) @ self.powers_of_two
+
+    def lsh_attention(self, target, seq, mask):
+        """``target [B, d], seq [B, L, d], mask [B, L] -> [B, d]``."""
+        collide = (self.lsh_hash(seq) == self.lsh_hash(target).unsqueeze(1)) & mask.unsqueeze(-1)
+        sums = collide.to(seq.dtype).transpose(1, 2) @ seq                  # [B, H, d]
+        if self.l2_norm:
+            sums = F.normalize(sums, dim=-1)                                # zero stays zero
+        return sums.mean(dim=1)
+
+    def forward(self, inputs):
+        X = self.get_inputs(inputs)
+        ids = X[self.sequence_field].long()                                 # [B, max_len], left-padded
+        # LongCTR's loader pads each batch only to its longest history (min(longest, max_len));
+        # cut the fixed-width left padding the same way (padding never contributes: no-op on
+        # the output, less work); at least short_seq_len wide
+        width = max(int((ids != 0).sum(dim=1).max()), self.short_seq_len)
+        X[self.sequence_field] = ids[:, ids.shape[1] - min(width, ids.shape[1]):]
+        emb = self.embedding_layer.embedding_layer(X)                       # feature -> tensor
+        target = emb[self.target_field]                                     # [B, d]
+        seq = emb[self.sequence_field]                                      # [B, L', d]
+        mask = X[self.sequence_field] != 0                                  # padding_idx 0
+        k = self.short_seq_len
+        short = self.short_attention(target, seq[:, -k:], mask[:, -k:])
+        long = self.lsh_attention(target, seq, mask)
+        parts = [emb[f].flatten(start_dim=1) for f in self.other_fields]
+        y_pred = self.dnn(torch.cat(parts + [target, long, short], dim=-1))
+        return {"y_pred": y_pred}
+
+
+BUILDERS = {"DeepFM": DeepFM, "AutoInt": AutoInt, "AutoIntPlus": AutoInt, "MMoE": MMoE,
+            "SDIM": SDIM}
 
 
 def model_class(name: str, model_zoo: str | None):
     """The zoo's class when a model_zoo folder is given, else our composition."""
+    if model_zoo and MODELS[name].get("zoo_unusable"):
+        raise SystemExit(f"--model {name} --model-zoo: {MODELS[name]['zoo_unusable']}")
     if model_zoo:
         zoo_dir, cls_name = MODELS[name]["zoo"]
         torch_dir = Path(model_zoo) / zoo_dir / f"{zoo_dir}_torch"
@@ -458,7 +594,9 @@ def feature_cols(spec: dict) -> list[dict]:
     hist = {"name": HISTORY, "active": True, "dtype": "str", "type": "sequence",
             "splitter": "^", "max_len": spec["history_max_len"],
             "share_embedding": "item_id",
-            "feature_encoder": spec["history_encoder"]}
+            "feature_encoder": spec["history_encoder"]}  # None: unpooled [B, L, d]
+    if "history_padding" in spec:  # FuxiCTR's default is "post" (real items first)
+        hist["padding"] = spec["history_padding"]
     cols.append(hist)
     return cols
 
