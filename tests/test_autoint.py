@@ -202,6 +202,26 @@ def test_bad_configs_fail_at_construction(dm):
         AutoInt(dm.features, num_heads=0)
 
 
+def test_attention_init_xavier_sets_every_attention_and_output_linear(dm):
+    """attention_init='xavier' (FuxiCTR's init): Xavier-normal weights (std sqrt(2/(fan_in+fan_out))
+    within sampling error) and zero biases on the interacting layers and the output layer; the DNN
+    keeps its own mlp_init; 'torch' keeps PyTorch's uniform init, whose std (1/sqrt(3 fan_in)) is smaller here."""
+    torch.manual_seed(0)
+    x = AutoIntPlus(dm.features, embedding_dim=16, num_heads=2, head_dim=32, attention_init="xavier")
+    torch.manual_seed(0)
+    t = AutoIntPlus(dm.features, embedding_dim=16, num_heads=2, head_dim=32)
+    w, wt = x.interacting[1].qkv.weight, t.interacting[1].qkv.weight     # [192, 64]
+    expected = (2.0 / (64 + 192)) ** 0.5
+    assert abs(w.std().item() - expected) < 0.05 * expected           # 12k weights: std error < 1%
+    torch_std = 1.0 / (3 * 64) ** 0.5                                   # kaiming_uniform(a=sqrt(5))
+    assert abs(wt.std().item() - torch_std) < 0.05 * torch_std and torch_std < 0.85 * expected
+    assert torch.count_nonzero(x.output.bias) == 0
+    dnn_w = x.dnn.net[0].weight                                         # DNN keeps mlp_init='torch'
+    assert abs(dnn_w.std().item() - 1.0 / (3 * dnn_w.shape[1]) ** 0.5) < 0.05 / (3 * dnn_w.shape[1]) ** 0.5
+    with pytest.raises(ValueError, match="attention_init"):
+        AutoInt(dm.features, attention_init="he")
+
+
 def test_per_field_widths_are_projected(dm, batch):
     tables = dm.features.schema.tables
     model = AutoInt(dm.features, embedding_dim=8, head_dim=4, dims={tables[0]: 3, tables[1]: 12})

@@ -193,6 +193,8 @@ class AutoInt(RankingModel):
             widths raises ``ValueError`` at construction.
         init_std: std of the N(0, std^2) embedding init (also the numeric field vectors).
         mlp_init: ``torch`` or ``xavier`` init of the DNN.
+        attention_init: ``torch`` (PyTorch's Linear init) or ``xavier`` (Xavier-normal weights,
+            zero biases, as FuxiCTR) for the interacting layers and the output layer.
 
     >>> from recsys.data import CTRDataModule
     >>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
@@ -206,8 +208,10 @@ class AutoInt(RankingModel):
                  qkv_relu: bool = False, layer_norm: bool = False, attention_dropout: float = 0.0,
                  dnn_hidden_units: Sequence[int] = (), dnn_dropout: float = 0.0, batch_norm: bool = False,
                  use_wide: bool = False, dims: dict[str, int] | None = None, project_fields: bool = True,
-                 init_std: float = 1e-4, mlp_init: str = "torch"):
+                 init_std: float = 1e-4, mlp_init: str = "torch", attention_init: str = "torch"):
         super().__init__()
+        if attention_init not in ("torch", "xavier"):
+            raise ValueError(f"unknown attention_init {attention_init!r}; use 'torch' or 'xavier'")
         if attention_layers < 1:
             raise ValueError(f"attention_layers must be >= 1, got {attention_layers}")
         schema = features.schema
@@ -233,6 +237,12 @@ class AutoInt(RankingModel):
             width = layers[-1].out_dim
         self.interacting = nn.Sequential(*layers)
         self.output = nn.Linear(n_fields * width, 1)
+        if attention_init == "xavier":  # FuxiCTR's init of every Linear: Xavier-normal weights, zero bias
+            for m in [*self.interacting.modules(), self.output]:
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_normal_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         self.dnn = (MLP(n_fields * embedding_dim, list(dnn_hidden_units), out_dim=1, dropout=dnn_dropout,
                         batch_norm=batch_norm, init=mlp_init) if dnn_hidden_units else None)
         self.wide = FirstOrder(features, init_std=init_std) if use_wide else None
@@ -277,7 +287,7 @@ class AutoIntPlus(AutoInt):
                  qkv_relu: bool = False, layer_norm: bool = False, attention_dropout: float = 0.0,
                  dnn_hidden_units: Sequence[int] = (256, 128), dnn_dropout: float = 0.0, batch_norm: bool = False,
                  use_wide: bool = False, dims: dict[str, int] | None = None, project_fields: bool = True,
-                 init_std: float = 1e-4, mlp_init: str = "torch"):
+                 init_std: float = 1e-4, mlp_init: str = "torch", attention_init: str = "torch"):
         if not dnn_hidden_units:
             raise ValueError("AutoIntPlus needs dnn_hidden_units; use AutoInt for the model without a DNN")
         super().__init__(features, embedding_dim=embedding_dim, attention_layers=attention_layers,
@@ -285,4 +295,4 @@ class AutoIntPlus(AutoInt):
                          qkv_relu=qkv_relu, layer_norm=layer_norm, attention_dropout=attention_dropout,
                          dnn_hidden_units=dnn_hidden_units, dnn_dropout=dnn_dropout, batch_norm=batch_norm,
                          use_wide=use_wide, dims=dims, project_fields=project_fields, init_std=init_std,
-                         mlp_init=mlp_init)
+                         mlp_init=mlp_init, attention_init=attention_init)
