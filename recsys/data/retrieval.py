@@ -72,6 +72,18 @@ class Catalogue:
             yield self.dataset[torch.arange(s, min(s + size, len(self)))]
 
 
+def _per_row_csr(rows: pl.DataFrame, per_user: pl.DataFrame, user: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's user's ``items`` list (from ``per_user``: ``user``, ``items``) as CSR
+    ``(values, offsets [N+1])``, in row order; users absent from ``per_user`` get an empty list."""
+    joined = rows.with_columns(pl.col(user).cast(per_user[user].dtype)).join(
+        per_user, on=user, how="left", maintain_order="left")
+    lists = joined["items"].fill_null(pl.lit([], pl.List(pl.Int64)))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lists.list.len().to_numpy().astype(np.int64), out=offsets[1:])
+    values = lists.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64)
+    return values, offsets
+
+
 class RetrievalDataModule(CTRDataModule):
     """A CTRDataModule that also serves the catalogue, held-out targets and seen items.
 
@@ -174,15 +186,8 @@ class RetrievalDataModule(CTRDataModule):
         else:
             past = pl.concat([f.select(user, item) for f in frames], how="vertical_relaxed")
             past = past.with_columns(pl.Series("pos", self._positions(past[item])))
-            per_user = past.group_by(user).agg(pl.col("pos").unique().sort().alias("seen"))
-            joined = rows.with_columns(pl.col(user).cast(per_user[user].dtype)).join(
-                per_user, on=user, how="left", maintain_order="left")
-            lists = joined["seen"].fill_null(pl.lit([], pl.List(pl.Int64)))
-            lengths = lists.list.len().to_numpy().astype(np.int64)
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            values = lists.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64)
-            out = (values, offsets)
+            per_user = past.group_by(user).agg(pl.col("pos").unique().sort().alias("items"))
+            out = _per_row_csr(rows, per_user, user)
         self._cache[("seen", split)] = out
         return out
 
@@ -208,14 +213,7 @@ class RetrievalDataModule(CTRDataModule):
             order = [c for c in (cols[2:] + [item, "_row"])]
             past = past.sort([user] + order)
             per_user = past.group_by(user, maintain_order=True).agg(pl.col("pos").alias("items"))
-            joined = rows.with_columns(pl.col(user).cast(per_user[user].dtype)).join(
-                per_user, on=user, how="left", maintain_order="left")
-            lists = joined["items"].fill_null(pl.lit([], pl.List(pl.Int64)))
-            lengths = lists.list.len().to_numpy().astype(np.int64)
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            values = lists.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64)
-            out = (values, offsets)
+            out = _per_row_csr(rows, per_user, user)
         self._cache[("engagements", split)] = out
         return out
 
