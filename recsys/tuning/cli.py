@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-only", action="store_true", help="write the exports of an existing study and exit")
     p.add_argument("--no-export", action="store_true", help="do not write the exports at the end")
     p.add_argument("--verbose", action="store_true", help="show each trial's Lightning output instead of its log file")
+    p.add_argument("--allow_classes", "--allow-classes", default=None, metavar="PKG[,PKG]",
+                   help="packages beyond recsys/torch/torchrec/Lightning whose classes the config may name "
+                        "(as `recsys fit --allow_classes`; passed to every trial and worker)")
     p.add_argument("--worker-settings", default=None, help=argparse.SUPPRESS)  # internal: a worker process
     return p
 
@@ -78,6 +81,12 @@ def settings_from_args(args: argparse.Namespace):
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.allow_classes:  # trials (in-process) and worker processes read the opt-in from the environment
+        import os
+
+        from recsys.utils import ALLOW_ENV
+
+        os.environ[ALLOW_ENV] = ",".join(filter(None, [os.environ.get(ALLOW_ENV, ""), args.allow_classes]))
     from recsys.tuning.study import TuneSettings, check_space_against_config, open_study, top_up, work
 
     if args.worker_settings:  # a worker process started by --workers
