@@ -125,3 +125,12 @@ def small_synthetic_config(tmp_path, name: str, model_args: dict, dataset_option
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def run_metrics(root: Path, name: str) -> dict:
+    """The ``metrics.json`` of the newest ``version_*`` run that ``recsys fit`` wrote under ``root/name``."""
+    import json
+
+    files = sorted((root / name).glob("version_*/metrics.json"))
+    assert files, f"no metrics.json under {root / name}"
+    return json.loads(files[-1].read_text())

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_metrics
 from recsys.cli import main
 from recsys.data import CTRDataModule
 from recsys.data.datasets.synthetic import make_synthetic
@@ -43,18 +44,12 @@ def _config(tmp_path: Path, name: str = "run", n_rows: int = N_ROWS, epochs: int
     return path
 
 
-def _metrics(tmp_path: Path, name: str) -> dict:
-    files = sorted((tmp_path / name).glob("version_*/metrics.json"))
-    assert files, f"no metrics.json under {tmp_path / name}"
-    return json.loads(files[-1].read_text())
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
     cfg = _config(tmp, "run")
     assert main(["fit", "--config", str(cfg), "--report", "true"]) == 0
-    return tmp, cfg, _metrics(tmp, "run")
+    return tmp, cfg, run_metrics(tmp, "run")
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -113,11 +108,11 @@ def test_same_seed_same_metrics(tmp_path):
     b = _config(tmp_path, "b", n_rows=6000, epochs=2)
     assert main(["fit", "--config", str(a)]) == 0
     assert main(["fit", "--config", str(b)]) == 0
-    ma, mb = _metrics(tmp_path, "a"), _metrics(tmp_path, "b")
+    ma, mb = run_metrics(tmp_path, "a"), run_metrics(tmp_path, "b")
     assert ma["valid"] == mb["valid"] and ma["test"] == mb["test"]
     c = _config(tmp_path, "c", n_rows=6000, epochs=2, seed=1)  # other shuffling seed
     assert main(["fit", "--config", str(c)]) == 0
-    assert _metrics(tmp_path, "c")["valid"] != ma["valid"]
+    assert run_metrics(tmp_path, "c")["valid"] != ma["valid"]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, fitted):

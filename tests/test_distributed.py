@@ -7,7 +7,6 @@ sharded run saves torch.distributed.checkpoint directories; one process reads th
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_metrics
 from recsys.cli import main
 from recsys.tasks import load_checkpoint, load_datamodule
 from recsys.tasks.distributed import META_FILE
@@ -45,12 +45,6 @@ def din_config(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def _metrics(tmp_path: Path, name: str) -> dict:
-    files = sorted((tmp_path / name).glob("version_*/metrics.json"))
-    assert files, f"no metrics.json under {tmp_path / name}"
-    return json.loads(files[-1].read_text())
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -69,7 +63,7 @@ def runs(tmp_path_factory):
 
 def test_two_processes_with_sharded_tables_match_one_process(runs):
     tmp, _, _, log = runs
-    one, two = _metrics(tmp, "one"), _metrics(tmp, "two")
+    one, two = run_metrics(tmp, "one"), run_metrics(tmp, "two")
     assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log
     assert one["world_size"] == 1 and two["world_size"] == 2
     # same global batches, gradients averaged over ranks, tables started from the same init:
@@ -82,7 +76,7 @@ def test_two_processes_with_sharded_tables_match_one_process(runs):
 
 def test_sharded_checkpoint_is_a_dcp_directory_loadable_in_one_process(runs):
     tmp, _, _, _ = runs
-    two = _metrics(tmp, "two")
+    two = run_metrics(tmp, "two")
     ckpt = Path(two["best_checkpoint"])
     assert ckpt.is_dir() and (ckpt / META_FILE).is_file() and (ckpt / ".metadata").is_file()
     assert len(list(ckpt.glob("*.distcp"))) == 2  # one shard file per rank
@@ -107,7 +101,7 @@ def test_sharded_checkpoint_is_a_dcp_directory_loadable_in_one_process(runs):
 
 def test_predict_from_sharded_checkpoint_in_one_process(runs, tmp_path):
     tmp, _, two_cfg, _ = runs
-    ckpt = Path(_metrics(tmp, "two")["best_checkpoint"])
+    ckpt = Path(run_metrics(tmp, "two")["best_checkpoint"])
     out = tmp_path / "pred.parquet"
     assert main(["predict", "--config", str(two_cfg), "--ckpt_path", str(ckpt), "--predict_out", str(out),
                  "--trainer.logger", "false"]) == 0
