@@ -72,6 +72,11 @@ class Catalogue:
             yield self.dataset[torch.arange(s, min(s + size, len(self)))]
 
 
+def _empty_csr(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(values, offsets [N+1])`` of ``n`` empty lists."""
+    return np.zeros(0, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
+
+
 def _per_row_csr(rows: pl.DataFrame, per_user: pl.DataFrame, user: str) -> tuple[np.ndarray, np.ndarray]:
     """Each row's user's ``items`` list (from ``per_user``: ``user``, ``items``) as CSR
     ``(values, offsets [N+1])``, in row order; users absent from ``per_user`` get an empty list."""
@@ -177,12 +182,9 @@ class RetrievalDataModule(CTRDataModule):
         if ("seen", split) in self._cache:
             return self._cache[("seen", split)]
         user, item = self.user_key, self.item_key
-        rows = self.frame(split).select(user)
-        earlier = SPLIT_ORDER[:SPLIT_ORDER.index(split)] if split in SPLIT_ORDER else SPLIT_ORDER
-        frames = self._split_frames(earlier)
-        n = len(rows)
+        rows, frames = self._rows_and_earlier(split)
         if not frames:
-            out = (np.zeros(0, dtype=np.int64), np.zeros(n + 1, dtype=np.int64))
+            out = _empty_csr(len(rows))
         else:
             past = pl.concat([f.select(user, item) for f in frames], how="vertical_relaxed")
             past = past.with_columns(pl.Series("pos", self._positions(past[item])))
@@ -190,6 +192,13 @@ class RetrievalDataModule(CTRDataModule):
             out = _per_row_csr(rows, per_user, user)
         self._cache[("seen", split)] = out
         return out
+
+    def _rows_and_earlier(self, split: str) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        """``split``'s user column and the frames of the splits before it (all splits for a
+        split outside :data:`SPLIT_ORDER`)."""
+        rows = self.frame(split).select(self.user_key)
+        earlier = SPLIT_ORDER[:SPLIT_ORDER.index(split)] if split in SPLIT_ORDER else SPLIT_ORDER
+        return rows, self._split_frames(earlier)
 
     def engagements(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Per row of ``split``: the same items as :meth:`seen`, but in time order (oldest first,
@@ -199,12 +208,9 @@ class RetrievalDataModule(CTRDataModule):
             return self._cache[("engagements", split)]
         user, item = self.user_key, self.item_key
         time_col = self.features.schema.keys.get("time")
-        rows = self.frame(split).select(user)
-        earlier = SPLIT_ORDER[:SPLIT_ORDER.index(split)] if split in SPLIT_ORDER else SPLIT_ORDER
-        frames = self._split_frames(earlier)
-        n = len(rows)
+        rows, frames = self._rows_and_earlier(split)
         if not frames:
-            out = (np.zeros(0, dtype=np.int64), np.zeros(n + 1, dtype=np.int64))
+            out = _empty_csr(len(rows))
         else:
             cols = [user, item] + ([time_col] if time_col and all(time_col in f.columns for f in frames) else [])
             past = pl.concat([f.select(cols) for f in frames], how="vertical_relaxed")
