@@ -42,11 +42,11 @@ import torch.nn.functional as F
 from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
 from recsys.retrieval.two_tower import RetrievalModel, build_retrieval_model
+from recsys.tasks.ranking import _DENSE_OPTIMIZERS
 
 ModelFactory = Callable[[FeatureEncoder], RetrievalModel]
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-               "adagrad": torch.optim.Adagrad}
+_OPTIMIZERS = _DENSE_OPTIMIZERS  # the same dense optimizers as RankingTask
 
 __all__ = ["RetrievalTask", "load_retrieval_checkpoint"]
 
