@@ -191,6 +191,39 @@ def test_expert_history_sets_the_experts_input(dm, batch, how, extra):
         AWMoE(dm.features, expert_history="max", **SMALL)
 
 
+def test_gate_window_and_long_interest(dm, batch):
+    """gate_window=k: the gate and the attention summary see only the last k real behaviours, so
+    changing an older one leaves them unchanged; long_hashes=m adds SDIM's long-term interest over
+    the whole sequence as one more expert input, and that one does change."""
+    from recsys.models.sdim import SDIMAttention
+
+    torch.manual_seed(0)
+    model = AWMoE(dm.features, gate_window=2, long_hashes=12, long_tau=3, **SMALL).eval()
+    n_fields = len(model.embedding.field_names)
+    assert model.moe.experts[0].net[0].in_features == (n_fields + 2) * 6
+    assert isinstance(model.long, SDIMAttention)
+    with torch.no_grad():
+        e, seq, mask, target = model.field_embeddings(batch)
+        out = model.forward_embedded(e, seq, mask, target)
+        assert out.extras["attention"].shape == (len(batch), 2)
+        torch.testing.assert_close(out.extras["long_interest"], model.long(seq, mask, target))
+        lengths = mask.sum(1)
+        rows = lengths >= 4                      # rows with a behaviour older than the window
+        assert rows.any()
+        changed = seq.clone()
+        changed[rows, 0] = 10 * torch.randn(int(rows.sum()), 6)  # the oldest behaviour
+        out2 = model.forward_embedded(e, changed, mask, target)
+    torch.testing.assert_close(out2.extras["gate"], out.extras["gate"])
+    torch.testing.assert_close(out2.extras["attention"], out.extras["attention"])
+    assert not torch.allclose(out2.extras["long_interest"][rows], out.extras["long_interest"][rows])
+    untouched = ~rows
+    torch.testing.assert_close(out2.logits[untouched], out.logits[untouched])
+    with pytest.raises(ValueError, match="gate_window"):
+        AWMoE(dm.features, gate_window=-1, **SMALL)
+    with pytest.raises(ValueError, match="long_hashes"):
+        AWMoE(dm.features, long_hashes=-3, **SMALL)
+
+
 def test_eval_is_deterministic_and_uses_the_full_sequence(dm, batch):
     torch.manual_seed(0)
     model = AWMoE(dm.features, mask_rate=0.9, **SMALL).eval()

@@ -16,7 +16,10 @@ Output (:class:`EmbeddingOutput`):
   * ``pooled``: field -> ``[B, D_f]`` (``[B, D]`` after projection), for every id field that is
     not an unpooled sequence, in schema order;
   * ``sequences``: field -> (``[B, L, D_f]`` padded, ``mask [B, L]`` bool, True = real item), ids
-    oldest first, left-aligned, ``L = max_len``.
+    oldest first, left-aligned, ``L`` = the batch's longest sequence (at least 1, at most the
+    schema's ``max_len``): padding beyond the longest row never reaches a model's output, so it
+    is not built (a long-history model on a batch of short histories does not pay for
+    ``max_len``).
 
 >>> from recsys.data import CTRDataModule
 >>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
@@ -208,9 +211,10 @@ class FeatureEmbedding(nn.Module):
             for name in self.seq_keys:
                 jt = jts[name]
                 if name in self.unpooled:
-                    dense = jt.to_padded_dense(self.max_len[name])
                     lengths = jt.lengths()
-                    mask = torch.arange(self.max_len[name], device=dense.device)[None, :] < lengths[:, None]
+                    width = max(1, min(self.max_len[name], int(lengths.max())) if lengths.numel() else 1)
+                    dense = jt.to_padded_dense(width)                     # [B, L, D_f], L = longest row
+                    mask = torch.arange(width, device=dense.device)[None, :] < lengths[:, None]
                     out.sequences[name] = (self._proj(name, dense), mask)
                 else:
                     pooled[name] = _pool_jagged(jt.values(), jt.lengths(), self.pooling[name])

@@ -183,9 +183,11 @@ class AWMoE(RankingModel):
 
     Shapes (see the module docstring for the formulas): field embeddings ``E [B, F, D]``,
     sequence ``[B, L, D]`` + mask ``[B, L]``, target ``[B, D]``; expert input
-    ``[B, F*D + D]``; gate ``[B, N]``; output ``logits [B]``, ``aux_losses["contrastive"]``
-    (training only, already multiplied by ``cl_weight``), ``extras["gate"] [B, N]`` (expert
-    weights) and ``extras["attention"] [B, L]`` (α, zeros on padding).
+    ``[B, F*D + D]`` (one more ``D`` per extra summary); gate ``[B, N]``; output ``logits [B]``,
+    ``aux_losses["contrastive"]`` (training only, already multiplied by ``cl_weight``),
+    ``extras["gate"] [B, N]`` (expert weights), ``extras["attention"] [B, L]`` (α, zeros on
+    padding; ``[B, k]`` with ``gate_window=k``) and, with ``long_hashes``,
+    ``extras["long_interest"] [B, D]``.
 
     Choices the paper's public text leaves open, and ours:
 
@@ -210,6 +212,13 @@ class AWMoE(RankingModel):
       long the history is; the mean keeps the user's general taste next to the target-specific
       summary. The target item and
       every other id field are fields of ``E``; numeric fields are embedded as ``x * v``.
+    * **Long histories** (off by default): ``gate_window=k`` restricts the activation unit, the
+      gate and the attention summary (and the masked view) to the last ``k`` real behaviours,
+      so a history of hundreds of items costs O(k) attention per row; ``long_hashes=m`` adds
+      SDIM's hashing-based long-term interest (:class:`recsys.models.sdim.SDIMAttention`,
+      ``m`` hashes of ``long_tau`` bits, ``long_normalization``, fixed projection seeded by
+      ``hash_seed``) over the *whole* sequence as one more ``[B, D]`` expert input. The gate
+      stays target attention over recent behaviour; the experts see the long-term taste.
     * **Experts and tower**: each expert an MLP ``expert_units``; their last hidden vectors are
       mixed by the gate and a tower (``tower_units`` then a linear layer) gives the logit.
     * **Masking**: each real behaviour is dropped independently with probability ``mask_rate``
@@ -251,6 +260,9 @@ class AWMoE(RankingModel):
         similarity: ``cosine`` or ``dot``.
         contrast_on: ``logits`` (centred gate logits) or ``weights``.
         detach_full: stop the contrastive gradient at the full view.
+        gate_window: k > 0: the gate attends over the last k behaviours only (0: all L).
+        long_hashes: m > 0: add SDIM's long-term interest over all L to the experts' input.
+        long_tau, long_normalization, hash_seed: of that SDIM long-term interest.
         dropout, batch_norm, mlp_init: of the expert and tower MLPs.
         dims: table -> width overrides.
         init_std: std of the N(0, std^2) embedding init.
@@ -263,7 +275,8 @@ class AWMoE(RankingModel):
                  gate_normalization: str = "softmax", gate_features: bool = False,
                  mask_rate: float = 0.3, temperature: float = 0.1, cl_weight: float = 0.1,
                  similarity: str = "cosine", contrast_on: str = "logits", detach_full: bool = False,
-                 expert_history: str = "attention",
+                 expert_history: str = "attention", gate_window: int = 0, long_hashes: int = 0,
+                 long_tau: int = 3, long_normalization: str = "l2", hash_seed: int = 0,
                  dropout: float = 0.0, batch_norm: bool = False, mlp_init: str = "torch",
                  dims: dict[str, int] | None = None, init_std: float = 1e-4):
         super().__init__()
@@ -271,8 +284,13 @@ class AWMoE(RankingModel):
             raise ValueError(f"n_experts must be >= 1, got {n_experts}")
         if expert_history not in ("attention", "mean", "both"):
             raise ValueError(f"expert_history must be 'attention', 'mean' or 'both', got {expert_history!r}")
+        if gate_window < 0:
+            raise ValueError(f"gate_window must be >= 0 (0: the whole sequence), got {gate_window}")
+        if long_hashes < 0:
+            raise ValueError(f"long_hashes must be >= 0 (0: no long-term interest), got {long_hashes}")
         self.expert_history = expert_history
         self.detach_full = detach_full
+        self.gate_window = gate_window
         schema = features.schema
         sequence_field, target_field = resolve_sequence_target(schema, sequence_field, target_field, "AWMoE")
         if gate_normalization not in ("softmax", "sigmoid"):
@@ -298,6 +316,11 @@ class AWMoE(RankingModel):
         self.gate_prior = nn.Parameter(torch.zeros(n_experts))
         self.gate_fields = nn.Linear(n_fields * embedding_dim, n_experts, bias=False) if gate_features else None
         n_summaries = 2 if expert_history == "both" else 1
+        self.long = None
+        if long_hashes:
+            from recsys.models.sdim import SDIMAttention  # sdim imports this module: import late
+            self.long = SDIMAttention(embedding_dim, long_hashes, long_tau, long_normalization, hash_seed)
+            n_summaries += 1
         self.moe = MixtureOfExperts((n_fields + n_summaries) * embedding_dim, n_experts, expert_units, tower_units,
                                     dropout=dropout, batch_norm=batch_norm, init=mlp_init)
 
@@ -323,6 +346,10 @@ class AWMoE(RankingModel):
         the output."""
         seq = seq.masked_fill(~mask.unsqueeze(-1), 0.0)
         flat = e.flatten(1)                                           # [B, F*D]
+        long = self.long(seq, mask, target) if self.long is not None else None  # [B, D] over all L
+        if self.gate_window:
+            from recsys.models.sdim import last_k
+            seq, mask = last_k(seq, mask, self.gate_window)           # [B, k, D]: the gate's window
         scores = self.activation(seq, target)                         # [B, L]
         units = self.gate_unit(seq)                                   # [B, L, N]
         field_logits = self.gate_fields(flat) if self.gate_fields is not None else None
@@ -334,8 +361,13 @@ class AWMoE(RankingModel):
         if self.expert_history in ("mean", "both"):
             count = mask.sum(dim=1, keepdim=True).clamp(min=1)
             parts.append(seq.sum(dim=1) / count)                       # [B, D] mean of behaviours
+        if long is not None:
+            parts.append(long)                                         # [B, D] SDIM long-term interest
         logits = self.moe(torch.cat(parts, dim=1), gate)
-        out = ModelOutput(logits=logits, extras={"gate": gate, "attention": alpha})
+        extras = {"gate": gate, "attention": alpha}
+        if long is not None:
+            extras["long_interest"] = long
+        out = ModelOutput(logits=logits, extras=extras)
         if self.training and self.cl_weight > 0:
             masked = random_behaviour_mask(mask, self.mask_rate)
             z2, _ = self._gate_logits(scores, units, masked, field_logits)
