@@ -15,7 +15,7 @@ from conftest import small_synthetic_config
 from recsys.cli import main
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.models import DIN, SDIM, build_model
-from recsys.models.sdim import SDIMAttention, SimHash, TargetAttention, last_k
+from recsys.models.sdim import MultiHeadTargetAttention, SDIMAttention, SimHash, TargetAttention, last_k
 
 SMALL = {"embedding_dim": 8, "n_hashes": 12, "tau": 3, "short_len": 3, "attention_units": [8], "hidden_units": [16]}
 
@@ -198,6 +198,76 @@ def test_last_k_gathers_the_most_recent_real_behaviours():
     assert not m.any() and (out == 0).all()
 
 
+# ------------------------------------------------------------------- multi-head short attention
+def _multihead_reference(att: MultiHeadTargetAttention, seq, mask, target) -> torch.Tensor:
+    """Per row and head, explicit softmax over the real behaviours only (the oracle)."""
+    h, dh = att.n_heads, att.head_dim
+    out = []
+    for b in range(seq.shape[0]):
+        real = seq[b][mask[b]]                                                   # [n, D]
+        q, k, v = att.w_q(target[b]), att.w_k(real), att.w_v(real)               # [A], [n, A], [n, A]
+        heads = []
+        for i in range(h):
+            sl = slice(i * dh, (i + 1) * dh)
+            if len(real) == 0:
+                heads.append(torch.zeros(dh))
+                continue
+            a = torch.softmax(k[:, sl] @ q[sl] / math.sqrt(dh), dim=0)
+            heads.append(a @ v[:, sl])
+        out.append(att.w_o(torch.cat(heads)))
+    return torch.stack(out)
+
+
+def test_multihead_short_attention_is_a_masked_softmax_over_real_behaviours():
+    seq, mask, target = _rand_seq()                                              # row 0: no behaviour
+    att = MultiHeadTargetAttention(8, attention_dim=12, n_heads=3)
+    alpha = att.weights(seq, mask, target)                                       # [B, H, L]
+    assert alpha.shape == (6, 3, 20)
+    has = mask.any(1)
+    torch.testing.assert_close(alpha[has].sum(-1), torch.ones(int(has.sum()), 3))
+    real = mask.unsqueeze(1).expand_as(alpha)
+    assert (alpha[~real] == 0).all() and (alpha[real] > 0).all()
+    out = att(seq, mask, target)
+    torch.testing.assert_close(out, _multihead_reference(att, seq, mask, target), atol=1e-5, rtol=1e-5)
+    # padding is ignored: any embedding (huge, zero) at a padded position gives the same output
+    for fill in (1e4 * torch.randn(int((~mask).sum()), 8), torch.zeros(int((~mask).sum()), 8)):
+        other = seq.clone()
+        other[~mask] = fill
+        torch.testing.assert_close(att(other, mask, target), out)
+    # an all-padding row (empty history) gives exactly the zero vector, finite gradients
+    assert torch.equal(out[0], torch.zeros(8))
+    seq.requires_grad_(True)
+    att(seq, torch.zeros_like(mask), target).sum().backward()
+    assert torch.isfinite(seq.grad).all() and (seq.grad == 0).all()
+
+
+def test_multihead_short_attention_heads_and_scale_matter():
+    seq, mask, target = _rand_seq(seed=1)
+    torch.manual_seed(0)
+    one = MultiHeadTargetAttention(8, attention_dim=12, n_heads=1)
+    torch.manual_seed(0)
+    three = MultiHeadTargetAttention(8, attention_dim=12, n_heads=3)             # same weights, split 3 ways
+    assert not torch.allclose(one(seq, mask, target)[1:], three(seq, mask, target)[1:])
+    unscaled = MultiHeadTargetAttention(8, attention_dim=12, n_heads=3, scale=False)
+    unscaled.load_state_dict(three.state_dict())
+    assert not torch.allclose(unscaled.weights(seq, mask, target)[2:], three.weights(seq, mask, target)[2:])
+
+
+@pytest.mark.parametrize("kwargs", [{"attention_dim": 10, "n_heads": 4}, {"attention_dim": 64, "n_heads": 0},
+                                    {"attention_dim": 0, "n_heads": 1}])
+def test_multihead_bad_widths_fail_at_construction(kwargs):
+    with pytest.raises(ValueError):
+        MultiHeadTargetAttention(8, **kwargs)
+
+
+def test_multihead_init_option():
+    with pytest.raises(ValueError, match="init"):
+        MultiHeadTargetAttention(8, init="he")
+    torch.manual_seed(0)
+    w = MultiHeadTargetAttention(16, attention_dim=64, n_heads=2, init="xavier").w_q.weight
+    assert abs(w.std().item() - math.sqrt(2 / (16 + 64))) < 0.02                  # Xavier-normal std
+
+
 # --------------------------------------------------------------------------------------- models
 def test_models_outputs_and_serving_split(dm, batch):
     torch.manual_seed(0)
@@ -220,11 +290,37 @@ def test_bad_model_config_fails_at_construction(dm):
         DIN(dm.features, target_field="user_id")
     with pytest.raises(ValueError, match="short_len"):
         DIN(dm.features, short_len=-1)
+    with pytest.raises(ValueError, match="short_attention"):
+        SDIM(dm.features, short_attention="bahdanau")
+    for cls in (SDIM, DIN):  # widths are checked even when short_len=0 builds no short part
+        with pytest.raises(ValueError, match="divisible"):
+            cls(dm.features, short_attention="multihead", short_heads=3, short_attention_dim=64, short_len=0)
+
+
+def test_multihead_short_attention_in_the_models(dm, batch):
+    torch.manual_seed(0)
+    sdim = SDIM(dm.features, **{**SMALL, "init_std": 0.1, "short_attention": "multihead", "short_heads": 2,
+                                "short_attention_dim": 8}).eval()
+    assert isinstance(sdim.short, MultiHeadTargetAttention) and sdim.short.head_dim == 4
+    out = sdim(batch)
+    assert out.logits.shape == (128,) and torch.isfinite(out.logits).all()
+    e, seq, mask, target = sdim.field_embeddings(batch)
+    s_seq, s_mask = last_k(seq, mask, 3)
+    torch.testing.assert_close(out.extras["short_interest"], sdim.short(s_seq, s_mask, target))
+    tables = sdim.encode_sequence(batch)
+    torch.testing.assert_close(sdim.score_from_tables(batch, tables).logits, out.logits, atol=1e-5, rtol=1e-5)
+    din = DIN(dm.features, embedding_dim=8, attention_units=[8], hidden_units=[16], short_len=2,
+              short_attention="multihead", short_attention_dim=8)
+    assert isinstance(din.short, MultiHeadTargetAttention) and isinstance(din.long, TargetAttention)
+    assert din(batch).extras["short_interest"].shape == (128, 8)
+    assert isinstance(SDIM(dm.features, **SMALL).short, TargetAttention)             # default: "din"
 
 
 @pytest.mark.parametrize("cls, kwargs", [(SDIM, SMALL), (SDIM, {**SMALL, "tau": 0, "normalization": "count"}),
                                          (DIN, {"embedding_dim": 8, "attention_units": [8], "hidden_units": [16],
-                                                "short_len": 2})])
+                                                "short_len": 2}),
+                                         (SDIM, {**SMALL, "short_attention": "multihead", "short_heads": 2,
+                                                 "short_attention_dim": 8})])
 def test_config_rebuild_gives_identical_outputs(dm, batch, cls, kwargs):
     torch.manual_seed(0)
     model = cls(dm.features, **{**kwargs, "init_std": 0.1}).eval()

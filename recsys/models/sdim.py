@@ -50,9 +50,11 @@ from recsys.models.embedding import FeatureEmbedding, resolve_sequence_target
 from recsys.models.layers import MLP
 from recsys.models.moe import ActivationUnit, masked_softmax
 
-__all__ = ["SimHash", "SDIMAttention", "BucketTables", "TargetAttention", "SDIM", "DIN", "last_k"]
+__all__ = ["SimHash", "SDIMAttention", "BucketTables", "TargetAttention", "MultiHeadTargetAttention", "SDIM",
+           "DIN", "last_k"]
 
 _NORMS = ("l2", "count", "sum")
+_SHORT_ATTENTIONS = ("din", "multihead")
 
 
 # --------------------------------------------------------------------------------------- hashing
@@ -240,6 +242,86 @@ class TargetAttention(nn.Module):
         return (self.weights(seq, mask, target).unsqueeze(-1) * seq).sum(dim=1)
 
 
+class MultiHeadTargetAttention(nn.Module):
+    """Multi-head scaled dot-product target attention:
+    ``seq [B, L, D], mask [B, L], target [B, D] -> [B, D]``.
+
+    With A = ``attention_dim``, H = ``n_heads`` and d_h = A / H::
+
+        q = W_q t          [B, A]      -> H heads of d_h   [B, H, d_h]
+        K = seq W_kᵀ       [B, L, A]   -> [B, H, L, d_h]
+        V = seq W_vᵀ       [B, L, A]   -> [B, H, L, d_h]
+        α_h = softmax_j(q_h · K_hj / sqrt(d_h))     over the real behaviours only   [B, H, L]
+        o_h = Σ_j α_hj V_hj                          [B, H, d_h] -> concat [B, A]
+        out = W_o o                                  [B, D]
+
+    The short-term interest of FuxiCTR's SDIM (its ``MultiHeadTargetAttention`` with ``use_qkvo``
+    and ``use_scale``), written here. All four projections are bias-free ``nn.Linear``, so padding
+    contributes nothing (its weight is exactly 0, whatever its embedding holds) and an all-padding
+    row (empty history) gives the zero vector: its weights are all 0 (``masked_softmax``), so
+    ``o = 0`` and ``W_o 0 = 0``. Cost O(B L A), dot products instead of the DIN activation unit's
+    MLP per behaviour.
+
+    Args:
+        dim: D (input and output width).
+        attention_dim: A, total width of the Q/K/V space (split over the heads).
+        n_heads: H; ``attention_dim % n_heads == 0``.
+        scale: divide the scores by sqrt(d_h) (default True).
+        init: ``"torch"`` (default: PyTorch's Linear init) or ``"xavier"`` (Xavier-normal, as
+            FuxiCTR's ``reset_parameters``); the models pass their ``mlp_init``.
+
+    >>> att = MultiHeadTargetAttention(4, attention_dim=8, n_heads=2)
+    >>> seq, mask = torch.randn(2, 3, 4), torch.tensor([[True, True, False], [False] * 3])
+    >>> out = att(seq, mask, torch.randn(2, 4)); out.shape, out[1].abs().sum().item()
+    (torch.Size([2, 4]), 0.0)
+    >>> att.weights(seq, mask, torch.randn(2, 4)).sum(-1)[0].tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, dim: int, attention_dim: int = 64, n_heads: int = 2, scale: bool = True,
+                 init: str = "torch"):
+        super().__init__()
+        self.check_widths(dim, attention_dim, n_heads)
+        if init not in ("torch", "xavier"):
+            raise ValueError(f"unknown init {init!r}; use 'xavier' or 'torch'")
+        self.n_heads, self.head_dim = n_heads, attention_dim // n_heads
+        self.scale = self.head_dim ** -0.5 if scale else 1.0
+        self.w_q = nn.Linear(dim, attention_dim, bias=False)
+        self.w_k = nn.Linear(dim, attention_dim, bias=False)
+        self.w_v = nn.Linear(dim, attention_dim, bias=False)
+        self.w_o = nn.Linear(attention_dim, dim, bias=False)
+        if init == "xavier":
+            for lin in (self.w_q, self.w_k, self.w_v, self.w_o):
+                nn.init.xavier_normal_(lin.weight)
+
+    @staticmethod
+    def check_widths(dim: int, attention_dim: int, n_heads: int) -> None:
+        """Raise ``ValueError`` unless every width is >= 1 and ``attention_dim % n_heads == 0``."""
+        if dim < 1 or attention_dim < 1 or n_heads < 1:
+            raise ValueError(f"dim, attention_dim and n_heads must be >= 1, got {dim}, {attention_dim}, {n_heads}")
+        if attention_dim % n_heads:
+            raise ValueError(f"attention_dim ({attention_dim}) must be divisible by n_heads ({n_heads})")
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, A] -> [B, H, L, d_h]``."""
+        return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
+
+    def weights(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``α [B, H, L]``: per head, rows sum to 1 over the real behaviours, 0 on padding (all 0
+        for an all-padding row)."""
+        q = self.w_q(target).view(-1, self.n_heads, 1, self.head_dim)               # [B, H, 1, d_h]
+        k = self._heads(self.w_k(seq))                                               # [B, H, L, d_h]
+        scores = (q @ k.transpose(-1, -2)).squeeze(2) * self.scale                   # [B, H, L]
+        return masked_softmax(scores, mask.unsqueeze(1))
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seq = seq.masked_fill(~mask.unsqueeze(-1), 0.0)                              # no NaN/inf from padding
+        alpha = self.weights(seq, mask, target)                                      # [B, H, L]
+        v = self._heads(self.w_v(seq))                                               # [B, H, L, d_h]
+        o = (alpha.unsqueeze(2) @ v).squeeze(2)                                      # [B, H, d_h]
+        return self.w_o(o.flatten(1))                                                # [B, D]
+
+
 def last_k(seq: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The last ``k`` real behaviours of left-aligned (oldest first) sequences:
     ``[B, L, D], [B, L] -> [B, k, D], [B, k]`` (right-aligned: a row with n < k behaviours has
@@ -264,23 +346,37 @@ def last_k(seq: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor,
 # ---------------------------------------------------------------------------------------- models
 class _LongSequenceRanker(RankingModel):
     """Shared body: field embeddings, optional short-term target attention over the last k
-    behaviours, a long-term interest module (subclass), an MLP over ``[flatten(E), long, short]``."""
+    behaviours (DIN's activation unit, :class:`TargetAttention`, or
+    :class:`MultiHeadTargetAttention`: ``short_attention``), a long-term interest module
+    (subclass), an MLP over ``[flatten(E), long, short]``."""
 
     def _setup(self, features: FeatureEncoder, embedding_dim: int, short_len: int,
                attention_units: Sequence[int], attention_activation: str, hidden_units: Sequence[int],
                sequence_field: str | None, target_field: str | None, dropout: float, batch_norm: bool,
-               mlp_init: str, dims: dict[str, int] | None, init_std: float) -> None:
+               mlp_init: str, dims: dict[str, int] | None, init_std: float, short_attention: str = "din",
+               short_heads: int = 2, short_attention_dim: int = 64) -> None:
         name = type(self).__name__
         schema = features.schema
         sequence_field, target_field = resolve_sequence_target(schema, sequence_field, target_field, name)
         if short_len < 0:
             raise ValueError(f"short_len must be >= 0, got {short_len}")
+        if short_attention not in _SHORT_ATTENTIONS:
+            raise ValueError(f"short_attention must be one of {_SHORT_ATTENTIONS}, got {short_attention!r}")
+        if short_attention == "multihead":  # checked even with short_len=0: a config error either way
+            MultiHeadTargetAttention.check_widths(embedding_dim, short_attention_dim, short_heads)
         if not hidden_units:
             raise ValueError("hidden_units must name at least one hidden layer")
         self.sequence_field, self.target_field, self.short_len = sequence_field, target_field, short_len
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims, unpooled=[sequence_field],
                                           project_to=embedding_dim, init_std=init_std, embed_numeric=True)
-        self.short = TargetAttention(embedding_dim, attention_units, attention_activation) if short_len else None
+        # built after the embedding and only when used, so the default ("din") draws the same
+        # random numbers in the same order as before the option existed
+        if not short_len:
+            self.short = None
+        elif short_attention == "multihead":
+            self.short = MultiHeadTargetAttention(embedding_dim, short_attention_dim, short_heads, init=mlp_init)
+        else:
+            self.short = TargetAttention(embedding_dim, attention_units, attention_activation)
         n_fields = len(self.embedding.field_names)
         in_dim = (n_fields + 1 + (1 if short_len else 0)) * embedding_dim
         self.mlp = MLP(in_dim, list(hidden_units), out_dim=1, dropout=dropout, batch_norm=batch_norm, init=mlp_init)
@@ -315,7 +411,8 @@ class _LongSequenceRanker(RankingModel):
 
 class SDIM(_LongSequenceRanker):
     """SDIM ranking model: long-term interest by hashing-based sampling over the long sequence
-    (:class:`SDIMAttention`), short-term interest by DIN target attention over the last
+    (:class:`SDIMAttention`), short-term interest by target attention (DIN's activation unit, or
+    multi-head scaled dot product with ``short_attention="multihead"``) over the last
     ``short_len`` behaviours, and every other field, into an MLP.
 
     Shapes: ``E [B, F, D]`` (pooled id fields incl. the target item, then numeric fields as
@@ -333,8 +430,10 @@ class SDIM(_LongSequenceRanker):
       the hash codes; ``R`` is fixed (seeded buffer, ``hash_seed``), never resampled.
     * **Ties** ``rᵀx = 0``: bit 0; padding is masked out, so its (zero) embedding never collides.
     * **Short-term part**: the last ``short_len`` real behaviours (a gather, O(B k D)), softmax
-      target attention with DIN's activation unit; ``short_len=0`` drops it. The long part runs
-      over the whole sequence, including the last k (as the paper's industrial model).
+      target attention with DIN's activation unit (``short_attention="din"``) or multi-head
+      scaled dot-product target attention (``"multihead"``, :class:`MultiHeadTargetAttention`,
+      FuxiCTR's SDIM's); ``short_len=0`` drops it. The long part runs over the whole sequence,
+      including the last k (as the paper's industrial model).
     * **τ = 0**: one signature of no bits, everything collides: with ``normalization="count"``
       the long-term interest is mean pooling (the "Avg-Pooling" baseline).
     * **Serving**: :meth:`encode_sequence` / :meth:`score_from_tables` split the long part as
@@ -348,13 +447,19 @@ class SDIM(_LongSequenceRanker):
         normalization: ``l2``, ``count`` or ``sum``.
         hash_seed: seed of the projection R.
         short_len: k, behaviours in the short-term target attention (0: none).
-        attention_units, attention_activation: of the short-term activation unit.
+        attention_units, attention_activation: of the short-term activation unit (``"din"``).
         hidden_units: the MLP's hidden widths.
         sequence_field: the long sequence (default: the schema's first sequence field).
         target_field: the target item (default: the field whose table the sequence shares).
-        dropout, batch_norm, mlp_init: of the MLP.
+        dropout, batch_norm, mlp_init: of the MLP (``mlp_init`` also initialises the
+            ``"multihead"`` short-term attention's projections).
         dims: table -> width overrides (projected to D).
         init_std: std of the N(0, std^2) embedding init.
+        short_attention: ``"din"`` (default: :class:`TargetAttention`, DIN's activation unit) or
+            ``"multihead"`` (:class:`MultiHeadTargetAttention`: Q/K/V/O projections, scaled dot
+            product per head, masked softmax) for the short-term interest.
+        short_heads, short_attention_dim: H and A of the ``"multihead"`` short-term attention
+            (``short_attention_dim % short_heads == 0``; defaults 2 and 64, FuxiCTR's SDIM's).
 
     >>> from recsys.data import CTRDataModule
     >>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
@@ -369,11 +474,13 @@ class SDIM(_LongSequenceRanker):
                  attention_units: Sequence[int] = (64, 32), attention_activation: str = "relu",
                  hidden_units: Sequence[int] = (256, 128), sequence_field: str | None = None,
                  target_field: str | None = None, dropout: float = 0.0, batch_norm: bool = False,
-                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4):
+                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4,
+                 short_attention: str = "din", short_heads: int = 2, short_attention_dim: int = 64):
         super().__init__()
         self.long = SDIMAttention(embedding_dim, n_hashes, tau, normalization, hash_seed)
         self._setup(features, embedding_dim, short_len, attention_units, attention_activation, hidden_units,
-                    sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std)
+                    sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std,
+                    short_attention, short_heads, short_attention_dim)
 
     def long_interest(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.long(seq, mask, target)
@@ -401,8 +508,9 @@ class DIN(_LongSequenceRanker):
 
     Args:
         features, embedding_dim, short_len, attention_units, attention_activation, hidden_units,
-        sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std: as SDIM;
-        ``attention_units`` / ``attention_activation`` also shape the long-term activation unit.
+        sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std,
+        short_attention, short_heads, short_attention_dim: as SDIM; ``attention_units`` /
+        ``attention_activation`` also shape the long-term activation unit (always DIN's).
 
     >>> from recsys.data import CTRDataModule
     >>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
@@ -414,11 +522,13 @@ class DIN(_LongSequenceRanker):
                  attention_units: Sequence[int] = (64, 32), attention_activation: str = "relu",
                  hidden_units: Sequence[int] = (256, 128), sequence_field: str | None = None,
                  target_field: str | None = None, dropout: float = 0.0, batch_norm: bool = False,
-                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4):
+                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4,
+                 short_attention: str = "din", short_heads: int = 2, short_attention_dim: int = 64):
         super().__init__()
         self.long = TargetAttention(embedding_dim, attention_units, attention_activation)
         self._setup(features, embedding_dim, short_len, attention_units, attention_activation, hidden_units,
-                    sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std)
+                    sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std,
+                    short_attention, short_heads, short_attention_dim)
 
     def long_interest(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.long(seq, mask, target)
