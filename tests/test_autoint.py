@@ -203,16 +203,28 @@ def test_bad_configs_fail_at_construction(dm):
 
 
 def test_attention_init_xavier_sets_every_attention_and_output_linear(dm):
-    """attention_init='xavier' (FuxiCTR's init): Xavier-normal weights (std sqrt(2/(fan_in+fan_out))
-    within sampling error) and zero biases on the interacting layers and the output layer; the DNN
-    keeps its own mlp_init; 'torch' keeps PyTorch's uniform init, whose std (1/sqrt(3 fan_in)) is smaller here."""
+    """attention_init='xavier' (FuxiCTR's init): Xavier-normal weights and zero biases on the
+    interacting layers and the output layer; the DNN keeps its own mlp_init; 'torch' keeps PyTorch's
+    uniform init, whose std (1/sqrt(3 fan_in)) is smaller here. W_Q, W_K, W_V are drawn as FuxiCTR's
+    three separate [H*d, in] Linear layers, std sqrt(2/(in + H*d)), not with the fan-out of our
+    fused [3*H*d, in] matrix (sqrt(2/(in + 3*H*d)), 1.4x smaller for 64 -> 3 x 64)."""
     torch.manual_seed(0)
     x = AutoIntPlus(dm.features, embedding_dim=16, num_heads=2, head_dim=32, attention_init="xavier")
     torch.manual_seed(0)
     t = AutoIntPlus(dm.features, embedding_dim=16, num_heads=2, head_dim=32)
     w, wt = x.interacting[1].qkv.weight, t.interacting[1].qkv.weight     # [192, 64]
-    expected = (2.0 / (64 + 192)) ** 0.5
-    assert abs(w.std().item() - expected) < 0.05 * expected           # 12k weights: std error < 1%
+    expected = (2.0 / (64 + 64)) ** 0.5                                 # per projection [64, 64]
+    fused = (2.0 / (64 + 192)) ** 0.5
+    for block in w.split(64, dim=0):                                    # W_Q, W_K, W_V: 4k weights each
+        assert abs(block.std().item() - expected) < 0.05 * expected     # std error ~1%
+        assert abs(block.mean().item()) < 0.01
+    assert abs(w.std().item() - fused) > 0.2 * fused                    # not the fused matrix's fans
+    res = x.interacting[0].res.weight                                   # W_res [64, 16]
+    assert abs(res.std().item() - (2.0 / (16 + 64)) ** 0.5) < 0.1 * (2.0 / (16 + 64)) ** 0.5
+    q0 = x.interacting[0].qkv.weight[:64]                               # first layer: [64, 16]
+    assert abs(q0.std().item() - (2.0 / (16 + 64)) ** 0.5) < 0.1 * (2.0 / (16 + 64)) ** 0.5
+    out_w = x.output.weight                                             # [1, F*64]
+    assert abs(out_w.std().item() - (2.0 / (out_w.shape[1] + 1)) ** 0.5) < 0.1 * (2.0 / out_w.shape[1]) ** 0.5
     torch_std = 1.0 / (3 * 64) ** 0.5                                   # kaiming_uniform(a=sqrt(5))
     assert abs(wt.std().item() - torch_std) < 0.05 * torch_std and torch_std < 0.85 * expected
     assert torch.count_nonzero(x.output.bias) == 0

@@ -135,6 +135,17 @@ class InteractingLayer(nn.Module):
         self.norm = nn.LayerNorm(out_dim) if layer_norm else None
         self.last_attention: torch.Tensor | None = None
 
+    @torch.no_grad()
+    def reset_parameters_xavier(self) -> None:
+        """Xavier-normal init as FuxiCTR gives its separate ``W_q``, ``W_k``, ``W_v`` (and
+        ``W_res``): each ``[H*d, in_dim]`` block of the fused ``qkv`` weight is drawn with
+        std ``sqrt(2 / (in_dim + H*d))``, not with the fused ``[3*H*d, in_dim]`` matrix's fan-out
+        (that would be ``sqrt(2 / (in_dim + 3*H*d))``, 1.4x smaller for 64 -> 3 x 64)."""
+        for block in self.qkv.weight.split(self.out_dim, dim=0):
+            nn.init.xavier_normal_(block)
+        if self.res is not None:
+            nn.init.xavier_normal_(self.res.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[2] != self.in_dim:
             raise ValueError(f"expected [B, F, {self.in_dim}], got {list(x.shape)}")
@@ -194,7 +205,12 @@ class AutoInt(RankingModel):
         init_std: std of the N(0, std^2) embedding init (also the numeric field vectors).
         mlp_init: ``torch`` or ``xavier`` init of the DNN.
         attention_init: ``torch`` (PyTorch's Linear init) or ``xavier`` (Xavier-normal weights,
-            zero biases, as FuxiCTR) for the interacting layers and the output layer.
+            zero biases, as FuxiCTR) for the interacting layers and the output layer. ``xavier``
+            draws W_Q, W_K, W_V each with its own fans (``[H*d, in]``, as FuxiCTR's three
+            separate Linear layers), see :meth:`InteractingLayer.reset_parameters_xavier`.
+            FuxiCTR's AutoInt+ exactly (init and structure) is ``attention_init="xavier"``,
+            ``mlp_init="xavier"``, ``residual="auto"``
+            (``experiments/bench/peers/compare_autoint.py`` checks logits and gradients).
 
     >>> from recsys.data import CTRDataModule
     >>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")
@@ -238,11 +254,10 @@ class AutoInt(RankingModel):
         self.interacting = nn.Sequential(*layers)
         self.output = nn.Linear(n_fields * width, 1)
         if attention_init == "xavier":  # FuxiCTR's init of every Linear: Xavier-normal weights, zero bias
-            for m in [*self.interacting.modules(), self.output]:
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_normal_(m.weight)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+            for layer in self.interacting:
+                layer.reset_parameters_xavier()
+            nn.init.xavier_normal_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
         self.dnn = (MLP(n_fields * embedding_dim, list(dnn_hidden_units), out_dim=1, dropout=dnn_dropout,
                         batch_norm=batch_norm, init=mlp_init) if dnn_hidden_units else None)
         self.wide = FirstOrder(features, init_std=init_std) if use_wide else None
