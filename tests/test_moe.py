@@ -224,6 +224,32 @@ def test_gate_window_and_long_interest(dm, batch):
         AWMoE(dm.features, long_hashes=-3, **SMALL)
 
 
+def test_unit_gate_sums_over_experts_per_unit_and_mixes_per_unit(dm, batch):
+    """gate_granularity="unit": a weight per expert and hidden unit, [B, N, H], summing to 1 over
+    the experts for every unit; a user without history gets the prior's softmax; a gate that is
+    constant along H mixes exactly as the per-expert gate; the contrastive loss still ranks
+    identical views below shuffled ones, now over N*H-dimensional vectors."""
+    torch.manual_seed(0)
+    model = AWMoE(dm.features, gate_granularity="unit", **SMALL).eval()
+    assert model.gate_unit.out_features == 4 * 8 and model.gate_prior.shape == (32,)
+    with torch.no_grad():
+        model.gate_prior.copy_(torch.randn(32))
+        g = model.gate_weights(batch)
+    assert g.shape == (len(batch), 4, 8) and (g >= 0).all()
+    torch.testing.assert_close(g.sum(1), torch.ones(len(batch), 8))
+    empty = _lengths(batch) == 0
+    torch.testing.assert_close(g[empty], torch.softmax(model.gate_prior.view(4, 8), 0).expand(int(empty.sum()), 4, 8))
+    assert not torch.allclose(g[~empty][:, :, 0], g[~empty][:, :, 1])  # units get their own weights
+    x = torch.randn(5, model.moe.experts[0].net[0].in_features)
+    per_expert = torch.softmax(torch.randn(5, 4), 1)
+    torch.testing.assert_close(model.moe(x, per_expert), model.moe(x, per_expert.unsqueeze(-1).expand(5, 4, 8)))
+    rows = torch.ones(64, dtype=torch.bool)
+    z = torch.randn(64, 4, 8)
+    assert model.contrastive_loss(z, z, rows) < model.contrastive_loss(z, z[torch.randperm(64)], rows)
+    with pytest.raises(ValueError, match="gate_granularity"):
+        AWMoE(dm.features, gate_granularity="field", **SMALL)
+
+
 def test_eval_is_deterministic_and_uses_the_full_sequence(dm, batch):
     torch.manual_seed(0)
     model = AWMoE(dm.features, mask_rate=0.9, **SMALL).eval()

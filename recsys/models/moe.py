@@ -167,13 +167,16 @@ class MixtureOfExperts(nn.Module):
                          init=init)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """``gate`` ``[B, N]`` (one weight per expert) or ``[B, N, H]`` (one per expert and
+        hidden unit)."""
         h = torch.stack([e(x) for e in self.experts], dim=1)       # [B, N, H]
-        mixed = (gate.unsqueeze(-1) * h).sum(dim=1)                # [B, H]
+        mixed = ((gate.unsqueeze(-1) if gate.dim() == 2 else gate) * h).sum(dim=1)  # [B, H]
         return self.tower(mixed).squeeze(-1)
 
 
 def _normalise_gate(z: torch.Tensor, how: str) -> torch.Tensor:
-    return torch.softmax(z, dim=-1) if how == "softmax" else torch.sigmoid(z)
+    """``z [B, N]`` or ``[B, N, H]``: softmax over the experts (axis 1) or an element-wise sigmoid."""
+    return torch.softmax(z, dim=1) if how == "softmax" else torch.sigmoid(z)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -185,7 +188,8 @@ class AWMoE(RankingModel):
     sequence ``[B, L, D]`` + mask ``[B, L]``, target ``[B, D]``; expert input
     ``[B, F*D + D]`` (one more ``D`` per extra summary); gate ``[B, N]``; output ``logits [B]``,
     ``aux_losses["contrastive"]`` (training only, already multiplied by ``cl_weight``),
-    ``extras["gate"] [B, N]`` (expert weights), ``extras["attention"] [B, L]`` (α, zeros on
+    ``extras["gate"] [B, N]`` (expert weights; ``[B, N, H]`` with ``gate_granularity="unit"``),
+    ``extras["attention"] [B, L]`` (α, zeros on
     padding; ``[B, k]`` with ``gate_window=k``) and, with ``long_hashes``,
     ``extras["long_interest"] [B, D]``.
 
@@ -201,8 +205,13 @@ class AWMoE(RankingModel):
       prior ``c``, which is the whole gate for a user without history.
     * **Normalisation**: ``gate_normalization="softmax"`` (default; the weights sum to 1 over the
       experts) or ``"sigmoid"`` (each weight in (0, 1) independently, no sum constraint).
-    * **Granularity**: one weight per expert (the abstract's "fine-grained activation vector"
-      could also mean per expert and hidden unit; not implemented).
+    * **Granularity**: ``gate_granularity="expert"`` (default): one weight per expert, ``z``
+      ``[B, N]``. ``"unit"``: the abstract's "fine-grained activation vector" read as one weight
+      per expert *and* hidden unit of the experts' last layer: the gate unit maps each behaviour
+      to ``u_j [N*H]``, ``z [B, N, H]`` is normalised over the experts for each unit, and the
+      mixture is ``Σ_n g_n ⊙ h_n``. The contrastive loss then compares ``N*H``-dimensional
+      vectors instead of ``N``-dimensional ones (with N = 4, InfoNCE against a batch of
+      negatives has little room to separate rows in 3 centred dimensions).
     * **Other features in the gate**: off by default (the abstract feeds the gate the behaviour
       sequence); ``gate_features=True`` adds a linear map of ``flatten(E)`` to ``z``.
     * **Experts' view of the sequence**: ``expert_history="attention"`` (default) appends the
@@ -260,6 +269,7 @@ class AWMoE(RankingModel):
         similarity: ``cosine`` or ``dot``.
         contrast_on: ``logits`` (centred gate logits) or ``weights``.
         detach_full: stop the contrastive gradient at the full view.
+        gate_granularity: ``expert`` (one weight per expert) or ``unit`` (per expert and unit).
         gate_window: k > 0: the gate attends over the last k behaviours only (0: all L).
         long_hashes: m > 0: add SDIM's long-term interest over all L to the experts' input.
         long_tau, long_normalization, hash_seed: of that SDIM long-term interest.
@@ -275,7 +285,8 @@ class AWMoE(RankingModel):
                  gate_normalization: str = "softmax", gate_features: bool = False,
                  mask_rate: float = 0.3, temperature: float = 0.1, cl_weight: float = 0.1,
                  similarity: str = "cosine", contrast_on: str = "logits", detach_full: bool = False,
-                 expert_history: str = "attention", gate_window: int = 0, long_hashes: int = 0,
+                 expert_history: str = "attention", gate_granularity: str = "expert",
+                 gate_window: int = 0, long_hashes: int = 0,
                  long_tau: int = 3, long_normalization: str = "l2", hash_seed: int = 0,
                  dropout: float = 0.0, batch_norm: bool = False, mlp_init: str = "torch",
                  dims: dict[str, int] | None = None, init_std: float = 1e-4):
@@ -284,6 +295,13 @@ class AWMoE(RankingModel):
             raise ValueError(f"n_experts must be >= 1, got {n_experts}")
         if expert_history not in ("attention", "mean", "both"):
             raise ValueError(f"expert_history must be 'attention', 'mean' or 'both', got {expert_history!r}")
+        if gate_granularity not in ("expert", "unit"):
+            raise ValueError(f"gate_granularity must be 'expert' or 'unit', got {gate_granularity!r}")
+        if not expert_units:
+            raise ValueError("expert_units must name at least one hidden layer")
+        self.gate_granularity = gate_granularity
+        self.n_experts = n_experts
+        self.gate_width = n_experts * (expert_units[-1] if gate_granularity == "unit" else 1)
         if gate_window < 0:
             raise ValueError(f"gate_window must be >= 0 (0: the whole sequence), got {gate_window}")
         if long_hashes < 0:
@@ -312,9 +330,9 @@ class AWMoE(RankingModel):
                                           project_to=embedding_dim, init_std=init_std, embed_numeric=True)
         n_fields = len(self.embedding.field_names)
         self.activation = ActivationUnit(embedding_dim, attention_units, attention_activation)
-        self.gate_unit = nn.Linear(embedding_dim, n_experts, bias=False)
-        self.gate_prior = nn.Parameter(torch.zeros(n_experts))
-        self.gate_fields = nn.Linear(n_fields * embedding_dim, n_experts, bias=False) if gate_features else None
+        self.gate_unit = nn.Linear(embedding_dim, self.gate_width, bias=False)
+        self.gate_prior = nn.Parameter(torch.zeros(self.gate_width))
+        self.gate_fields = nn.Linear(n_fields * embedding_dim, self.gate_width, bias=False) if gate_features else None
         n_summaries = 2 if expert_history == "both" else 1
         self.long = None
         if long_hashes:
@@ -333,9 +351,11 @@ class AWMoE(RankingModel):
     def _gate_logits(self, scores: torch.Tensor, units: torch.Tensor, mask: torch.Tensor,
                      field_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = masked_softmax(scores, mask)                          # [B, L]
-        z = (alpha.unsqueeze(-1) * units).sum(dim=1) + self.gate_prior  # [B, N]
+        z = (alpha.unsqueeze(-1) * units).sum(dim=1) + self.gate_prior  # [B, N] or [B, N*H]
         if field_logits is not None:
             z = z + field_logits
+        if self.gate_granularity == "unit":
+            z = z.view(len(z), self.n_experts, -1)                    # [B, N, H]
         return z, alpha
 
     def forward_embedded(self, e: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor,
@@ -351,7 +371,7 @@ class AWMoE(RankingModel):
             from recsys.models.sdim import last_k
             seq, mask = last_k(seq, mask, self.gate_window)           # [B, k, D]: the gate's window
         scores = self.activation(seq, target)                         # [B, L]
-        units = self.gate_unit(seq)                                   # [B, L, N]
+        units = self.gate_unit(seq)                                   # [B, L, N] (or [B, L, N*H])
         field_logits = self.gate_fields(flat) if self.gate_fields is not None else None
         z, alpha = self._gate_logits(scores, units, mask, field_logits)
         gate = _normalise_gate(z, self.gate_normalization)
@@ -382,18 +402,19 @@ class AWMoE(RankingModel):
         a, p = z[rows], z_masked[rows]
         if self.detach_full:
             a = a.detach()
-        if self.contrast_on == "logits":
+        if self.contrast_on == "logits":  # centred over the experts (axis 1), per unit for "unit"
             a, p = a - a.mean(dim=1, keepdim=True), p - p.mean(dim=1, keepdim=True)
         else:
             a, p = _normalise_gate(a, self.gate_normalization), _normalise_gate(p, self.gate_normalization)
-        return info_nce(a, p, self.temperature, self.similarity)
+        return info_nce(a.flatten(1), p.flatten(1), self.temperature, self.similarity)
 
     def forward(self, batch) -> ModelOutput:
         return self.forward_embedded(*self.field_embeddings(batch))
 
     @torch.no_grad()
     def gate_weights(self, batch) -> torch.Tensor:
-        """Expert weights ``[B, N]`` of the full sequence (softmax: each row sums to 1)."""
+        """Expert weights of the full sequence, ``[B, N]`` (``[B, N, H]`` for
+        ``gate_granularity="unit"``); softmax: they sum to 1 over the experts (axis 1)."""
         return self.forward(batch).extras["gate"]
 
 
