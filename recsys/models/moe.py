@@ -15,7 +15,7 @@ with what we chose. In short::
     a_j  = ActivationUnit([b_j, t, b_j - t, b_j * t])        [B, L]  (DIN local activation)
     α    = softmax of a over the real behaviours (mask m)    [B, L]
     u_j  = W_g b_j                                            [B, L, N] (gate unit)
-    z    = Σ_j α_j u_j + c                                    [B, N]  gate logits
+    z    = Σ_j α_j u_j + c = W_g s + c                        [B, N]  gate logits (computed as W_g s)
     g    = softmax(z)                                         [B, N]  expert weights
     s    = Σ_j α_j b_j                                        [B, D]  behaviour summary
     x    = [flatten(E), s]                                    [B, F*D + D]
@@ -201,7 +201,8 @@ class AWMoE(RankingModel):
       the gate and the summary do not grow with the history length, and the masked view is
       comparable with the full one.
     * **Gate unit**: a bias-free linear map ``u_j = W_g b_j`` (``[B, L, N]``), one score per
-      expert per behaviour; the gate logits are ``z = Σ_j α_j u_j + c`` with a learned per-expert
+      expert per behaviour; the gate logits are ``z = Σ_j α_j u_j + c`` (computed as
+      ``W_g s + c`` with the summary ``s = Σ_j α_j b_j``: the same value) with a learned per-expert
       prior ``c``, which is the whole gate for a user without history.
     * **Normalisation**: ``gate_normalization="softmax"`` (default; the weights sum to 1 over the
       experts) or ``"sigmoid"`` (each weight in (0, 1) independently, no sum constraint).
@@ -348,15 +349,21 @@ class AWMoE(RankingModel):
         seq, mask = emb.sequences[self.sequence_field]
         return emb.stack(), seq, mask, emb.pooled[self.target_field]
 
-    def _gate_logits(self, scores: torch.Tensor, units: torch.Tensor, mask: torch.Tensor,
-                     field_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gate_logits(self, scores: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor,
+                     field_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gate logits ``z``, attention ``α [B, L]`` and summary ``s = Σ_j α_j b_j [B, D]``.
+
+        ``Σ_j α_j (W_g b_j) = W_g (Σ_j α_j b_j)`` (the gate unit is linear and bias-free), so the
+        gate unit is applied once to the summary, not to each of the L behaviours: O(B D N)
+        instead of O(B L D N) (``N*H`` for the fine-grained gate)."""
         alpha = masked_softmax(scores, mask)                          # [B, L]
-        z = (alpha.unsqueeze(-1) * units).sum(dim=1) + self.gate_prior  # [B, N] or [B, N*H]
+        summary = (alpha.unsqueeze(-1) * seq).sum(dim=1)              # [B, D]
+        z = self.gate_unit(summary) + self.gate_prior                 # [B, N] or [B, N*H]
         if field_logits is not None:
             z = z + field_logits
         if self.gate_granularity == "unit":
             z = z.view(len(z), self.n_experts, -1)                    # [B, N, H]
-        return z, alpha
+        return z, alpha, summary
 
     def forward_embedded(self, e: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor,
                          target: torch.Tensor) -> ModelOutput:
@@ -371,13 +378,12 @@ class AWMoE(RankingModel):
             from recsys.models.sdim import last_k
             seq, mask = last_k(seq, mask, self.gate_window)           # [B, k, D]: the gate's window
         scores = self.activation(seq, target)                         # [B, L]
-        units = self.gate_unit(seq)                                   # [B, L, N] (or [B, L, N*H])
         field_logits = self.gate_fields(flat) if self.gate_fields is not None else None
-        z, alpha = self._gate_logits(scores, units, mask, field_logits)
+        z, alpha, summary = self._gate_logits(scores, seq, mask, field_logits)
         gate = _normalise_gate(z, self.gate_normalization)
         parts = [flat]
         if self.expert_history in ("attention", "both"):
-            parts.append((alpha.unsqueeze(-1) * seq).sum(dim=1))      # [B, D] attention summary
+            parts.append(summary)                                      # [B, D] attention summary
         if self.expert_history in ("mean", "both"):
             count = mask.sum(dim=1, keepdim=True).clamp(min=1)
             parts.append(seq.sum(dim=1) / count)                       # [B, D] mean of behaviours
@@ -390,7 +396,7 @@ class AWMoE(RankingModel):
         out = ModelOutput(logits=logits, extras=extras)
         if self.training and self.cl_weight > 0:
             masked = random_behaviour_mask(mask, self.mask_rate)
-            z2, _ = self._gate_logits(scores, units, masked, field_logits)
+            z2, _, _ = self._gate_logits(scores, seq, masked, field_logits)
             out.aux_losses["contrastive"] = self.cl_weight * self.contrastive_loss(z, z2, mask.any(dim=1))
         return out
 
