@@ -72,7 +72,7 @@ from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
 from recsys.models.baselines import FirstOrder
 from recsys.models.embedding import FeatureEmbedding
-from recsys.models.layers import MLP
+from recsys.models.layers import MLP, init_linears
 
 Residual = Literal["project", "auto", "identity", "none"]
 _RESIDUALS = ("project", "auto", "identity", "none")
@@ -256,8 +256,7 @@ class AutoInt(RankingModel):
         if attention_init == "xavier":  # FuxiCTR's init of every Linear: Xavier-normal weights, zero bias
             for layer in self.interacting:
                 layer.reset_parameters_xavier()
-            nn.init.xavier_normal_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
+            init_linears("xavier", self.output)
         self.dnn = (MLP(n_fields * embedding_dim, list(dnn_hidden_units), out_dim=1, dropout=dnn_dropout,
                         batch_norm=batch_norm, init=mlp_init) if dnn_hidden_units else None)
         self.wide = FirstOrder(features, init_std=init_std) if use_wide else None

@@ -10,6 +10,26 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "prelu": nn.PReLU}
 
 
+def init_linears(init: str, *modules: nn.Module) -> None:
+    """Initialise every ``nn.Linear`` in ``modules`` (in order): ``"torch"`` keeps PyTorch's
+    default, ``"xavier"`` draws Xavier-normal weights and zeroes the biases (FuxiCTR's init).
+    Any other name raises ``ValueError``.
+
+    >>> lin = nn.Linear(3, 2); init_linears("xavier", lin); bool((lin.bias == 0).all())
+    True
+    """
+    if init not in ("torch", "xavier"):
+        raise ValueError(f"unknown init {init!r}; use 'xavier' or 'torch'")
+    if init == "torch":
+        return
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 class MLP(nn.Module):
     """Feed-forward stack ``in_dim -> hidden[0] -> ... -> hidden[-1]`` (-> ``out_dim`` if given).
 
@@ -45,13 +65,7 @@ class MLP(nn.Module):
             prev = out_dim
         self.out_dim = prev
         self.net = nn.Sequential(*layers)
-        if init == "xavier":
-            for m in self.net:
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_normal_(m.weight)
-                    nn.init.zeros_(m.bias)
-        elif init != "torch":
-            raise ValueError(f"unknown init {init!r}; use 'xavier' or 'torch'")
+        init_linears(init, self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -47,7 +47,7 @@ from torch import nn
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
 from recsys.models.embedding import FeatureEmbedding, resolve_sequence_target
-from recsys.models.layers import MLP
+from recsys.models.layers import MLP, init_linears
 from recsys.models.moe import ActivationUnit, masked_softmax
 
 __all__ = ["SimHash", "SDIMAttention", "BucketTables", "TargetAttention", "MultiHeadTargetAttention", "SDIM",
@@ -274,7 +274,7 @@ class MultiHeadTargetAttention(nn.Module):
     >>> seq, mask = torch.randn(2, 3, 4), torch.tensor([[True, True, False], [False] * 3])
     >>> out = att(seq, mask, torch.randn(2, 4)); out.shape, out[1].abs().sum().item()
     (torch.Size([2, 4]), 0.0)
-    >>> att.weights(seq, mask, torch.randn(2, 4)).sum(-1)[0].tolist()
+    >>> [round(w, 6) for w in att.weights(seq, mask, torch.randn(2, 4)).sum(-1)[0].tolist()]
     [1.0, 1.0]
     """
 
@@ -282,17 +282,13 @@ class MultiHeadTargetAttention(nn.Module):
                  init: str = "torch"):
         super().__init__()
         self.check_widths(dim, attention_dim, n_heads)
-        if init not in ("torch", "xavier"):
-            raise ValueError(f"unknown init {init!r}; use 'xavier' or 'torch'")
         self.n_heads, self.head_dim = n_heads, attention_dim // n_heads
         self.scale = self.head_dim ** -0.5 if scale else 1.0
         self.w_q = nn.Linear(dim, attention_dim, bias=False)
         self.w_k = nn.Linear(dim, attention_dim, bias=False)
         self.w_v = nn.Linear(dim, attention_dim, bias=False)
         self.w_o = nn.Linear(attention_dim, dim, bias=False)
-        if init == "xavier":
-            for lin in (self.w_q, self.w_k, self.w_v, self.w_o):
-                nn.init.xavier_normal_(lin.weight)
+        init_linears(init, self.w_q, self.w_k, self.w_v, self.w_o)
 
     @staticmethod
     def check_widths(dim: int, attention_dim: int, n_heads: int) -> None:
