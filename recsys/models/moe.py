@@ -302,7 +302,7 @@ class AWMoE(RankingModel):
             raise ValueError("expert_units must name at least one hidden layer")
         self.gate_granularity = gate_granularity
         self.n_experts = n_experts
-        self.gate_width = n_experts * (expert_units[-1] if gate_granularity == "unit" else 1)
+        gate_width = n_experts * (expert_units[-1] if gate_granularity == "unit" else 1)  # N or N*H
         if gate_window < 0:
             raise ValueError(f"gate_window must be >= 0 (0: the whole sequence), got {gate_window}")
         if long_hashes < 0:
@@ -331,9 +331,9 @@ class AWMoE(RankingModel):
                                           project_to=embedding_dim, init_std=init_std, embed_numeric=True)
         n_fields = len(self.embedding.field_names)
         self.activation = ActivationUnit(embedding_dim, attention_units, attention_activation)
-        self.gate_unit = nn.Linear(embedding_dim, self.gate_width, bias=False)
-        self.gate_prior = nn.Parameter(torch.zeros(self.gate_width))
-        self.gate_fields = nn.Linear(n_fields * embedding_dim, self.gate_width, bias=False) if gate_features else None
+        self.gate_unit = nn.Linear(embedding_dim, gate_width, bias=False)
+        self.gate_prior = nn.Parameter(torch.zeros(gate_width))
+        self.gate_fields = nn.Linear(n_fields * embedding_dim, gate_width, bias=False) if gate_features else None
         n_summaries = 2 if expert_history == "both" else 1
         self.long = None
         if long_hashes:
