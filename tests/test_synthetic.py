@@ -14,6 +14,7 @@ from recsys.data.datasets.synthetic import (
     feature_ranking_config,
     make_feature_ranking_data,
     make_synthetic,
+    make_wide_table,
     roc_auc,
 )
 from recsys.errors import ConfigError
@@ -225,3 +226,27 @@ def test_feature_ranking_config_is_a_synthetic_config():
     cfg = feature_ranking_config(n_rows=2_000, seed=5)
     assert cfg.n_rows == 2_000 and cfg.seed == 5 and cfg.history_max_len == 0
     assert make_synthetic(cfg).frame.equals(make_feature_ranking_data(n_rows=2_000, seed=5).frame)
+
+
+# ------------------------------------------------------------------------------ wide-table data
+def test_wide_table_shape_signal_and_determinism():
+    d = make_wide_table(n_rows=20_000, seed=1)
+    f, s = d.frame, d.schema
+    assert len(s.fields) == 40
+    kinds = [fs.kind for fs in s.fields]
+    assert kinds.count("categorical") == 33 and kinds.count("numeric") == 7
+    assert set(s.source_columns) <= set(f.columns) and "history" not in f.columns
+    card = {fs.name: f[fs.name].n_unique() for fs in s.fields if fs.kind == "categorical"}
+    small = [n for n, k in card.items() if k <= 50]
+    assert len(small) == 29 and min(card.values()) == 2
+    assert sorted(k for n, k in card.items() if k > 50) == [200, 500, 1000, 1000]  # c29, items, users, c30
+    assert f.filter(pl.col("split") == "train").height == 16_000
+    # planted: an even-index categorical carries signal, an odd one (noise) does not
+    chi_inf, df_inf = _chi2(f, "c10")  # 20 values, effect 0.3
+    chi_noise, df_noise = _chi2(f, "c11")  # 25 values, noise: chi2(24), P(> 60) < 1e-4
+    assert (df_inf, df_noise) == (19, 24)
+    assert chi_noise < 60 and chi_inf > 150  # effect spread 0.3: ~250 at 20k rows
+    assert "c10" in d.informative and "c11" in d.noise and "n0" in d.informative and "n6" in d.noise
+    assert 0.7 < d.oracle_auc["test"] < 0.9
+    assert make_wide_table(n_rows=20_000, seed=1).frame.equals(f)
+    assert not make_wide_table(n_rows=20_000, seed=2).frame["label"].equals(f["label"])

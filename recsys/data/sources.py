@@ -4,6 +4,9 @@ Built-in names:
 
 * ``synthetic`` (default): seeded generator with planted signal, no download
   (:mod:`recsys.data.datasets.synthetic`); options are ``SyntheticConfig`` fields.
+* ``synthetic-wide``: the 40-field wide-table benchmark data
+  (:func:`recsys.data.datasets.synthetic.make_wide_table`); options ``n_rows``, ``seed`` and
+  ``SyntheticConfig`` fields.
 * ``movielens-100k``: the ``ml100k-ctr`` view (:mod:`recsys.data.datasets.movielens`);
   options: ``max_history``.
 * ``ml100k-retrieval``: MovieLens-100K for candidate retrieval, leave-last-out per user
@@ -42,6 +45,14 @@ def _synthetic(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.synthetic import make_synthetic
 
     data = make_synthetic(**options)
+    return data.frame, data.schema
+
+
+@register_dataset("synthetic-wide")
+def _synthetic_wide(**options: Any) -> tuple[pl.DataFrame, Schema]:
+    from recsys.data.datasets.synthetic import make_wide_table
+
+    data = make_wide_table(**options)
     return data.frame, data.schema
 
 

@@ -39,6 +39,8 @@ True
 
 The feature-ranking benchmark data (1M rows x 40 features, see ``BENCHMARKS.md``) is
 :func:`make_feature_ranking_data`; its config, :func:`feature_ranking_config`, can be tweaked.
+The wide-table speed benchmark data (40 fields, mostly small categoricals, 180k training rows) is
+:func:`make_wide_table` (built-in data set ``synthetic-wide``), config :func:`wide_table_config`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ __all__ = [
     "write_synthetic_parquet",
     "feature_ranking_config",
     "make_feature_ranking_data",
+    "wide_table_config",
+    "make_wide_table",
     "roc_auc",
 ]
 
@@ -723,3 +727,52 @@ def make_feature_ranking_data(n_rows: int = 1_000_000, seed: int = 0) -> Synthet
     ranking (informative over noise should rank with AUC 1.0).
     """
     return make_synthetic(feature_ranking_config(n_rows=n_rows, seed=seed))
+
+
+# ------------------------------------------------------------------------ wide-table benchmark
+# 31 categoricals besides user_id / item_id: 29 small ones (2 .. 50 values) and two larger ones
+# (200, 1000). Every other one carries a planted effect; the rest are noise.
+_WIDE_SMALL = (2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50,
+               2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 50)
+_WIDE_LARGE = (200, 1000)
+
+
+def wide_table_config(n_rows: int = 225_000, seed: int = 0) -> SyntheticConfig:
+    """The config of the wide-table speed benchmark (issue 18): 40 fields, no sequences.
+
+    Fields: ``user_id`` (1,000 users) and ``item_id`` (500 items), 31 more categoricals
+    ``c00`` .. ``c30``: 29 with 2 to 50 values (``c00`` .. ``c28``; some Zipf-skewed, some
+    strings) and ``c29`` (200 values), ``c30`` (1,000 values); 7 numerics ``n0`` .. ``n6``.
+    So 33 categorical + 7 numeric = 40 fields. Planted signal: every categorical with an even
+    index has a per-value effect of spread 0.3 (16 fields), ``user_id`` / ``item_id`` 0.3 each,
+    numerics ``n0`` .. ``n3`` a linear effect 0.3; the rest are noise. The default
+    ``n_rows`` = 225,000 gives 180,000 training rows (80/10/10 by time); tests pass a small one.
+
+    >>> cfg = wide_table_config(n_rows=1_000)
+    >>> len(cfg.categoricals) + 2, len(cfg.numerics)
+    (33, 7)
+    """
+    cats = []
+    for i, k in enumerate(_WIDE_SMALL + _WIDE_LARGE):
+        cats.append(CategoricalSpec(f"c{i:02d}", k, effect=0.3 if i % 2 == 0 else 0.0,
+                                    zipf=1.1 if i % 3 == 2 else None, as_string=i % 4 == 1))
+    nums = tuple(NumericSpec(f"n{j}", effect=0.3 if j < 4 else 0.0, loc=float(j), scale=1.0 + j / 2,
+                             log=j in (2, 5)) for j in range(7))
+    return SyntheticConfig(
+        n_rows=n_rows, n_users=1_000, n_items=500, seed=seed,
+        user_effect=0.3, item_effect=0.3, cluster_affinity=0.0,
+        categoricals=tuple(cats), numerics=nums,
+        n_tags=0, history_max_len=0, history_effect=0.0, base_rate=0.3,
+    )
+
+
+def make_wide_table(n_rows: int = 225_000, seed: int = 0, **overrides: Any) -> SyntheticData:
+    """The wide-table benchmark data: ``make_synthetic(wide_table_config(n_rows, seed))``.
+
+    ``overrides`` replace further :class:`SyntheticConfig` fields (e.g. ``effect_scale``).
+
+    >>> d = make_wide_table(n_rows=2_000)
+    >>> len(d.schema.fields), d.frame.filter(pl.col("split") == "train").height
+    (40, 1600)
+    """
+    return make_synthetic(wide_table_config(n_rows=n_rows, seed=seed), **overrides)
