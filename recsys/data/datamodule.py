@@ -39,7 +39,7 @@ class CTRDataModule(L.LightningDataModule):
     """Loads a data set, fits the feature encoders on its train split, serves Batches.
 
     Args:
-        dataset: ``synthetic`` (default, no download), ``movielens-100k``, or the path of a
+        dataset: ``synthetic`` (default, no download), ``movielens-100k``, ``adult``, or the path of a
             parquet/CSV file (or directory of parquet files) holding every split.
         schema: schema YAML. Required for a file data set; for a built-in one it replaces the
             built-in schema (e.g. to drop fields or set per-field widths).
@@ -49,7 +49,7 @@ class CTRDataModule(L.LightningDataModule):
         test_path: separate test file.
         predict_path: file to score with ``recsys predict`` (default: the test split).
         dataset_options: options of a built-in data set (``n_rows``, ``seed``, ... for synthetic;
-            ``max_history``/``history_len`` for movielens-100k).
+            ``max_history``/``history_len`` for movielens-100k; ``split_seed`` for adult).
         fields: keep only these schema fields (plus the tables they share); ``None`` keeps all.
         batch_size: training batch size.
         eval_batch_size: batch size for valid/test/predict (default: 4x ``batch_size``).

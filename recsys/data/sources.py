@@ -11,6 +11,8 @@ Built-in names:
   options: ``max_history``.
 * ``ml100k-retrieval``: MovieLens-100K for candidate retrieval, leave-last-out per user
   (:func:`recsys.data.datasets.movielens.load_ml100k_retrieval`); options: ``history_len``.
+* ``adult``: the Adult census-income table, 8 categorical + 6 numeric fields, label income >50K,
+  seeded stratified 80/10/10 split (:mod:`recsys.data.datasets.adult`); options: ``split_seed``.
 * ``synthetic-retrieval``: seeded users with planted multi-cluster interests
   (:func:`recsys.data.retrieval.make_synthetic_retrieval`), leave-last-out like the above.
 
@@ -68,6 +70,13 @@ def _movielens_retrieval(history_len: int = 50) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.movielens import load_ml100k_retrieval, ml100k_retrieval_schema
 
     return load_ml100k_retrieval(max_history=history_len), ml100k_retrieval_schema(history_len=history_len)
+
+
+@register_dataset("adult")
+def _adult(split_seed: int = 0) -> tuple[pl.DataFrame, Schema]:
+    from recsys.data.datasets.adult import adult_schema, load_adult
+
+    return load_adult(split_seed=split_seed), adult_schema()
 
 
 @register_dataset("synthetic-retrieval")
