@@ -180,7 +180,7 @@ def _make_cli_class():
         def _parse_ckpt_path(self) -> None:
             # Lightning reads --ckpt_path here (weights_only=True) to merge its hyperparameters
             # into the config; read it first so a corrupt or unsafe file is a RecsysError
-            from recsys.tasks.distributed import read_checkpoint
+            from recsys.checkpoint import read_checkpoint
 
             sub = self.config.get("subcommand")
             ckpt = self.config[sub].get("ckpt_path") if sub else None
@@ -191,7 +191,7 @@ def _make_cli_class():
         def instantiate_trainer(self, **kwargs):
             from pytorch_lightning.callbacks import ModelCheckpoint
 
-            from recsys.tasks.distributed import RecsysCheckpointIO
+            from recsys.checkpoint import RecsysCheckpointIO
 
             cfg = self.config.get(self.subcommand) if self.subcommand else self.config
             every = cfg.get("save_every_n_steps") if cfg is not None else None

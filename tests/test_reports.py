@@ -19,7 +19,8 @@ import yaml
 from recsys.cli import main as recsys_main
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.errors import RecsysError
-from recsys.reports import build_report, metrics as M
+from recsys import metrics as M
+from recsys.reports import build_report
 from recsys.reports.render import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]

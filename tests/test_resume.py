@@ -18,7 +18,7 @@ import yaml
 from recsys.cli import main
 from recsys.data.batch import BatchIndexSampler
 from recsys.errors import RecsysError
-from recsys.tasks.distributed import read_checkpoint
+from recsys.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 5  # checkpoint every 5 steps; 25 steps per epoch, so most checkpoints are mid-epoch

@@ -15,7 +15,7 @@ import yaml
 from recsys.cli import check_class_paths, main
 from recsys.errors import ConfigError, RecsysError
 from recsys.tasks import load_checkpoint
-from recsys.tasks.distributed import RecsysCheckpointIO, read_checkpoint
+from recsys.checkpoint import RecsysCheckpointIO, read_checkpoint
 from recsys.utils import cache_dir, within
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_sharded_checkpoint_directory_never_runs_code(trained, tmp_path):
 
     import torch.distributed.checkpoint as dcp
 
-    from recsys.tasks.distributed import META_FILE
+    from recsys.checkpoint import META_FILE
 
     _, _, ckpt = trained
     data = torch.load(ckpt, weights_only=True)

@@ -107,7 +107,7 @@ def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path) -> float:
     split, joined to the split file by (user_id, item_id, timestamp)."""
     import polars as pl
 
-    from recsys.reports.metrics import roc_auc
+    from recsys.metrics import roc_auc
 
     cmd = [str(OUR_BIN), "predict", "--config", str(ROOT / "experiments" / f"{model}_ml100k.yaml"),
            "--ckpt_path", ckpt, "--predict_out", str(out), "--trainer.enable_progress_bar", "false",

@@ -136,7 +136,7 @@ def run_measured(cmd: list[str], cwd: Path, log: Path) -> dict:
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
-    from recsys.data.datasets.synthetic import roc_auc
+    from recsys.metrics import roc_auc
 
     return roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
 

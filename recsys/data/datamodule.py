@@ -234,7 +234,7 @@ def load_features(path: str) -> FeatureEncoder:
     if not p.exists():
         raise DataError("checkpoint not found", where=str(p), fix="check --ckpt_path / data.features_from")
     from recsys.errors import RecsysError
-    from recsys.tasks.distributed import read_checkpoint
+    from recsys.checkpoint import read_checkpoint
 
     try:
         ckpt = read_checkpoint(p, keys=())  # weights_only=True; a file or a sharded run's directory

@@ -4,7 +4,7 @@ Entry points:
 
 * :func:`build_report` (``recsys report``): score checkpoints, write ``report.html``,
   ``report.md``, ``metrics.json`` and ``plots/`` atomically, return the metrics dict.
-* :mod:`recsys.reports.metrics`: the canonical exact AUC, logloss, GAUC, ECE, calibration ratio,
+* :mod:`recsys.metrics` (the floor module every layer uses): the canonical exact AUC, logloss, GAUC, ECE, calibration ratio,
   bootstrap intervals and DeLong test, on numpy arrays.
 
 ``metrics.json`` (``"format": "recsys-report/1"``) has these keys, always present:
@@ -20,7 +20,7 @@ delta (= auc_b - auc_a), delong {se, z, p_value, ci95}, paired_bootstrap {ci95}}
 """
 
 from recsys.reports.build import TASK_SECTIONS, build_report, compute_report
-from recsys.reports.metrics import (
+from recsys.metrics import (
     GroupedAUC,
     Interval,
     average_precision,

@@ -47,7 +47,7 @@ import polars as pl
 import torch
 
 from recsys.errors import RecsysError
-from recsys.reports import metrics as M
+from recsys import metrics as M
 
 RANKING_TASK = "recsys.tasks.ranking.RankingTask"
 FORMAT = "recsys-report/1"

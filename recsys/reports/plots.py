@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recsys.reports import metrics as M  # noqa: E402
+from recsys import metrics as M  # noqa: E402
 
 _MAX_POINTS = 2000  # curve points kept per model (evenly spaced over the thresholds)
 

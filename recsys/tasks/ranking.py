@@ -295,7 +295,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> RankingTask:
 
     The file is read with ``weights_only=True``: schema, encoders and model arguments are JSON.
     """
-    from recsys.tasks.distributed import read_checkpoint
+    from recsys.checkpoint import read_checkpoint
 
     p = Path(path)
     ckpt = read_checkpoint(p, map_location=map_location)  # weights_only=True; a sharded (DCP) run's directory too
@@ -331,7 +331,7 @@ def load_datamodule(path: str | Path, **overrides: Any):
     from recsys.data.datamodule import CTRDataModule
     from recsys.data.streaming import StreamingCTRDataModule
 
-    from recsys.tasks.distributed import read_checkpoint
+    from recsys.checkpoint import read_checkpoint
 
     p = Path(path)
     ckpt = read_checkpoint(p, keys=())  # metadata only

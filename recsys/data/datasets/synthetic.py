@@ -55,6 +55,7 @@ import numpy as np
 import polars as pl
 
 from recsys.errors import ConfigError
+from recsys.metrics import roc_auc  # the one exact AUC (re-exported: synthetic.roc_auc)
 from recsys.schema import FieldSpec, Schema
 
 __all__ = [
@@ -352,24 +353,6 @@ def _intercept(z: np.ndarray, rate: float) -> float:
         if hi - lo < 1e-12:
             break
     return b
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (Mann-Whitney, tied scores get averaged ranks); NaN if one class is absent."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="stable")
-    s_sorted = s[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    ends = np.r_[starts[1:], s.size]  # exclusive
-    avg_rank = (starts + ends + 1) / 2.0  # 1-based average rank of each tie group
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat(avg_rank, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def _list_column(name: str, rows: np.ndarray, values: np.ndarray, n: int) -> pl.Series:
