@@ -60,6 +60,11 @@ class FieldSpec:
         transform: numeric only, ``standardize`` (dense) or ``bucketize`` (id).
         n_buckets: number of quantile buckets for ``bucketize``.
         pooling: how multi-hot ids are pooled, ``mean`` or ``sum``.
+        missing_values: raw values that stand for "missing" in this column (e.g. ``["?"]``,
+            ``["NA", ""]``): encoders map them to the missing id and the feature ranking counts
+            them as missing. ``None`` takes the schema-wide ``missing_values``. Compared with the
+            value's string form (``-1`` matches the integer -1); a numeric field stored as
+            strings because of such tokens is read as numbers once they are removed.
     """
 
     name: str
@@ -74,6 +79,11 @@ class FieldSpec:
     transform: Literal["standardize", "bucketize"] = "standardize"
     n_buckets: int = 10
     pooling: Literal["mean", "sum"] = "mean"
+    missing_values: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.missing_values, list):  # frozen: lists from code/YAML become tuples
+            object.__setattr__(self, "missing_values", _tokens(self.missing_values))
 
     @property
     def source(self) -> str:
@@ -103,11 +113,19 @@ class FieldSpec:
                 continue
             value = getattr(self, f.name)
             if value != f.default:
-                out[f.name] = value
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
 _FIELD_ATTRS = {f.name for f in dataclasses.fields(FieldSpec)}
+
+
+def _tokens(values: list[Any]) -> Any:
+    """YAML ``missing_values`` as a tuple of strings (numbers by their string form, ``-1`` -> ``"-1"``);
+    anything else is returned unchanged for validation to reject."""
+    if all(isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        return tuple(v if isinstance(v, str) else str(v) for v in values)
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -119,19 +137,29 @@ class Schema:
         label: the 0/1 label column.
         keys: role -> column for ``user``, ``item``, ``time`` (any subset). The user key feeds
             grouped metrics (GAUC), the time key orders sequences and splits.
+        missing_values: placeholders that mean "missing" in every field that declares none of
+            its own (``missing_values: ["?"]`` at the top of the YAML); see
+            :meth:`missing_of`.
     """
 
     fields: tuple[FieldSpec, ...]
     label: str = "label"
     keys: dict[str, str] = field(default_factory=dict)
+    missing_values: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.missing_values, list):
+            object.__setattr__(self, "missing_values", _tokens(self.missing_values))
         self._validate()
 
     # ------------------------------------------------------------------ views
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
+
+    def missing_of(self, f: FieldSpec) -> tuple[str, ...]:
+        """The placeholders that mean missing in field ``f``: its own, else the schema-wide ones."""
+        return self.missing_values if f.missing_values is None else f.missing_values
 
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -200,6 +228,10 @@ class Schema:
             v = getattr(f, attr)
             if v is not None and (not isinstance(v, str) or not v):
                 raise SchemaError(f"{attr} must be a non-empty string, got {v!r}", where=where)
+        mv = f.missing_values
+        if mv is not None and (not isinstance(mv, tuple) or not all(isinstance(t, str) for t in mv)):
+            raise SchemaError(f"missing_values must be a list of strings, got {mv!r}", where=where,
+                              fix='e.g. missing_values: ["?", "NA"] (numbers as strings: ["-1"])')
         for attr in ("embedding_dim", "min_count", "hash_buckets", "max_len", "n_buckets"):
             v = getattr(f, attr)
             if isinstance(v, bool) or (v is not None and not isinstance(v, int)):
@@ -261,6 +293,10 @@ class Schema:
         if not isinstance(self.label, str) or not self.label:
             raise SchemaError(f"the label column is not set or not a string ({self.label!r})", where="schema",
                               fix="add 'label: <column>'")
+        mv = self.missing_values
+        if not isinstance(mv, tuple) or not all(isinstance(t, str) for t in mv):
+            raise SchemaError(f"missing_values must be a list of strings, got {mv!r}", where="schema",
+                              fix='e.g. missing_values: ["?", "NA"] (numbers as strings: ["-1"])')
         if not isinstance(self.keys, dict):
             raise SchemaError("keys must map roles (user, item, time) to columns", where="schema keys")
         if self.label in by_name or self.label in {f.source for f in self.fields}:
@@ -279,10 +315,10 @@ class Schema:
         where = source or "schema"
         if not isinstance(data, dict):
             raise SchemaError("expected a mapping with 'fields', 'label' and optional 'keys'", where=where)
-        unknown = set(data) - {"fields", "label", "keys"}
+        unknown = set(data) - {"fields", "label", "keys", "missing_values"}
         if unknown:
             raise SchemaError(f"unknown top-level keys {sorted(unknown)}", where=where,
-                              fix="allowed keys are 'fields', 'label', 'keys'")
+                              fix="allowed keys are 'fields', 'label', 'keys', 'missing_values'")
         raw_fields = data.get("fields")
         if not isinstance(raw_fields, list):
             raise SchemaError("'fields' must be a list of field mappings", where=where)
@@ -299,7 +335,8 @@ class Schema:
         if not isinstance(keys, dict):
             raise SchemaError("'keys' must map roles (user, item, time) to columns", where=where)
         try:
-            return cls(fields=tuple(specs), label=data.get("label", "label"), keys=dict(keys))
+            return cls(fields=tuple(specs), label=data.get("label", "label"), keys=dict(keys),
+                       missing_values=data.get("missing_values", ()))
         except SchemaError as e:
             if source:
                 raise SchemaError(e.message, where=f"{source}: {e.where}" if e.where else source, fix=e.fix) from None
@@ -321,6 +358,8 @@ class Schema:
         out: dict[str, Any] = {"label": self.label}
         if self.keys:
             out["keys"] = dict(self.keys)
+        if self.missing_values:
+            out["missing_values"] = list(self.missing_values)
         out["fields"] = [f.to_dict() for f in self.fields]
         return out
 

@@ -34,6 +34,7 @@ from recsys.data.encoders import (
     Vocabulary,
     encoder_from_dict,
 )
+from recsys.data.missing import replace_missing
 from recsys.errors import DataError
 from recsys.schema import FieldSpec, Schema
 from recsys.utils import atomic_write_text
@@ -189,6 +190,7 @@ class FeatureEncoder:
     def fit(self, train: pl.DataFrame, source: str = "train split") -> "FeatureEncoder":
         """Fit every encoder on ``train`` (a DataFrame with the schema's columns)."""
         self.encoders_, self.dtypes_ = {}, {}
+        train = replace_missing(train, self.schema, source)  # declared placeholders ("?") -> null
         self.validate(train, source)
         for f in self.schema.fields:
             self.dtypes_[f.source] = _dtype_class(train[f.source].dtype)
@@ -237,6 +239,7 @@ class FeatureEncoder:
         if not self.is_fitted:
             raise DataError("the feature encoder is not fitted", where=source, fix="call fit() on the train split first")
         has_label = self.schema.label in frame.columns
+        frame = replace_missing(frame, self.schema, source)  # declared placeholders ("?") -> null
         self.validate(frame, source, require_label=require_label)
         n = len(frame)
         scalar = [f for f in self.schema.fields if not f.is_list]

@@ -14,6 +14,11 @@ values with their shares, entropy, and flags:
   value). Detected from a 128-bit fingerprint of each column's classes (per distinct value: its first row and
   the sum of a 64-bit hash of its rows), equal for equal partitions, distinct otherwise with
   overwhelming probability;
+* ``placeholder``: values that usually stand for "missing" (``"?"``, ``""``, ``"NA"``,
+  ``"N/A"``, ``"null"``, ``"none"``, ``"unknown"``, ``"-"``; compared stripped and
+  case-insensitively) cover more than ``placeholder`` (5%) of a string column's rows and are
+  *not* declared as ``missing_values`` in the schema, so they are counted as an ordinary value.
+  The column's entry lists them (``placeholders``) with the ``fix``: declare them;
 * ``suspected_leak``: corrected MI ``>= leak * H(label)`` (0.8): the column determines the label
   nearly completely; check it is known at prediction time.
 
@@ -31,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import polars as pl
 
 if TYPE_CHECKING:
     from recsys.features.ranking import FeatureRanker
@@ -48,6 +54,7 @@ class QualityThresholds:
     id_like_min_distinct: int = 100
     leak: float = 0.8
     top_values: int = 5
+    placeholder: float = 0.05
 
 
 def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, Any]:
@@ -60,7 +67,7 @@ def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, A
     ranking = {r["feature"]: r for r in ranker.ranking_.iter_rows(named=True)}
     columns: dict[str, Any] = {}
     flagged: dict[str, list[str]] = {k: [] for k in ("constant", "near_constant", "mostly_missing", "id_like",
-                                                     "duplicated", "suspected_leak")}
+                                                     "duplicated", "suspected_leak", "placeholder")}
     for name, c in ranker._cols.items():
         a = c.n
         null = c.null_index
@@ -84,6 +91,10 @@ def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, A
                 flagged[k].append(name)
         if dup:
             flagged["duplicated"].append(name)
+        ph = _placeholders(c, a, n)
+        ph_share = sum(p["share"] for p in ph)
+        if ph_share > t.placeholder:
+            flagged["placeholder"].append(name)
         columns[name] = {
             "column": c.source, "kind": c.kind, "cardinality": distinct, "missing": n_missing,
             "missing_share": n_missing / n, "coverage": 1 - n_missing / n, "entropy": r["entropy"],
@@ -94,9 +105,34 @@ def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, A
         }
         if c.kind == "numeric":
             columns[name]["bin_boundaries"] = [float(b) for b in c.boundaries]
+        if ph:
+            columns[name]["placeholders"] = ph
+        if ph_share > t.placeholder:
+            toks = ", ".join(f'"{p["value"]}"' for p in ph)
+            columns[name]["placeholder"] = True
+            columns[name]["fix"] = (f"{toks} look like missing-value placeholders ({ph_share:.1%} of the rows) and are "
+                                    f"counted as an ordinary value; declare them in the schema: missing_values: "
+                                    f"[{toks}] on field {name!r} (or at the top for every field)")
     return {"n_rows": n, "label": {"column": ranker.label_name_, "entropy": h_y,
                                     "classes": {str(k): int(v) for k, v in zip(ranker.classes_, ranker.class_counts_)}},
             "thresholds": asdict(t), "flagged": flagged, "columns": columns}
+
+
+def _placeholders(c: Any, a: np.ndarray, n: int) -> list[dict[str, Any]]:
+    """A string column's values that look like missing-value placeholders, most frequent first."""
+    from recsys.data.missing import PLACEHOLDERS
+
+    v = getattr(c, "values", None)
+    if c.kind != "categorical" or v is None or not len(v):
+        return []
+    if isinstance(v.dtype, (pl.Categorical, pl.Enum)):
+        v = v.cast(pl.String)
+    if v.dtype != pl.String:
+        return []
+    hit = np.flatnonzero(v.str.strip_chars().str.to_lowercase().is_in([p.lower() for p in PLACEHOLDERS])
+                         .fill_null(False).to_numpy())
+    out = [{"value": v[int(i)], "count": int(a[i]), "share": float(a[i] / n)} for i in hit]
+    return sorted(out, key=lambda p: -p["count"])
 
 
 def _top(a: np.ndarray, k: int) -> np.ndarray:

@@ -1063,6 +1063,8 @@ class FeatureRanker:
             self.schema = schema_obj
         label = label or self.label or (schema_obj.label if schema_obj is not None else "label")
         dtypes = dict(frame.collect_schema()) if isinstance(frame, pl.LazyFrame) else dict(frame.schema)
+        if schema_obj is not None:  # declared placeholders ("?") are missing values
+            frame, dtypes = _declared_missing(frame, dtypes, schema_obj)
         names = list(dtypes)
         if label not in dtypes:
             raise DataError(f"no label column {label!r}; columns are {names}", where=where,
@@ -1408,6 +1410,26 @@ class FeatureRanker:
             "ranking": _jsonable(self.ranking_.to_dicts()),
             "pairs": _jsonable(self.pairs_.to_dicts()) if self.pairs_ is not None else None,
         }
+
+
+def _declared_missing(frame: pl.DataFrame | pl.LazyFrame, dtypes: dict[str, pl.DataType], schema: Schema
+                      ) -> tuple[pl.DataFrame | pl.LazyFrame, dict[str, pl.DataType]]:
+    """The frame with each field's declared ``missing_values`` replaced by null (see
+    :mod:`recsys.data.missing`; a numeric field's string column becomes Float64), and its dtypes."""
+    from recsys.data.missing import missing_expr
+
+    tokens: dict[str, list[str]] = {}
+    numeric: dict[str, bool] = {}
+    for f in schema.fields:
+        t = schema.missing_of(f)
+        if t and f.source in dtypes:
+            tokens.setdefault(f.source, []).extend(x for x in t if x not in tokens[f.source])
+            numeric[f.source] = numeric.get(f.source, False) or f.kind == "numeric"
+    exprs = [e for c, t in tokens.items() if (e := missing_expr(c, dtypes[c], tuple(t), numeric[c])) is not None]
+    if not exprs:
+        return frame, dtypes
+    frame = frame.with_columns(exprs)
+    return frame, (dict(frame.collect_schema()) if isinstance(frame, pl.LazyFrame) else dict(frame.schema))
 
 
 def _round_half_away(x: float) -> int:
