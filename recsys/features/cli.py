@@ -14,8 +14,11 @@ moved in only when every file is complete, so a failure leaves no partial output
   feature x feature redundancy heatmap of the ``--pair-top-k`` most relevant features);
 * ``selected_features.yaml``: a config fragment ``data: {init_args: {fields: [...]}}`` for
   ``recsys fit --config exp.yaml --config selected_features.yaml`` (top ``--top-k``, or
-  ``score > --min-score``, or by default the features whose corrected MI is significant,
-  ``z >= 3``).
+  ``score > --min-score``, or by default the features whose MI is significant: a G-test p-value
+  per column, corrected for the number of columns (Holm by default, ``--p-adjust bh`` for
+  Benjamini-Hochberg), at most ``--significance`` (0.01); see
+  :mod:`recsys.features.significance`. ``ranking.csv`` reports ``p_value``, ``p_adjusted`` and
+  ``p_method``).
 """
 
 from __future__ import annotations
@@ -71,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--keep-flagged", action="store_true",
                      help="selected_features.yaml: also select columns the quality report flags as suspected "
                           "leaks or constant (dropped by default)")
+    p.add_argument("--significance", type=float, default=0.01,
+                   help="default selection: keep features whose corrected p-value is at most this (default 0.01)")
+    p.add_argument("--p-adjust", default="holm", choices=("holm", "bh"),
+                   help="multiple-testing correction of the p-values: Holm (family-wise error, default) or "
+                        "Benjamini-Hochberg (false discovery rate)")
     p.add_argument("--threads", type=int, default=None,
                    help="columns counted in parallel (default: polars' thread pool size, i.e. the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,7 +99,8 @@ def main(argv: list[str]) -> int:
         seed=args.seed, schema=args.schema, features=_names(args.features), exclude=_names(args.exclude) or (),
         n_bins=args.n_bins, batch_size=args.batch_size, sample=args.sample, pairs=pair_k > 0,
         pair_top_k=pair_k if pair_k > 0 else None, alpha=args.alpha, beta=args.beta, aggregation=args.aggregation,
-        progress=not args.no_progress, n_threads=args.threads,
+        progress=not args.no_progress, n_threads=args.threads, significance=args.significance,
+        p_adjust=args.p_adjust,
     ).fit(args.data)
     selected = ranker.selected(top_k=args.top_k, min_score=args.min_score,
                                **({"drop_flagged": ()} if args.keep_flagged else {}))
@@ -240,7 +249,7 @@ def _summary(ranker: FeatureRanker, selected: list[str], data: str, heatmap: boo
              f"({ranker.n_permutations} permutations, seed {ranker.seed}).", "",
              f"Selected ({len(selected)}): " + ", ".join(f"`{s}`" for s in selected), "",
              "![scores](scores.png)", ""]
-    cols = ["rank", "feature", "kind", "score", "mi", "chance_mi_mean", "emi", "z", "cardinality", "coverage"]
+    cols = ["rank", "feature", "kind", "score", "mi", "chance_mi_mean", "emi", "z", "p_adjusted", "cardinality", "coverage"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in ranker.ranking_.select(cols).iter_rows():
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")

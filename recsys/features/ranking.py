@@ -116,6 +116,7 @@ import numpy as np
 import polars as pl
 
 from recsys.errors import ConfigError, DataError
+from recsys.features.significance import ADJUSTMENTS, benjamini_hochberg, g_test_p_value, holm
 from recsys.schema import Schema
 
 __all__ = [
@@ -916,6 +917,9 @@ class FeatureRanker:
         quality: Any = None,
         progress: bool = False,
         n_threads: int | None = None,
+        significance: float = 0.01,
+        p_adjust: str = "holm",
+        null_draws: int = 200,
     ):
         if heuristic not in HEURISTICS:
             raise ConfigError(f"unknown heuristic {heuristic!r}", where="heuristic", fix=f"use one of {list(HEURISTICS)}")
@@ -936,6 +940,12 @@ class FeatureRanker:
             raise ConfigError(f"sample must be a positive number of rows, got {sample!r}", where="sample")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ConfigError(f"n_threads must be a positive integer, got {n_threads!r}", where="n_threads")
+        if isinstance(significance, bool) or not isinstance(significance, (int, float)) or not 0 < significance < 1:
+            raise ConfigError(f"significance must be a level in (0, 1), got {significance!r}", where="significance")
+        if p_adjust not in ADJUSTMENTS:
+            raise ConfigError(f"unknown p_adjust {p_adjust!r}", where="p_adjust", fix=f"use one of {list(ADJUSTMENTS)}")
+        if not isinstance(null_draws, int) or null_draws < 10:
+            raise ConfigError(f"null_draws must be an integer >= 10, got {null_draws!r}", where="null_draws")
         if pair_top_k is not None and (not isinstance(pair_top_k, int) or pair_top_k < 2):
             raise ConfigError(f"pair_top_k must be >= 2 (or None for all), got {pair_top_k!r}", where="pair_top_k")
         self.label = label
@@ -958,6 +968,9 @@ class FeatureRanker:
         self.quality = quality
         self.progress = progress
         self.n_threads = n_threads
+        self.significance = significance
+        self.p_adjust = p_adjust
+        self.null_draws = null_draws
 
     # ----------------------------------------------------------------------------- input
     def _frame(self, data: Any) -> tuple[pl.DataFrame | pl.LazyFrame, str]:
@@ -1188,9 +1201,11 @@ class FeatureRanker:
                 z = (mi - cm) / cs if cs > 0 else float("nan")
                 null = c.null_index
                 n_missing = int(a[null]) if null is not None else 0
+                p_value, p_method = g_test_p_value(mi, a, class_counts, emi, self.null_draws, self.seed)
                 return {
                     "feature": c.name, "column": c.source, "kind": c.kind, "mi": mi, "chance_mi_mean": cm,
                     "chance_mi_std": cs, "emi": emi, "mi_corrected": corr, "z": z,
+                    "p_value": p_value, "p_method": p_method,
                     "mi_norm": corr / h_y if h_y > 0 else 0.0,
                     "cardinality": c.card - (1 if null is not None else 0),
                     "coverage": 1.0 - n_missing / n, "entropy": entropy_from_counts(a),
@@ -1199,6 +1214,9 @@ class FeatureRanker:
             rows = list(pool.map(score, sorted(cols, key=lambda c: -c.card))) if pool is not None else \
                 [score(c) for c in cols]
             rows.sort(key=lambda r: order_of[r["feature"]])
+            adjusted = (holm if self.p_adjust == "holm" else benjamini_hochberg)(np.array([r["p_value"] for r in rows]))
+            for r, pa in zip(rows, adjusted.tolist()):
+                r["p_adjusted"] = pa
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -1234,7 +1252,7 @@ class FeatureRanker:
                 r["mr_objective"] = extra.get(f, {}).get("mr_objective")
             out.append(r)
         lead = ["rank", "feature", "kind", "score", "mi", "chance_mi_mean", "chance_mi_std", "emi", "mi_corrected", "z",
-                "mi_norm", "cardinality", "coverage", "entropy", "column"]
+                "p_value", "p_adjusted", "p_method", "mi_norm", "cardinality", "coverage", "entropy", "column"]
         if self.heuristic == "3mr":
             lead += ["relevance_norm", "mr_objective"]
         self.ranking_ = pl.DataFrame(out, schema_overrides={k: pl.Float64 for k in
@@ -1377,10 +1395,12 @@ class FeatureRanker:
         return chosen, info
 
     # ------------------------------------------------------------------------ helpers
-    def selected(self, top_k: int | None = None, min_score: float | None = None, min_z: float = 3.0,
+    def selected(self, top_k: int | None = None, min_score: float | None = None, significance: float | None = None,
                  drop_flagged: tuple[str, ...] = ("suspected_leak", "constant")) -> list[str]:
         """Features to keep, in ranking order: the ``top_k`` best, or those with ``score > min_score``;
-        by default those whose MI is significant (``z >= min_z`` and corrected MI > 0).
+        by default those whose MI is significant: ``p_adjusted <= significance`` (the ranker's
+        ``significance``, 0.01, unless given; see :mod:`recsys.features.significance`) and corrected
+        MI > 0.
 
         Columns the data-quality report flags under ``drop_flagged`` are never selected (by
         default suspected label leaks and constant columns: a leak scores highest of all and would
@@ -1396,7 +1416,8 @@ class FeatureRanker:
             return r["feature"].head(top_k).to_list()
         if min_score is not None:
             return r.filter(pl.col("score") > min_score)["feature"].to_list()
-        return r.filter((pl.col("z") >= min_z) & (pl.col("mi_corrected") > 0))["feature"].to_list()
+        level = self.significance if significance is None else significance
+        return r.filter((pl.col("p_adjusted") <= level) & (pl.col("mi_corrected") > 0))["feature"].to_list()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: settings, label, ranking, pairs."""
@@ -1404,6 +1425,7 @@ class FeatureRanker:
             "heuristic": self.heuristic, "correction": self.correction, "n_permutations": self.n_permutations,
             "seed": self.seed, "n_bins": self.n_bins, "batch_size": self.batch_size, "sample": self.sample,
             "alpha": self.alpha, "beta": self.beta, "aggregation": self.aggregation,
+            "selection": {"significance": self.significance, "p_adjust": self.p_adjust, "null_draws": self.null_draws},
             "label": {"column": self.label_name_, "classes": [str(c) for c in self.classes_],
                       "counts": self.class_counts_.tolist(), "entropy": self.label_entropy_},
             "n_rows": self.n_rows_,
