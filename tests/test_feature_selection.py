@@ -98,3 +98,31 @@ def test_every_planted_column_is_selected_on_the_synthetic_benchmark():
     rk = r.ranking_
     methods = dict(zip(rk["feature"], rk["p_method"]))
     assert methods["inf_2"] == "chi2" and methods["noise_1m_0"] == "moments"
+
+
+def test_zero_inflated_numeric_keeps_the_information_of_its_non_zeros():
+    """95% zeros; the label depends on the size of the non-zeros (1..8), not on zero vs non-zero."""
+    rng = np.random.default_rng(3)
+    n = 100_000
+    nonzero = rng.random(n) < 0.05
+    v = rng.integers(1, 9, n)
+    x = np.where(nonzero, v, 0).astype(np.float64)
+    p1 = np.where(nonzero, v / 9, 0.5)  # P(y = 1 | x): 0.5 at zero, v / 9 above (mean 0.5: zero vs not says nothing)
+    y = (rng.random(n) < p1).astype(np.int64)
+    df = pl.DataFrame({"gains": x, "noise_num": rng.normal(size=n),
+                       "noise_zero": np.where(rng.random(n) < 0.95, 0.0, rng.exponential(size=n)),
+                       "noise_cat": rng.integers(0, 50, n), "y": y})
+    r = FeatureRanker(label="y").fit(df)
+
+    def kl_half(p):  # KL(Bernoulli(p) || Bernoulli(1/2)) in nats
+        return np.log(2) + p * np.log(p) + (1 - p) * np.log(1 - p)
+
+    true_mi = 0.05 * np.mean([kl_half(k / 9) for k in range(1, 9)])  # I(x; y) by hand, P(y = 1) = 1/2
+    row = r.ranking_.row(0, named=True)
+    assert row["feature"] == "gains" and r.selected() == ["gains"]
+    assert row["mi"] == pytest.approx(true_mi, rel=0.15)
+    q = r.quality_["columns"]["gains"]
+    assert q["top_values"][0]["value"] == "{0}" and q["top_values"][0]["share"] == pytest.approx(0.95, abs=0.01)
+    # plain quantile bins (every boundary at 0) would keep only zero vs non-zero: MI ~ 0, below the noise
+    t = np.array([[np.sum((x == 0) & (y == c)) for c in (0, 1)], [np.sum((x > 0) & (y == c)) for c in (0, 1)]])
+    assert mutual_info_from_counts(t) < 0.05 * true_mi

@@ -90,7 +90,12 @@ Without a schema: floating-point and temporal columns are **numeric**, list colu
 
 * numeric: binned into ``n_bins`` quantile bins (boundaries: the distinct ``k / n_bins``
   quantiles of all rows, "nearest" interpolation; bin ``i`` holds ``(b[i-1], b[i]]``); NaN is
-  missing.
+  missing. **Heavy values** -- a value holding at least ``1 / n_bins`` of the non-missing rows,
+  e.g. the zeros of a zero-inflated column (capital gains: 92% zeros) -- get a bin of their own
+  (boundaries ``nextafter(v, -inf)`` and ``v``), and the other values are cut into
+  ``n_bins - (number of heavy values)`` quantile bins of their own. Plain quantiles would
+  spend all but one or two boundaries on the heavy value and lump every non-zero together,
+  losing the information in their size.
 * multi-hot: the **set** of a row's distinct non-missing values (as strings) is one category, so
   ``[a, b]``, ``[b, a]`` and ``[a, b, a]`` are the same value and ``[]`` is a value of its own
   (reported as its sorted elements); a string column with a schema ``separator`` is split first.
@@ -824,6 +829,9 @@ class _Column:
                 if v is None:
                     out.append(None)
                 else:
+                    if 0 < v < len(b) and b[v - 1] == np.nextafter(b[v], -np.inf):
+                        out.append(f"{{{b[v]:.6g}}}")  # a heavy value's own bin
+                        continue
                     lo = "-inf" if v == 0 else f"{b[v - 1]:.6g}"
                     hi = "inf" if v >= len(b) else f"{b[v]:.6g}"
                     out.append(f"({lo}, {hi}]")
@@ -1287,7 +1295,22 @@ class FeatureRanker:
             qs = np.linspace(0, 1, c.n_bins + 1)[1:-1]
             idx = [_round_half_away((v.size - 1.0) * float(q) + nulls) - nulls for q in qs]
             part = np.partition(v, sorted(set(idx)))
-            c.boundaries = np.array(sorted({float(part[j]) for j in idx}), np.float64)
+            bounds = {float(part[j]) for j in idx}
+            # a value that fills a whole bin (>= 1 / n_bins of the rows) sits on one of these
+            # quantiles: such heavy values get their own bin, the rest their own quantiles
+            heavy = sorted(b for b in bounds if int(np.count_nonzero(v == b)) * c.n_bins >= v.size)
+            if heavy:
+                rest = v[~np.isin(v, heavy)]
+                bounds = set()
+                for h in heavy:
+                    bounds |= {h, float(np.nextafter(h, -np.inf))}
+                k = max(c.n_bins - len(heavy), 1)
+                if rest.size and k > 1:
+                    idx = [_round_half_away((rest.size - 1.0) * float(q)) for q in np.linspace(0, 1, k + 1)[1:-1]]
+                    part = np.partition(rest, sorted(set(idx)))
+                    bounds |= {float(part[j]) for j in idx}
+                del rest
+            c.boundaries = np.array(sorted(bounds), np.float64)
             del part, v, s
         del cols
 
