@@ -60,6 +60,56 @@ from recsys.errors import RecsysError
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise")
 
 
+# ------------------------------------------------------------------------ collectives
+# The tasks' epoch-end hooks reduce their metrics with these, eagerly and on every rank, so no
+# value is left for Lightning to reduce lazily (that happens only where a metric is read: on rank
+# 0 alone for the progress bar, which then waits in a collective the other ranks never join).
+def process_group_ready() -> bool:
+    """A default process group of more than one process exists."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``t`` over all ranks (in place; returned). Every rank must call it."""
+    import torch.distributed as dist
+
+    if process_group_ready():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` over all ranks (in place; returned). Every rank must call it."""
+    import torch.distributed as dist
+
+    if process_group_ready():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``t`` (``[n_r, ...]``, ``n_r`` may differ by rank) in rank order:
+    ``[sum_r n_r, ...]``, the same on every rank. Two collectives (sizes, then padded rows); every
+    rank must call it."""
+    import torch.distributed as dist
+
+    if not process_group_ready():
+        return t
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    width = max(counts)
+    padded = t.new_zeros((width, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
 # --------------------------------------------------------------------------- sharding
 def _collections(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     from torchrec import EmbeddingBagCollection, EmbeddingCollection

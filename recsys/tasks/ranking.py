@@ -26,20 +26,25 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
 from recsys.models.base import RankingModel, build_model
+from recsys.tasks.distributed import all_gather_rows, all_reduce_max, all_reduce_sum, process_group_ready
 
 ModelFactory = Callable[[FeatureEncoder], RankingModel]
+
+# recsys's tasks log epoch values that are already reduced over all ranks (see RankingTask._epoch_end)
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
 
 _DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
                      "adagrad": torch.optim.Adagrad}
@@ -94,7 +99,10 @@ class RankingTask(L.LightningModule):
         self._in_backward = False
         if embedding_optimizer is not None:
             self._apply_embedding_optimizer(embedding_optimizer, embedding_lr or lr)
-        self.auc = torch.nn.ModuleDict({f"{s}_auc": BinaryAUROC(thresholds=None) for s in ("train", "val", "test")})
+        # this rank's epoch state per split: metric name -> [sum of value * rows, rows] (float64),
+        # and the [rows, 2] (logit, label) blocks of the exact AUC
+        self._sums: dict[str, dict[str, torch.Tensor]] = {}
+        self._scores: dict[str, list[torch.Tensor]] = {}
         self._epoch_start = 0.0
         self._epoch_samples = 0
         self.throughput: list[float] = []  # train samples/s of each epoch, end to end
@@ -151,24 +159,31 @@ class RankingTask(L.LightningModule):
         logits = out.logits
         bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
         loss = bce
+        n = len(batch)
         for name, aux in out.aux_losses.items():
             loss = loss + aux
-            self.log(f"{split}/aux_{name}", aux, batch_size=len(batch), on_step=False, on_epoch=True,
-                     sync_dist=self._distributed())
+            self._accumulate(split, f"aux_{name}", aux, n)
         if not torch.isfinite(loss):
             raise RecsysError(f"the {split} loss is {loss.item()} (not finite)", where=f"{split} step {self.global_step}",
                               fix="lower the learning rate or check the numeric inputs")
-        self.auc[f"{split}_auc"].update(logits.detach(), batch.labels.long())
-        on_step = split == "train"
-        sync = self._distributed()  # epoch means over every rank's rows (AUC syncs by itself)
-        self.log(f"{split}/loss", loss, batch_size=len(batch), on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 sync_dist=sync)
-        self.log(f"{split}/logloss", bce, batch_size=len(batch), on_step=False, on_epoch=True, sync_dist=sync)
+        self._scores.setdefault(split, []).append(
+            torch.stack([logits.detach().float(), batch.labels.detach().float()], dim=1))
+        self._accumulate(split, "loss", loss, n)
+        self._accumulate(split, "logloss", bce, n)
+        if split == "train":
+            # this rank's value of the step, for the progress bar and the step log: no collective
+            self.log("train/loss_step", loss.detach(), batch_size=n, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _accumulate(self, split: str, name: str, value: torch.Tensor, n: int) -> None:
+        """Add ``value`` (a batch mean over ``n`` rows) to this rank's epoch sums of ``split``."""
+        sums = self._sums.setdefault(split, {})
+        add = torch.stack([value.detach().double() * n, torch.tensor(float(n), dtype=torch.float64, device=value.device)])
+        sums[name] = sums[name] + add if name in sums else add
 
     def _distributed(self) -> bool:
         trainer = self._trainer
-        return trainer is not None and trainer.world_size > 1
+        return trainer is not None and trainer.world_size > 1 and process_group_ready()
 
     def training_step(self, batch, batch_idx):
         self._epoch_samples += len(batch)
@@ -187,30 +202,65 @@ class RankingTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_samples = 0
+        self._sums["train"], self._scores["train"] = {}, []
 
-    def _log_auc(self, split: str) -> None:
-        metric = self.auc[f"{split}_auc"]
-        if metric.update_count:
-            # compute() gathers every rank's scores: the value is already global
-            self.log(f"{split}/auc", metric.compute(), prog_bar=split == "val", sync_dist=self._distributed())
-        metric.reset()
+    def _epoch_end(self, split: str, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """The epoch's metrics of ``split`` over every rank's rows, logged as already-global values.
+
+        Every collective of the epoch runs here, on every rank, in a fixed order (the epoch-end
+        hooks of a LightningModule run on all ranks): one all-reduce of the loss sums, one
+        all-gather of the scores for the exact AUC. Nothing is left for Lightning to reduce later:
+        a callback that only rank 0 runs (the progress bar) reads finished numbers.
+        """
+        sums, self._sums[split] = self._sums.get(split, {}), {}
+        scores, self._scores[split] = self._scores.get(split, []), []
+        dist = self._distributed()
+        names = sorted(sums)
+        out: dict[str, float] = {}
+        if names:
+            vec = torch.stack([sums[k] for k in names])  # [K, 2]: (sum of value * rows, rows)
+            if dist:
+                vec = all_reduce_sum(vec)
+            for k, (total, rows) in zip(names, vec.tolist()):
+                if rows > 0:
+                    out[k] = total / rows
+        local = torch.cat(scores) if scores else torch.zeros(0, 2, device=self.device)
+        both = all_gather_rows(local) if dist else local  # [N, 2]: logit, label of every rank's rows
+        if len(both):
+            out["auc"] = float(binary_auroc(both[:, 0], both[:, 1].long(), thresholds=None))
+        out.update(extra or {})
+        prefix = split
+        for k, v in out.items():
+            key = f"{prefix}/{k}" if not (split == "train" and k == "loss") else "train/loss_epoch"
+            self.log(key, v, prog_bar=(split == "val" and k == "auc"), sync_dist=False)
+        return out
 
     def on_train_epoch_end(self) -> None:
         elapsed = time.perf_counter() - self._epoch_start
-        if elapsed > 0 and self._epoch_samples:
-            # every rank trains its equal slice of each global batch in lockstep: the run's
-            # throughput is this rank's times the number of processes
-            world = self.trainer.world_size if self._trainer is not None else 1
-            rate = self._epoch_samples * world / elapsed
+        extra = {}
+        samples = torch.tensor([float(self._epoch_samples), elapsed], dtype=torch.float64, device=self.device)
+        if self._distributed():
+            # every rank trains its slice of each global batch in lockstep: the run's throughput is
+            # all ranks' rows over the slowest rank's time
+            samples = torch.stack([all_reduce_sum(samples[:1].clone())[0], all_reduce_max(samples[1:].clone())[0]])
+        rows, seconds = samples.tolist()
+        if seconds > 0 and rows:
+            rate = rows / seconds
             self.throughput.append(rate)
-            self.log("train/samples_per_s", rate, sync_dist=self._distributed())
-        self._log_auc("train")
+            extra["samples_per_s"] = rate
+        self._epoch_end("train", extra)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums["val"], self._scores["val"] = {}, []
 
     def on_validation_epoch_end(self) -> None:
-        self._log_auc("val")
+        self._epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._sums["test"], self._scores["test"] = {}, []
 
     def on_test_epoch_end(self) -> None:
-        self._log_auc("test")
+        self._epoch_end("test")
 
     # ---------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

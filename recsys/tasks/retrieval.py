@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
 from recsys.retrieval.two_tower import RetrievalModel, build_retrieval_model
+from recsys.tasks.distributed import all_reduce_max, all_reduce_sum, process_group_ready
 from recsys.tasks.ranking import _DENSE_OPTIMIZERS
 
 ModelFactory = Callable[[FeatureEncoder], RetrievalModel]
@@ -107,6 +108,7 @@ class RetrievalTask(L.LightningModule):
         self.register_buffer("log_q", torch.zeros(n_ids))
         self._eval: dict[str, Any] = {}
         self._epoch_start, self._epoch_samples = 0.0, 0
+        self._train_sum = torch.zeros(2, dtype=torch.float64)
         self.throughput: list[float] = []
 
     # --------------------------------------------------------------- setup
@@ -148,17 +150,38 @@ class RetrievalTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         self._epoch_samples += len(batch)
         loss = self._loss(batch, correct=True)
-        self.log("train/loss", loss, batch_size=len(batch), on_step=True, on_epoch=True, prog_bar=True)
+        # this rank's step value (progress bar, step log); the epoch mean is reduced over ranks
+        # in on_train_epoch_end
+        self.log("train/loss_step", loss.detach(), batch_size=len(batch), on_step=True, on_epoch=False, prog_bar=True)
+        self._train_sum += torch.stack([loss.detach().double() * len(batch),
+                                        torch.tensor(float(len(batch)), dtype=torch.float64, device=loss.device)])
         return loss
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start, self._epoch_samples = time.perf_counter(), 0
+        self._train_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def on_train_epoch_end(self) -> None:
+        # every collective of the epoch, on every rank, in this order (nothing is left for a
+        # rank-0-only reader such as the progress bar to reduce lazily)
         elapsed = time.perf_counter() - self._epoch_start
-        if elapsed > 0 and self._epoch_samples:
-            self.throughput.append(self._epoch_samples / elapsed)
-            self.log("train/samples_per_s", self._epoch_samples / elapsed)
+        vec = torch.cat([self._train_sum.to(self.device),
+                         torch.tensor([float(self._epoch_samples)], dtype=torch.float64, device=self.device)])
+        seconds = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+        if self._distributed():
+            all_reduce_sum(vec)
+            all_reduce_max(seconds)
+        total, rows, samples = vec.tolist()
+        if rows > 0:
+            self.log("train/loss_epoch", total / rows, sync_dist=False)
+        if seconds.item() > 0 and samples:
+            rate = samples / seconds.item()  # all ranks' rows over the slowest rank's time
+            self.throughput.append(rate)
+            self.log("train/samples_per_s", rate, sync_dist=False)
+
+    def _distributed(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1 and process_group_ready()
 
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -176,7 +199,8 @@ class RetrievalTask(L.LightningModule):
         self._eval = {"split": split, "items": self.item_vectors(dm.catalogue()),
                       "seen_v": torch.as_tensor(values), "seen_o": torch.as_tensor(offsets),
                       "targets": torch.as_tensor(dm.targets(split)),
-                      "hits": {k: 0.0 for k in self.ks}, "ndcg": {k: 0.0 for k in self.ks}, "n": 0}
+                      "hits": {k: 0.0 for k in self.ks}, "ndcg": {k: 0.0 for k in self.ks}, "n": 0,
+                      "loss": [0.0, 0.0]}
 
     def _eval_step(self, batch, prefix: str) -> None:
         from recsys.data.batch import gather_jagged
@@ -184,7 +208,8 @@ class RetrievalTask(L.LightningModule):
         ev = self._eval
         loss = self._loss(batch, correct=False) if len(batch) > 1 else None
         if loss is not None:
-            self.log(f"{prefix}/loss", loss, batch_size=len(batch), on_step=False, on_epoch=True)
+            ev["loss"][0] += float(loss) * len(batch)
+            ev["loss"][1] += len(batch)
         u = self.model.user_embedding(batch)
         scores = u @ ev["items"].T
         rows = batch.rows.cpu()
@@ -203,12 +228,22 @@ class RetrievalTask(L.LightningModule):
         ev["n"] += len(rows)
 
     def _eval_end(self, prefix: str) -> None:
-        ev = self._eval
-        if ev.get("n"):
-            for k in self.ks:
-                self.log(f"{prefix}/recall@{k}", ev["hits"][k] / ev["n"], prog_bar=k == max(self.ks))
-                self.log(f"{prefix}/ndcg@{k}", ev["ndcg"][k] / ev["n"])
-        self._eval = {}
+        """Log the split's metrics over every rank's rows: one all-reduce, on every rank."""
+        ev, self._eval = self._eval, {}
+        if not ev:
+            return
+        vec = torch.tensor([ev["n"], *ev["loss"], *(ev["hits"][k] for k in self.ks), *(ev["ndcg"][k] for k in self.ks)],
+                           dtype=torch.float64, device=self.device)
+        if self._distributed():
+            all_reduce_sum(vec)
+        n, loss_sum, loss_rows, *rest = vec.tolist()
+        hits, ndcg = rest[:len(self.ks)], rest[len(self.ks):]
+        if loss_rows > 0:
+            self.log(f"{prefix}/loss", loss_sum / loss_rows, sync_dist=False)
+        if n:
+            for k, h, g in zip(self.ks, hits, ndcg):
+                self.log(f"{prefix}/recall@{k}", h / n, prog_bar=k == max(self.ks), sync_dist=False)
+                self.log(f"{prefix}/ndcg@{k}", g / n, sync_dist=False)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start("valid")
