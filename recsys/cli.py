@@ -196,6 +196,10 @@ def _make_cli_class():
             cfg = self.config.get(self.subcommand) if self.subcommand else self.config
             every = cfg.get("save_every_n_steps") if cfg is not None else None
             trainer = super().instantiate_trainer(**kwargs)
+            from recsys.tasks.callbacks import GracefulStop
+
+            if not any(isinstance(c, GracefulStop) for c in trainer.callbacks):
+                trainer.callbacks.append(GracefulStop())  # SIGTERM/SIGINT: checkpoint, then exit
             if every:
                 trainer.callbacks.append(ModelCheckpoint(every_n_train_steps=int(every), save_top_k=0, save_last=True))
             io = trainer.strategy.checkpoint_io
@@ -394,6 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recsys: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a stop signal (GracefulStop) ends the run with one line
+        from recsys.tasks.callbacks import StopRequested
+
+        if not isinstance(e, StopRequested):
+            raise
+        if _launcher_rank() == 0:
+            print(f"recsys: {e}", file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":
