@@ -121,7 +121,7 @@ class GracefulStop(pl.Callback):
         if not signum:
             return
         path = _last_path(trainer)
-        trainer.save_checkpoint(path)  # every rank takes part (a sharded run writes its shards)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part (a sharded run writes its shards)
         raise StopRequested(signum, str(path))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
