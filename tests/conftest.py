@@ -134,3 +134,25 @@ def run_metrics(root: Path, name: str) -> dict:
     files = sorted((root / name).glob("version_*/metrics.json"))
     assert files, f"no metrics.json under {root / name}"
     return json.loads(files[-1].read_text())
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server on 127.0.0.1 for the whole session (tests/pgserver.py): a fresh
+    cluster in a temp dir, the role ``tuner`` (with a password) owning the database ``optuna``; stopped
+    and removed at the end. ``.url`` is its SQLAlchemy URL.
+
+    Missing server binaries FAIL the test (CI installs them: .ci/run); set RECSYS_TEST_POSTGRES=skip
+    to skip the PostgreSQL tests on a machine without them."""
+    import pgserver
+
+    if os.environ.get("RECSYS_TEST_POSTGRES", "").lower() in ("skip", "0", "no", "false"):
+        pytest.skip("RECSYS_TEST_POSTGRES=skip: PostgreSQL tests not run")
+    try:
+        server = pgserver.start()
+    except pgserver.ServerUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

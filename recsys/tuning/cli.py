@@ -97,27 +97,32 @@ def main(argv: list[str]) -> int:
     space = load_space(settings.space)
     base_cfg = load_config(settings.config)
     study_dir = Path(settings.study_dir)
+    from recsys.tuning.study import make_storage, mask_url, storage_lock, storage_url, study_lock
+
+    # the storage first: an unreachable server, a refused login or a missing driver writes nothing
+    storage = make_storage(settings.storage, settings.heartbeat, settings.grace)
     study_dir.mkdir(parents=True, exist_ok=True)
     if args.export_only:
         try:
-            study = open_study(settings, space, create=False)
+            study = open_study(settings, space, storage, create=False)
         except KeyError:
-            raise ConfigError(f"no study named {settings.study_name!r} in {settings.storage}", where="--export-only",
+            raise ConfigError(f"no study named {settings.study_name!r} in {mask_url(settings.storage)}",
+                              where="--export-only",
                               fix="pass the --study-name / --study-dir / --storage the study was run with") from None
         return _export(study, space, settings)
-    study = open_study(settings, space)
-
     check_space_against_config(space, base_cfg, settings.config, study_dir)
-    from recsys.tuning.study import study_lock
-
-    with study_lock(study_dir):
+    # hosts that start at once top the study up one after the other (a lock in PostgreSQL; a file lock here)
+    with storage_lock(storage, settings.study_name), study_lock(study_dir):
+        study = open_study(settings, space, storage)
         added = top_up(study, settings.n_trials) if settings.n_trials is not None else 0
     from optuna.trial import TrialState
 
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    print(f"recsys tune: study {settings.study_name!r} in {settings.storage}; {space.metric} ({space.direction}); "
-          f"{added} trial(s) added, {waiting} queued; {settings.workers} worker(s); run dirs under "
-          f"{study_dir / 'trials'}", flush=True)
+    print(f"recsys tune: study {settings.study_name!r} in {mask_url(settings.storage)}; {space.metric} "
+          f"({space.direction}); {added} trial(s) added, {waiting} queued; {settings.workers} worker(s); "
+          f"run dirs under {study_dir / 'trials'}", flush=True)
+    print(f"recsys tune: watch it with: optuna-dashboard {mask_url(storage_url(settings.storage))}"
+          + (" (*** = the password)" if mask_url(settings.storage) != settings.storage else ""), flush=True)
     t0 = time.time()
     if settings.workers == 1:
         work(settings)

@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -57,7 +58,9 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.tuning.space import FEATURES_PARAM, SearchSpace, get_dotted, load_config, load_space, set_dotted
 from recsys.utils import atomic_write_text
 
-HOST = socket.gethostname()
+# the host a worker records with its trials; RECSYS_TUNE_HOST overrides the hostname where machines share one
+# (containers started with the same --hostname): a trial of this host whose process is gone is requeued at once
+HOST = os.environ.get("RECSYS_TUNE_HOST") or socket.gethostname()
 LOG = logging.getLogger("recsys.tuning")
 # set by SIGINT/SIGTERM in a worker: Lightning turns a KeyboardInterrupt inside fit into exit(1),
 # which must not be mistaken for a failed trial
@@ -128,8 +131,79 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and printed commands)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: mask what looks like a password
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+DRIVER_FIX = "pip install 'recsys[postgres]' (installs the psycopg driver)"
+
+
+def storage_url(url: str) -> str:
+    """``url`` with an installed PostgreSQL driver named: a bare ``postgresql://`` gets ``+psycopg`` (psycopg 3)
+    or ``+psycopg2``, whichever is installed (SQLAlchemy's default differs between its versions). Other URLs
+    are returned as they are. A ConfigError when no driver is installed."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib
+
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return driver + url[url.index("://"):]
+    raise ConfigError("no PostgreSQL driver is installed (psycopg or psycopg2)", where=f"--storage {mask_url(url)}",
+                      fix=DRIVER_FIX)
+
+
+def _storage_error(url: str, e: BaseException) -> ConfigError:
+    """One line for a storage that cannot be opened: the URL (password masked), the cause, the fix."""
+    where = f"--storage {mask_url(url)}"
+    text = str(getattr(e, "orig", None) or e).strip()
+    first = re.sub(r"^\([\w.]+\)\s*", "", text.splitlines()[0] if text else type(e).__name__)
+    password = _parsed_password(url)
+    if password:  # drivers do not echo it, but never print it
+        first = first.replace(password, "***")
+    low = text.lower()
+    if isinstance(e, ImportError):
+        return ConfigError(f"the database driver is not installed ({first})", where=where,
+                           fix=DRIVER_FIX if "postgres" in url else "install the SQLAlchemy driver the URL names")
+    if "authentication failed" in low or "password" in low and "supplied" in low:
+        return ConfigError(f"the server refused the login ({first})", where=where,
+                           fix="check the user name and password in the URL (URL-encode @ : / in a password, e.g. "
+                               "%40 for @) and that pg_hba.conf lets this host log in with a password")
+    if "does not exist" in low and "database" in low:
+        return ConfigError(f"no such database ({first})", where=where,
+                           fix="create it on the server (createdb -O <user> <database>) or fix the URL's database")
+    if any(k in low for k in ("resolve host", "connection refused", "could not connect", "timeout", "timed out",
+                              "no route", "network is unreachable", "could not translate host")):
+        return ConfigError(f"cannot reach the database server ({first})", where=where,
+                           fix="check the URL's host and port, that the server runs and listens there "
+                               "(postgresql.conf listen_addresses) and that no firewall blocks the port")
+    return ConfigError(f"cannot open the storage ({type(e).__name__}: {first})", where=where,
+                       fix="use sqlite:///path/study.db or postgresql://user:password@host:port/db")
+
+
+def _parsed_password(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def make_storage(url: str, heartbeat: int | None = 30, grace: int | None = 120):
-    """An RDB storage with heartbeats; stale trials found by the heartbeat are requeued."""
+    """An RDB storage with heartbeats; stale trials found by the heartbeat are requeued.
+
+    A storage that cannot be opened (driver missing, server unreachable, login refused) is a
+    ConfigError naming the URL with its password masked."""
     import optuna
 
     _quiet_optuna()
@@ -138,6 +212,9 @@ def make_storage(url: str, heartbeat: int | None = 30, grace: int | None = 120):
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+        if url.startswith(("postgresql", "postgres")):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in 10 s, not minutes
+    real_url = storage_url(url)
     try:
         # one cache-wrapped storage shared by every Study object of this process (Optuna wraps an
         # RDBStorage anew per Study otherwise, and a trial claimed through one wrapper is unknown to another)
@@ -146,14 +223,66 @@ def make_storage(url: str, heartbeat: int | None = 30, grace: int | None = 120):
         # Optuna >= 4.9 names the stale-trial hook heartbeat_stale_trial_callback (failed_trial_callback before)
         hook = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
                 inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")
-        return optuna.storages.get_storage(optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat or None,
-            grace_period=grace if heartbeat else None, **{hook: requeue_trial if heartbeat else None}))
+        with _schema_lock(real_url, engine_kwargs):
+            return optuna.storages.get_storage(optuna.storages.RDBStorage(
+                real_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat or None,
+                grace_period=grace if heartbeat else None, **{hook: requeue_trial if heartbeat else None}))
     except Exception as e:  # noqa: BLE001 - sqlalchemy raises many kinds for a bad URL
-        raise ConfigError(f"cannot open the storage ({type(e).__name__}: {str(e).splitlines()[0]})",
-                          where=f"--storage {url}",
-                          fix="use sqlite:///path/study.db or postgresql://user:password@host/db "
-                              "(PostgreSQL needs the psycopg2 package)") from None
+        raise _storage_error(url, e) from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
+    """On PostgreSQL, hold an advisory lock while Optuna creates its tables: hosts that start on an empty
+    database at the same moment would otherwise race in CREATE TABLE (a duplicate-key error on pg_type)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args=engine_kwargs.get("connect_args", {}))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("recsys-tune:schema")})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key("recsys-tune:schema")})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for pg_advisory_lock."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def storage_lock(storage, name: str) -> Iterator[None]:
+    """An exclusive lock held in the database itself (PostgreSQL advisory lock) while the block runs, so
+    workers on several hosts that start at the same time top the study up once. Other storages: no lock
+    (SQLite studies are one machine's, serialized by :func:`study_lock`)."""
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    key = _lock_key(f"recsys-tune:{name}")
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def make_sampler(space: SearchSpace, seed: int | None = None):
@@ -236,7 +365,7 @@ def open_study(settings: TuneSettings, space: SearchSpace, storage=None, sampler
         study.set_user_attr("recsys:space", str(settings.space))
     elif attrs["recsys:space_fingerprint"] != space.fingerprint:
         raise ConfigError(
-            f"study {settings.study_name!r} in {settings.storage} was created from a different search space "
+            f"study {settings.study_name!r} in {mask_url(settings.storage)} was created from a different search space "
             f"({attrs.get('recsys:space')}); its trials would not be comparable",
             where=str(settings.space),
             fix="use a new --study-name (or --study-dir), or restore the space file the study was created with")
@@ -507,6 +636,7 @@ def run_trial(trial, space: SearchSpace, base_cfg: dict, study_dir: Path, ranked
             trial.set_user_attr("fields", fields)
         cfg = trial_config(base_cfg, space, values, run_dir, fields, progress=verbose)
         cfg_path = run_dir / "trial.yaml"
+        trial.set_user_attr("config", str(cfg_path))  # the exact config it ran (`recsys fit --config` reruns it)
         atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
         with _captured(log_path, verbose), warnings.catch_warnings():
             # the run directory already holds trial.yaml and log.txt: expected, not worth a warning
@@ -726,4 +856,5 @@ def check_space_against_config(space: SearchSpace, base_cfg: dict, config_path: 
 
 
 __all__ = ["TuneSettings", "RecsysError", "work", "open_study", "top_up", "recover_stale", "claim_slot",
-           "run_trial", "trial_config", "make_storage", "check_space_against_config", "default_storage"]
+           "run_trial", "trial_config", "make_storage", "mask_url", "storage_url", "storage_lock",
+           "check_space_against_config", "default_storage"]
