@@ -4,7 +4,8 @@ Trainer subcommands go through Lightning's CLI (``recsys fit|validate|test|predi
 experiments/<x>.yaml``, ``--print_config``, dotted overrides such as ``--model.init_args.lr 3e-4``).
 After ``fit``, recsys evaluates the best checkpoint on the valid and test splits and writes
 ``metrics.json`` next to the run's logs. ``predict`` writes a parquet of key columns + scores
-(``--predict_out FILE``).
+(``--predict_out FILE``, default ``predictions.parquet`` in the checkpoint's run folder; no new
+log folder). ``validate``, ``test`` and ``predict`` refuse to run without ``--ckpt_path``.
 
 Other subcommands (``rank-features``, ``search-dims``, ``tune``, ``report``, ``retrieve``) register
 themselves with :func:`register_command`; ``recsys --help`` lists whatever is registered.
@@ -153,7 +154,7 @@ def _make_cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.features", "model.init_args.features", apply_on="instantiate")
             parser.add_argument("--predict_out", type=str | None, default=None,
-                                help="predict: parquet file for keys + scores (default: <log_dir>/predictions.parquet)")
+                                help="predict: parquet file for keys + scores (default: predictions.parquet in the checkpoint's run folder)")
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="fit: evaluate the best checkpoint on valid and test and write metrics.json")
             parser.add_argument("--report", type=bool, default=False,
@@ -162,6 +163,25 @@ def _make_cli_class():
             parser.add_argument("--save_every_n_steps", type=int | None, default=None,
                                 help="fit: also write <log_dir>/checkpoints/last.ckpt every N training steps, so "
                                      "`--ckpt_path last` can resume a killed run mid-epoch")
+
+        def parse_arguments(self, parser, args) -> None:
+            # a mistake is one ConfigError line (closest valid key), not jsonargparse's usage dump
+            from recsys.config_errors import parse_or_explain
+
+            parse_or_explain(parser, args, super().parse_arguments)
+
+        def instantiate_classes(self) -> None:
+            from recsys.config_errors import recsys_error_in
+
+            try:
+                super().instantiate_classes()
+            except RecsysError:
+                raise
+            except Exception as e:  # jsonargparse wraps a model's RecsysError in its Union message
+                found = recsys_error_in(e)
+                if found is None:
+                    raise
+                raise found from None
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config.get(self.subcommand) if self.subcommand else None
@@ -172,6 +192,15 @@ def _make_cli_class():
                 if cfg.get("ckpt_path") == "last":
                     _resolve_last(cfg)
                 return
+            check_scoring_checkpoint(self.subcommand, cfg.get("ckpt_path"))
+            if self.subcommand == "predict":
+                from recsys.config_errors import check_output_file
+
+                cfg.predict_out = cfg.get("predict_out") or default_predict_out(cfg.ckpt_path)
+                check_output_file(cfg.predict_out, "--predict_out")
+                # scoring writes one file: no version_N log folder, no config.yaml per call
+                cfg.trainer.logger = False
+                self.save_config_callback = None
             # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
             ckpt = cfg.get("ckpt_path")
             if ckpt and ckpt not in ("best", "last", "hpc") and not cfg.data.init_args.get("features_from"):
@@ -209,7 +238,7 @@ def _make_cli_class():
 
         def before_predict(self) -> None:
             cfg = self.config[self.subcommand]
-            out = cfg.get("predict_out") or str(Path(self.trainer.log_dir or ".") / "predictions.parquet")
+            out = cfg.get("predict_out") or default_predict_out(cfg.get("ckpt_path"))
             self.trainer.callbacks.append(PredictionWriter(out))
 
         def after_test(self) -> None:
@@ -234,6 +263,49 @@ def _make_cli_class():
                                    Path(metrics["metrics_file"]).parent / "report")
 
     return RecsysCLI
+
+
+def check_scoring_checkpoint(subcommand: str, ckpt: str | None) -> None:
+    """``validate``/``test``/``predict`` score a trained model: without ``--ckpt_path`` (an existing
+    checkpoint file or sharded-checkpoint directory) they would score freshly initialised weights."""
+    from recsys.errors import ConfigError
+
+    example = "--ckpt_path runs/<name>/version_N/checkpoints/best-<epoch>.ckpt (written by recsys fit)"
+    if not ckpt:
+        raise ConfigError(f"`recsys {subcommand}` needs a trained checkpoint; without one it would score an "
+                          "untrained model", where="--ckpt_path", fix=f"pass {example}")
+    if ckpt in ("best", "last", "hpc"):
+        raise ConfigError(f"{ckpt!r} only means something inside `recsys fit`", where=f"--ckpt_path {ckpt}",
+                          fix=f"pass the checkpoint file: {example}")
+    if not Path(ckpt).exists():
+        raise ConfigError("checkpoint not found", where=f"--ckpt_path {ckpt}", fix=f"check the path: {example}")
+
+
+def default_predict_out(ckpt: str | None) -> str:
+    """``predict`` without ``--predict_out``: ``predictions.parquet`` in the checkpoint's run folder
+    (``runs/x/version_0/checkpoints/best.ckpt`` -> ``runs/x/version_0/predictions.parquet``)."""
+    folder = Path(ckpt or ".").resolve().parent if ckpt else Path(".")
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    return str(folder / "predictions.parquet")
+
+
+def _make_save_config_class():
+    from pytorch_lightning.cli import SaveConfigCallback
+
+    class SaveConfigAfterRestore(SaveConfigCallback):
+        """Lightning's config.yaml writer; a resumed fit writes it only once the checkpoint was
+        accepted (a refused resume leaves the run's config.yaml as it was)."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if stage == "fit" and trainer.ckpt_path:
+                return
+            super().setup(trainer, pl_module, stage)
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().setup(trainer, pl_module, "fit")
+
+    return SaveConfigAfterRestore
 
 
 def _logger_root(cfg) -> tuple[object | None, Path | None]:
@@ -363,19 +435,23 @@ def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classe
     extra = list(allow_classes or []) + allowed
     if extra:  # model factories (build_model) check class paths too: let them see the opt-in
         os.environ[ALLOW_ENV] = ",".join([*filter(None, os.environ.get(ALLOW_ENV, "").split(",")), *extra])
+    from recsys.config_errors import import_policy
+
     cls = _make_cli_class()
     cls.allow_classes = extra
-    return cls(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
-    )
+    with import_policy(extra):  # class paths checked on the dotted path, before any import
+        return cls(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            seed_everything_default=0,
+            save_config_callback=_make_save_config_class(),
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -240,24 +240,33 @@ def resolve_sequence_target(schema, sequence_field: str | None, target_field: st
     """The (behaviour sequence, target item) field pair of a sequence model, validated.
 
     Defaults: the schema's first sequence field, and the field owning its table (history ->
-    item_id). Raises ``ValueError`` at construction when the sequence is missing, the target is
+    item_id). Raises :class:`~recsys.errors.ConfigError` at construction when the sequence is missing, the target is
     not another id field, or the two do not share one embedding table.
     """
+    from recsys.errors import ConfigError
+
+    where = f"model.init_args.model ({model})"
     seqs = [f.name for f in schema.sequence_fields]
     if sequence_field is None:
         if not seqs:
-            raise ValueError(f"{model} needs a behaviour sequence: the schema has no sequence field")
+            raise ConfigError(f"{model} needs a behaviour sequence field; the schema has none", where=where,
+                              fix="add one to the schema (e.g. '- {name: history, kind: sequence, shares: "
+                                  "item_id, max_len: 50}': a list of the user's past item ids per row), or pick "
+                                  "a model without one (DeepFM, DNN, AutoInt, MoE, LogisticRegression)")
         sequence_field = seqs[0]
     if sequence_field not in seqs:
-        raise ValueError(f"sequence_field {sequence_field!r} is not a sequence field; sequence fields: {seqs}")
+        raise ConfigError(f"sequence_field {sequence_field!r} is not a sequence field", where=where,
+                          fix=f"use one of the schema's sequence fields {seqs}" if seqs else
+                          "add a sequence field to the schema (kind: sequence, shares: <item field>)")
     seq_spec = schema.field(sequence_field)
     if target_field is None:
         target_field = seq_spec.table
     ids = [f.name for f in schema.id_fields]
     if target_field not in ids or target_field == sequence_field:
-        raise ValueError(f"target_field {target_field!r} is not an id field other than the sequence; "
-                         f"id fields: {ids}")
+        raise ConfigError(f"target_field {target_field!r} is not an id field other than the sequence", where=where,
+                          fix=f"use one of {[i for i in ids if i != sequence_field]}")
     if schema.field(target_field).table != seq_spec.table:
-        raise ValueError(f"target_field {target_field!r} (table {schema.field(target_field).table!r}) and "
-                         f"sequence {sequence_field!r} (table {seq_spec.table!r}) must share one table")
+        raise ConfigError(f"target_field {target_field!r} (table {schema.field(target_field).table!r}) and "
+                          f"sequence {sequence_field!r} (table {seq_spec.table!r}) must share one table",
+                          where=where, fix=f"give the sequence field 'shares: {target_field}' in the schema")
     return sequence_field, target_field
