@@ -259,7 +259,8 @@ def test_report_metrics_match_training_metrics(checkpoints, report):
     assert c["delta"] == pytest.approx(c["auc_b"] - c["auc_a"])
     assert 0 <= c["delong"]["p_value"] <= 1
     assert set(rep) == {"format", "created", "data", "settings", "conventions", "models", "segments",
-                        "comparisons", "other_sections", "figures", "notes"}
+                        "comparisons", "history_cap", "other_sections", "figures", "notes"}
+    assert rep["history_cap"] is None  # not requested
     assert "skipped" in rep["conventions"]["gauc"] and "equal-width" in rep["conventions"]["ece"]
 
 
@@ -386,3 +387,88 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------ history caps
+def test_cap_sequences_keeps_the_last_k_ids_of_sequence_fields_only():
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    from recsys.data.batch import Batch
+    from recsys.reports.history import cap_sequences, parse_caps
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 8, 12)                      # 6 rows of "hist", then 6 of "tags"
+    values = torch.arange(int(lengths.sum()))
+    kjt = KeyedJaggedTensor(keys=["hist", "tags"], values=values, lengths=torch.tensor(lengths))
+    batch = Batch(dense=torch.zeros(6, 1), sparse=kjt, labels=torch.zeros(6))
+    rows = torch.split(values, lengths.tolist())
+    for k in (0, 1, 3, 100):
+        out = cap_sequences(batch, ["hist"], k).sparse
+        assert [r.tolist() for r in torch.split(out["hist"].values(), out["hist"].lengths().tolist())] == \
+            [r[len(r) - min(k, len(r)):].tolist() for r in rows[:6]]
+        assert torch.equal(out["tags"].values(), kjt["tags"].values())   # not a sequence field: untouched
+    with pytest.raises(ValueError, match=">= 0"):
+        cap_sequences(batch, ["hist"], -1)
+    with pytest.raises(ValueError, match="'x'"):
+        parse_caps("1,x")
+
+
+@pytest.fixture(scope="module")
+def awmoe_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report_awmoe")
+    return _fit(tmp, "awmoe", {"class_path": "recsys.models.AWMoE",
+                               "init_args": {"embedding_dim": 8, "n_experts": 2, "expert_units": [16],
+                                             "attention_units": [8], "cl_weight": 0.1}}, 0)[0]
+
+
+@pytest.mark.parametrize("which", ["awmoe", "deepfm"])
+def test_history_cap_scores_equal_scores_of_truncated_rows(which, awmoe_checkpoint, checkpoints, tmp_path):
+    """Capping at K inside the report = scoring a file whose history column holds the last K items
+    (K = 0: empty histories), for an attention model (AW-MoE) and a pooled-history one (DeepFM)."""
+    from recsys.reports import build as B
+
+    ckpt = Path(awmoe_checkpoint if which == "awmoe" else checkpoints[0][0])
+    rows = make_synthetic(n_rows=N_ROWS, seed=0).frame.filter(pl.col("split") == "test").drop("split")
+    full = tmp_path / "full.parquet"
+    rows.write_parquet(full)
+    s = B._score("A", ckpt, str(full), None, (0, 3))
+    changed = 0
+    for k in (0, 3):
+        cut = tmp_path / f"cut{k}.parquet"
+        rows.with_columns(pl.col("history").list.tail(k)).write_parquet(cut)
+        ref = B._score("A", ckpt, str(cut), None).probs
+        np.testing.assert_allclose(s.capped[k], ref, rtol=1e-5, atol=1e-6)
+        changed += int(np.abs(s.capped[k] - s.probs).max() > 1e-4)
+    assert changed == 2  # the caps really change the scores (the history matters to the model)
+
+
+def test_history_cap_section_in_report_and_cli(awmoe_checkpoint, checkpoints, tmp_path, capsys):
+    (a, _), _ = checkpoints
+    out = tmp_path / "cap"
+    assert recsys_main(["report", "--ckpt", a, "--ckpt", awmoe_checkpoint, "--history-cap", "3,0,10",
+                        "--bootstrap", "30", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "A DeepFM by history cap: K=0:" in printed and "B AWMoE by history cap" in printed
+    rep = json.loads((out / "metrics.json").read_text())
+    cap = rep["history_cap"]
+    assert cap["caps"] == [0, 3, 10] and cap["fields"] == ["history"]
+    assert [m["name"] for m in cap["models"]] == ["A", "B"]
+    for m in cap["models"]:
+        aucs = [c["auc"]["value"] for c in m["by_cap"]]
+        for c in m["by_cap"]:
+            lo, hi = c["auc"]["ci95"]
+            assert lo <= c["auc"]["value"] <= hi
+        # the synthetic history carries signal: more history, better AUC, and K=0 below the full AUC
+        assert aucs[0] < aucs[2]
+        full = next(x for x in rep["models"] if x["name"] == m["name"])["metrics"]["auc"]["value"]
+        assert aucs[0] < full
+    # one DeLong test per cap between A and B, consistent with the per-cap AUCs
+    assert [(c["cap"], c["a"], c["b"]) for c in cap["comparisons"]] == [(0, "A", "B"), (3, "A", "B"), (10, "A", "B")]
+    for c, ka, kb in zip(cap["comparisons"], cap["models"][0]["by_cap"], cap["models"][1]["by_cap"]):
+        assert c["auc_a"] == pytest.approx(ka["auc"]["value"]) and c["auc_b"] == pytest.approx(kb["auc"]["value"])
+        assert 0 <= c["delong"]["p_value"] <= 1
+    page = (out / "report.html").read_text()
+    assert f'<h2 id="history_cap">{SECTIONS["history_cap"]}</h2>' in page and "history_cap" in rep["figures"]
+    assert "Not requested" not in page
+    assert "## " + SECTIONS["history_cap"] in (out / "report.md").read_text()
+    assert recsys_main(["report", "--ckpt", a, "--history-cap", "1,-2", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

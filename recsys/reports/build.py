@@ -48,6 +48,7 @@ import torch
 
 from recsys.errors import RecsysError
 from recsys import metrics as M
+from recsys.reports.history import cap_sequences
 
 RANKING_TASK = "recsys.tasks.ranking.RankingTask"
 FORMAT = "recsys-report/1"
@@ -72,6 +73,8 @@ CONVENTIONS = {
                     "plus a paired bootstrap 95% interval of the difference (same row resamples for both)"),
     "history_length": "",
     "item_popularity": "occurrences of the row's item in the train split, in decades (0 = unseen)",
+    "history_cap": ("each row scored again with every sequence field cut to its last K behaviours (K = 0: no "
+                    "history), simulating users with short histories on the same rows and labels"),
 }
 
 
@@ -89,6 +92,8 @@ class Scored:
     train: Callable[[], pl.DataFrame]
     schema: Any
     attention: tuple[np.ndarray, list[str]] | None = None
+    capped: dict[int, np.ndarray] | None = None  # history cap K -> probabilities of the same rows
+    sequence_fields: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -110,7 +115,7 @@ def _split_and_overrides(data: str) -> tuple[str, dict]:
     return "predict", {"predict_path": str(p)}
 
 
-def _score(name: str, ckpt: Path, data: str, batch_size: int | None) -> Scored:
+def _score(name: str, ckpt: Path, data: str, batch_size: int | None, history_caps: Sequence[int] = ()) -> Scored:
     from recsys.tasks.ranking import load_checkpoint, load_datamodule
 
     task = load_checkpoint(ckpt)
@@ -126,8 +131,12 @@ def _score(name: str, ckpt: Path, data: str, batch_size: int | None) -> Scored:
     attn_fn = getattr(task.model, "attention_weights", None)
     attn_sum, attn_rows = None, 0
     probs = []
+    seq_fields = tuple(f.name for f in dm.features.schema.fields if f.kind == "sequence")
+    capped: dict[int, list[torch.Tensor]] = {k: [] for k in history_caps}
     with torch.no_grad():
         for batch in loader:
+            for k in history_caps:
+                capped[k].append(torch.sigmoid(task(cap_sequences(batch, seq_fields, k)).logits.float()).cpu())
             probs.append(torch.sigmoid(task(batch).logits.float()).cpu())
             if callable(attn_fn):
                 w = attn_fn()
@@ -155,7 +164,9 @@ def _score(name: str, ckpt: Path, data: str, batch_size: int | None) -> Scored:
 
     return Scored(name=name, checkpoint=str(ckpt), class_path=class_path, labels=enc.labels.astype(np.float64),
                   probs=p, users=None if enc.users is None else np.asarray(enc.users), frame=dm.frame(split),
-                  train=train, schema=dm.features.schema, attention=attention)
+                  train=train, schema=dm.features.schema, attention=attention,
+                  capped={k: (torch.cat(v).numpy().astype(np.float64) if v else np.zeros(0)) for k, v in capped.items()},
+                  sequence_fields=seq_fields)
 
 
 # ----------------------------------------------------------------------------------- segments
@@ -322,9 +333,49 @@ def _model_entry(s: Scored, n_boot: int, seed: int, bins: int, paired: bool, not
     }
 
 
+def _compare(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict:
+    d = M.delong_test(y, a, b)
+    pb = M.paired_bootstrap_auc_diff(y, a, b, n_boot=n_boot, seed=seed)
+    return {"auc_a": _num(d.auc_a), "auc_b": _num(d.auc_b), "delta": _num(d.delta),
+            "delong": {"se": _num(d.se), "z": _num(d.z), "p_value": _num(d.p_value),
+                       "ci95": [_num(d.ci95[0]), _num(d.ci95[1])]},
+            "paired_bootstrap": {"ci95": [_num(pb.low), _num(pb.high)]}}
+
+
+def _history_cap_section(caps: Sequence[int], scored: list[Scored], on_rows: list[Scored], n_boot: int,
+                         seed: int, bins: int, notes: list[str]) -> dict:
+    """AUC / logloss (bootstrap 95% intervals) of every model at each history cap, and DeLong paired
+    tests between the models scored on the same rows, cap by cap."""
+    fields = sorted({f for s in scored for f in s.sequence_fields})
+    if not fields:
+        notes.append("--history-cap: the schema has no sequence field, so every cap scores the full rows")
+    models = []
+    for s in scored:
+        by_cap = []
+        for k in caps:
+            p = s.capped[k]
+            boot = M.bootstrap_metrics(s.labels, p, n_boot=n_boot, seed=seed, n_bins=bins)
+            by_cap.append({"cap": int(k), "auc": boot["auc"].as_dict(), "logloss": boot["logloss"].as_dict(),
+                           "mean_prediction": _num(p.mean()) if p.size else None})
+        models.append({"name": s.name, "model_class": s.class_path.rsplit(".", 1)[-1],
+                       "sequence_fields": list(s.sequence_fields), "by_cap": by_cap})
+    comparisons = []
+    y = on_rows[0].labels
+    if y.size and 0 < y.sum() < y.size:
+        for k in caps:
+            for i in range(len(on_rows)):
+                for j in range(i + 1, len(on_rows)):
+                    a, b = on_rows[i], on_rows[j]
+                    comparisons.append({"cap": int(k), "a": a.name, "b": b.name,
+                                        **_compare(y, a.capped[k], b.capped[k], n_boot, seed)})
+    return {"caps": [int(k) for k in caps], "fields": fields, "method": CONVENTIONS["history_cap"],
+            "models": models, "comparisons": comparisons}
+
+
 def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segments: Sequence[str] = (),
                    n_boot: int = 200, seed: int = 0, bins: int = 10,
-                   batch_size: int | None = None) -> tuple[dict, dict[str, tuple[str, bytes]]]:
+                   batch_size: int | None = None,
+                   history_caps: Sequence[int] = ()) -> tuple[dict, dict[str, tuple[str, bytes]]]:
     """Score and measure; returns (the metrics.json dict, figures ``key -> (caption, png)``)."""
     from recsys.reports import plots
 
@@ -335,6 +386,10 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
         raise RecsysError(f"{len(ckpts)} checkpoints; a report compares at most 26", where="--ckpt")
     if n_boot < 1 or bins < 1:
         raise RecsysError("bootstrap resamples and ECE bins must be >= 1", where="recsys report")
+    history_caps = sorted({int(k) for k in history_caps})
+    if any(k < 0 for k in history_caps):
+        raise RecsysError(f"history caps must be >= 0, got {history_caps}", where="--history-cap",
+                          fix="pass whole numbers >= 0, e.g. --history-cap 0,1,3,5,10")
     notes: list[str] = []
     sections: list[dict] = []
     scored: list[Scored] = []
@@ -349,7 +404,7 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
                                   "implemented yet; report ranking checkpoints only")
             sections.append({"model": name, "checkpoint": str(c), **builder(str(c), data)})
             continue
-        scored.append(_score(name, c, data, batch_size))
+        scored.append(_score(name, c, data, batch_size, history_caps))
     if not scored:
         raise RecsysError("no ranking checkpoint to report", where="--ckpt")
     base = scored[0]
@@ -425,14 +480,15 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
         for i in range(len(on_rows)):
             for j in range(i + 1, len(on_rows)):
                 a, b = on_rows[i], on_rows[j]
-                d = M.delong_test(y, a.probs, b.probs)
-                pb = M.paired_bootstrap_auc_diff(y, a.probs, b.probs, n_boot=n_boot, seed=seed)
-                comparisons.append({
-                    "a": a.name, "b": b.name, "auc_a": _num(d.auc_a), "auc_b": _num(d.auc_b), "delta": _num(d.delta),
-                    "delong": {"se": _num(d.se), "z": _num(d.z), "p_value": _num(d.p_value),
-                               "ci95": [_num(d.ci95[0]), _num(d.ci95[1])]},
-                    "paired_bootstrap": {"ci95": [_num(pb.low), _num(pb.high)]},
-                })
+                comparisons.append({"a": a.name, "b": b.name, **_compare(y, a.probs, b.probs, n_boot, seed)})
+    history_cap = (_history_cap_section(history_caps, scored, on_rows, n_boot, seed, bins, notes)
+                   if history_caps else None)
+    if history_cap is not None:
+        figures["history_cap"] = (
+            "AUC by history cap (each row's sequence cut to its last K behaviours; dotted: full history)",
+            plots.history_cap_lines(history_caps, {label[m["name"]]: [c["auc"]["value"] for c in m["by_cap"]]
+                                                   for m in history_cap["models"]},
+                                    {label[s.name]: M.roc_auc(s.labels, s.probs) for s in scored}))
     for s in scored:
         if s.attention is not None:
             figures[f"attention_{s.name}"] = (f"{label[s.name]}: mean attention over fields",
@@ -450,6 +506,7 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
         "models": models,
         "segments": seg_blocks,
         "comparisons": comparisons,
+        "history_cap": history_cap,
         "other_sections": sections,
         "figures": {k: v[0] for k, v in figures.items()},
         "notes": notes,
@@ -459,7 +516,7 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
 
 def build_report(checkpoints: Sequence[str | Path], data: str = "test", segments: Sequence[str] = (),
                  out_dir: str | Path = "report", n_boot: int = 200, seed: int = 0, bins: int = 10,
-                 batch_size: int | None = None) -> dict:
+                 batch_size: int | None = None, history_caps: Sequence[int] = ()) -> dict:
     """Score ``checkpoints`` on ``data``, write ``report.html``, ``report.md``, ``metrics.json``
     and ``plots/*.png`` into ``out_dir`` (atomically), and return the metrics.json dict.
 
@@ -472,10 +529,12 @@ def build_report(checkpoints: Sequence[str | Path], data: str = "test", segments
         seed: seed of the bootstrap resamples.
         bins: equal-width probability bins of the ECE and the reliability diagram.
         batch_size: scoring batch size (default: the checkpoint's eval batch size).
+        history_caps: also score every row with its sequence fields cut to the last ``K``
+            behaviours, for each ``K`` here (``report["history_cap"]``; ``None`` when empty).
     """
     from recsys.reports.render import write_report
 
     report, figures = compute_report(checkpoints, data=data, segments=segments, n_boot=n_boot, seed=seed,
-                                     bins=bins, batch_size=batch_size)
+                                     bins=bins, batch_size=batch_size, history_caps=history_caps)
     write_report(out_dir, report, figures)
     return report

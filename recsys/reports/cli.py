@@ -3,7 +3,8 @@
 ::
 
     recsys report --ckpt runs/a/best.ckpt [--ckpt runs/b/best.ckpt ...] [--data test|valid|PATH]
-                  [--segment FIELD ...] [--bootstrap 200] [--seed 0] [--bins 10] --out DIR
+                  [--segment FIELD ...] [--history-cap 0,1,3,5,10] [--bootstrap 200] [--seed 0]
+                  [--bins 10] --out DIR
 
 writes ``DIR/report.html`` (self-contained), ``DIR/report.md``, ``DIR/metrics.json`` and
 ``DIR/plots/*.png``; see :func:`recsys.reports.build_report`.
@@ -29,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                         "with the label column")
     p.add_argument("--segment", action="append", default=[], metavar="FIELD",
                    help="also report AUC by the values of this column (repeatable)")
+    p.add_argument("--history-cap", default=None, metavar="K,K,...",
+                   help="also score every row with its behaviour sequence cut to the last K behaviours, for each "
+                        "K (e.g. 0,1,3,5,10; 0 = no history): AUC with 95%% intervals per cap and, for several "
+                        "checkpoints, DeLong tests per cap")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
@@ -41,10 +46,18 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.bootstrap < 1 or args.bins < 1:
         raise ConfigError("--bootstrap and --bins must be >= 1", where="recsys report")
+    caps: list[int] = []
+    if args.history_cap is not None:
+        from recsys.reports.history import parse_caps
+        try:
+            caps = parse_caps(args.history_cap)
+        except ValueError as e:
+            raise ConfigError(str(e), where=f"--history-cap {args.history_cap}",
+                              fix="pass whole numbers >= 0 separated by commas, e.g. --history-cap 0,1,3,5,10")
     from recsys.reports.build import build_report
 
     report = build_report(args.ckpt, data=args.data, segments=args.segment, out_dir=args.out,
-                          n_boot=args.bootstrap, seed=args.seed, bins=args.bins, batch_size=args.batch_size)
+                          n_boot=args.bootstrap, seed=args.seed, bins=args.bins, batch_size=args.batch_size, history_caps=caps)
     for m in report["models"]:
         met = m["metrics"]
         auc, gauc, ll = met["auc"], met["gauc"], met["logloss"]
@@ -53,6 +66,12 @@ def main(argv: list[str]) -> int:
               f"  gauc {gs}  logloss {ll['value']:.4f}  ece {met['ece']['value']:.4f}")
     for c in report["comparisons"]:
         print(f"{c['b']} vs {c['a']}: delta auc {c['delta']:+.4f}, DeLong p {c['delong']['p_value']:.4g}")
+    cap = report.get("history_cap")
+    if cap:
+        for m in cap["models"]:
+            aucs = "  ".join(f"K={c['cap']}: {c['auc']['value']:.4f}" if c["auc"]["value"] is not None
+                             else f"K={c['cap']}: n/a" for c in m["by_cap"])
+            print(f"{m['name']} {m['model_class']} by history cap: {aucs}")
     out = Path(args.out)
     print(f"recsys: report written to {out / 'report.html'} (and report.md, metrics.json)")
     return 0

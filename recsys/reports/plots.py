@@ -8,6 +8,7 @@ stripped, so the same inputs give the same bytes.
 * :func:`reliability_plot`: mean predicted vs observed positive rate per probability bin.
 * :func:`score_histograms`: score distribution of positives and negatives, one panel per model.
 * :func:`segment_bars`: AUC per segment (grouped bars, one colour per model), rows annotated.
+* :func:`history_cap_lines`: AUC against the history cap K, one line per model.
 * :func:`attention_heatmap`: a field x field attention map (models exposing ``attention_weights()``).
 """
 
@@ -122,6 +123,25 @@ def segment_bars(title: str, segments: Sequence[str], auc: dict[str, Sequence[fl
     ax.set(ylabel="AUC", title=title)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def history_cap_lines(caps: Sequence[int], auc: dict[str, Sequence[float | None]],
+                      full: dict[str, float] | None = None) -> bytes:
+    """AUC (y) at each history cap K (x, evenly spaced, labelled by K), one line per model;
+    ``full``: each model's AUC with the whole history, drawn dotted in the line's colour."""
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.8 * len(caps) + 2.5), 3.6))
+    x = np.arange(len(caps))
+    for name, vals in auc.items():
+        v = np.array([np.nan if a is None else a for a in vals], dtype=np.float64)
+        (line,) = ax.plot(x, v, marker="o", label=name)
+        if full and name in full and np.isfinite(full[name]):
+            ax.axhline(full[name], ls=":", lw=1, color=line.get_color())
+    ax.set_xticks(x, [str(k) for k in caps])
+    ax.set(xlabel="history cap K (last K behaviours kept)", ylabel="AUC", title="AUC by history cap")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 

@@ -10,7 +10,8 @@ into place (the whole directory when ``out_dir`` does not exist yet; otherwise `
 swapped and each file replaced with ``os.replace``, ``report.html`` last).
 
 Sections (``<h2 id=...>``), always present, with a line saying why when one has no content:
-``summary``, ``calibration``, ``curves``, ``segments``, ``comparison``, ``attention``, ``method``.
+``summary``, ``calibration``, ``curves``, ``segments``, ``comparison``, ``history_cap``, ``attention``,
+``method``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SECTIONS = {
     "curves": "ROC and precision-recall curves",
     "segments": "AUC by segment",
     "comparison": "Model comparison",
+    "history_cap": "AUC by history cap (simulated short histories)",
     "attention": "Attention maps",
     "method": "Method and notes",
 }
@@ -99,6 +101,33 @@ def _comparison_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                      f"[{_f(d['ci95'][0])}, {_f(d['ci95'][1])}]", _f(d["z"], 2), _p(d["p_value"]),
                      f"[{_f(pb['ci95'][0])}, {_f(pb['ci95'][1])}]"])
     return header, rows
+
+
+def _history_cap_rows(block: dict) -> tuple[list[str], list[list[Any]]]:
+    """One row per cap K; per model the AUC with its 95% interval and the logloss."""
+    header = ["K"] + [f"AUC {m['name']} {m['model_class']}" for m in block["models"]] \
+        + [f"logloss {m['name']}" for m in block["models"]]
+    rows = []
+    for i, k in enumerate(block["caps"]):
+        rows.append([str(k)] + [_with_ci(m["by_cap"][i]["auc"], 4) for m in block["models"]]
+                    + [_f(m["by_cap"][i]["logloss"]["value"]) for m in block["models"]])
+    return header, rows
+
+
+def _history_cap_comparisons(block: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["K", "comparison", "AUC a", "AUC b", "delta (b - a)", "DeLong 95% CI", "p-value",
+              "paired bootstrap 95% CI"]
+    rows = []
+    for c in block["comparisons"]:
+        d, pb = c["delong"], c["paired_bootstrap"]
+        rows.append([str(c["cap"]), f"{c['b']} vs {c['a']}", _f(c["auc_a"]), _f(c["auc_b"]),
+                     "n/a" if c["delta"] is None else f"{c['delta']:+.4f}",
+                     f"[{_f(d['ci95'][0])}, {_f(d['ci95'][1])}]", _p(d["p_value"]),
+                     f"[{_f(pb['ci95'][0])}, {_f(pb['ci95'][1])}]"])
+    return header, rows
+
+
+_NO_CAP = "Not requested: <code>recsys report --history-cap 0,1,3,5,10</code> adds it."
 
 
 def _models_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -196,6 +225,19 @@ def render_html(report: dict, figures: dict[str, tuple[str, bytes]]) -> str:
     else:
         parts.append("<p>A comparison needs two or more checkpoints scored on the same rows.</p>")
 
+    parts.append(f'<h2 id="history_cap">{SECTIONS["history_cap"]}</h2>')
+    cap = report.get("history_cap")
+    if cap:
+        parts.append(f'<p>{e(cap["method"])}; sequence fields cut: {e(", ".join(cap["fields"]) or "none")}. '
+                     "Brackets: 95% bootstrap interval.</p>")
+        parts.append('<div class="row">' + _html_table(*_history_cap_rows(cap)) + _img("history_cap", figures)
+                     + "</div>")
+        if cap["comparisons"]:
+            parts.append(f'<p>{e(report["conventions"]["paired_test"])}, at each cap.</p>')
+            parts.append(_html_table(*_history_cap_comparisons(cap), left=2))
+    else:
+        parts.append(f"<p>{_NO_CAP}</p>")
+
     parts.append(f'<h2 id="attention">{SECTIONS["attention"]}</h2><p>{_attention_intro(report)}</p>')
     parts.append("".join(_img(k, figures) for k in figures if k.startswith("attention_")))
 
@@ -247,6 +289,16 @@ def render_markdown(report: dict, figures: dict[str, tuple[str, bytes]]) -> str:
         out += [report["conventions"]["paired_test"] + ".", "", _md_table(*_comparison_rows(report)), ""]
     else:
         out += ["A comparison needs two or more checkpoints scored on the same rows.", ""]
+    out += [f"## {SECTIONS['history_cap']}", ""]
+    cap = report.get("history_cap")
+    if cap:
+        out += [f"{cap['method']}; sequence fields cut: {', '.join(cap['fields']) or 'none'}. "
+                "Brackets: 95% bootstrap interval.", "", _md_table(*_history_cap_rows(cap)), "", img("history_cap")]
+        if cap["comparisons"]:
+            out += [report["conventions"]["paired_test"] + ", at each cap.", "",
+                    _md_table(*_history_cap_comparisons(cap)), ""]
+    else:
+        out += [_NO_CAP.replace("<code>", "`").replace("</code>", "`"), ""]
     out += [f"## {SECTIONS['attention']}", "", _attention_intro(report).replace("<code>", "`").replace("</code>", "`"), ""]
     out += [img(k) for k in figures if k.startswith("attention_")]
     out += [f"## {SECTIONS['method']}", ""]
