@@ -332,7 +332,7 @@ def _canon(kind: str, v):
 
 @pytest.mark.parametrize("batch_size", [97, 1000, 10**6])
 def test_fast_counts_equal_brute_force(batch_size: int):
-    from recsys.features.ranking import _PermutedStream
+    from recsys.features.counting import _PermutedStream
 
     rng = np.random.default_rng(7)
     n = 3_000
@@ -416,3 +416,43 @@ def test_read_table_lazy_and_no_torch_import(tmp_path: Path):
             "assert 'torch' not in sys.modules, 'torch imported'; import recsys.data.sources as s; import recsys.data; "
             "assert recsys.data.read_table is s.read_table is recsys.data.sources.read_table")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------- estimator contract, module layout
+def test_parameters_are_stored_as_given_and_validated_in_fit(tmp_path: Path):
+    from recsys.errors import ConfigError
+    from recsys.schema import Schema
+
+    feats, excl = ("a",), ("b",)
+    r = FeatureRanker(label="y", features=feats, exclude=excl, alpha=1, heuristic="bogus")  # no check here
+    params = r.get_params()
+    assert params["features"] is feats and params["exclude"] is excl and params["alpha"] == 1
+    assert isinstance(params["alpha"], int) and params["heuristic"] == "bogus"
+    with pytest.raises(ConfigError, match="heuristic"):
+        r.fit(pl.DataFrame({"a": [0, 1] * 10, "b": [1] * 20, "y": [0, 1] * 10}))
+    assert FeatureRanker(**FeatureRanker(n_bins=7).get_params()).get_params() == FeatureRanker(n_bins=7).get_params()
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        FeatureRanker().set_params(n_bin=3)
+    # the schema path stays a path; the resolved schema is the fitted attribute schema_
+    path = tmp_path / "s.yaml"
+    Schema.from_dict({"label": "y", "fields": [{"name": "a", "kind": "categorical"}]}).to_yaml(path)
+    df = pl.DataFrame({"a": [0, 1] * 50, "y": [0, 1] * 50})
+    r = FeatureRanker(schema=str(path)).fit(df)
+    assert r.schema == str(path) and isinstance(r.schema_, Schema) and r.ranking_["feature"].to_list() == ["a"]
+    r.set_params(heuristic="mi").fit(df)
+    assert r.ranking_["score"][0] == pytest.approx(r.ranking_["mi"][0])
+
+
+def test_counting_and_quality_do_not_import_the_ranker():
+    """No import cycle: ranking -> quality, ranking -> counting; never back (deferred imports included)."""
+    import ast
+
+    import recsys.features.counting as counting
+    import recsys.features.quality as quality
+    import recsys.features.significance as significance
+
+    for mod in (counting, quality, significance):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m and m.startswith("recsys.features.ranking")}, mod.__name__

@@ -33,13 +33,12 @@ values with their shares, entropy, and flags:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-if TYPE_CHECKING:
-    from recsys.features.ranking import FeatureRanker
+from recsys.data.missing import PLACEHOLDERS
 
 __all__ = ["QualityThresholds", "quality_report"]
 
@@ -57,8 +56,11 @@ class QualityThresholds:
     placeholder: float = 0.05
 
 
-def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, Any]:
-    """Build the report (a JSON-ready dict) from a fitted ranker's per-column state."""
+def quality_report(ranker: Any, t: QualityThresholds) -> dict[str, Any]:
+    """Build the report (a JSON-ready dict) from a fitted :class:`~recsys.features.ranking.FeatureRanker`'s
+    per-column state (``_cols``: the counted :class:`~recsys.features.counting._Column`\ s, ``ranking_``,
+    ``n_rows_``, ``label_entropy_``, ``label_name_``, ``classes_``, ``class_counts_``). This module
+    imports neither: the ranker imports it."""
     n = ranker.n_rows_
     h_y = ranker.label_entropy_
     by_fp: dict[tuple[int, bytes], list[str]] = {}
@@ -120,8 +122,6 @@ def quality_report(ranker: "FeatureRanker", t: QualityThresholds) -> dict[str, A
 
 def _placeholders(c: Any, a: np.ndarray, n: int) -> list[dict[str, Any]]:
     """A string column's values that look like missing-value placeholders, most frequent first."""
-    from recsys.data.missing import PLACEHOLDERS
-
     v = getattr(c, "values", None)
     if c.kind != "categorical" or v is None or not len(v):
         return []
