@@ -233,3 +233,20 @@ def test_refused_resume_keeps_the_runs_config(trained, tmp_path):
     line = one_error(res, short=False)  # after Lightning's own start-up lines
     assert "cannot resume" in line and "batch_size" in line
     assert (version / "config.yaml").read_bytes() == config_before
+
+
+# ------------------------------------------------------------- 9: data too small to rank
+def test_rank_features_refuses_data_too_small_to_rank(tmp_path):
+    data = tmp_path / "two.csv"
+    pl.DataFrame({"a": ["x", "y"], "b": [1, 2], "label": [0, 1]}).write_csv(data)
+    before = snapshot(tmp_path)
+    res = recsys(["rank-features", "--data", str(data), "--out", str(tmp_path / "rk"), "--no-progress"], tmp_path)
+    line = one_error(res)
+    assert "too few rows to rank" in line and "2 rows (1 with label = 0, 1 with label = 1)" in line
+    assert "needs at least 6 rows" in line and "two.csv" in line  # 2 features: p <= 0.01/2 needs 6 rows
+    assert snapshot(tmp_path) == before and not (tmp_path / "rk").exists()
+    # at the bound it ranks (and what it says is needed is enough)
+    pl.DataFrame({"a": ["x", "y"] * 4, "b": list(range(8)), "label": [0, 1] * 4}).write_csv(data)
+    res = recsys(["rank-features", "--data", str(data), "--out", str(tmp_path / "rk"), "--no-progress"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert pl.read_csv(tmp_path / "rk" / "ranking.csv")["feature"][0] == "a"

@@ -102,12 +102,64 @@ def main(argv: list[str]) -> int:
         progress=not args.no_progress, n_threads=args.threads, significance=args.significance,
         p_adjust=args.p_adjust,
     ).fit(args.data)
+    check_enough_rows(ranker, args.significance, args.data)
     selected = ranker.selected(top_k=args.top_k, min_score=args.min_score,
                                **({"drop_flagged": ()} if args.keep_flagged else {}))
     write_outputs(ranker, Path(args.out), selected, data=args.data)
     print(f"recsys: ranked {ranker.ranking_.height} features on {ranker.n_rows_} rows ({args.heuristic}); "
           f"{len(selected)} selected; wrote {args.out}")
     return 0
+
+
+def rows_needed(class_counts, n_features: int, significance: float) -> tuple[float, int]:
+    """(best p-value any feature could reach on these rows, rows needed at this class balance for
+    it to pass ``significance`` after Holm over ``n_features``). The best feature is one that
+    predicts the label exactly: its G statistic is ``2 N H(y)`` (nats), ``C - 1`` degrees of freedom.
+
+    >>> p, need = rows_needed([1, 1], 3, 0.01); round(p, 3), need
+    (0.096, 7)
+    """
+    import math
+
+    from recsys.features.significance import chi2_sf
+
+    counts = [int(c) for c in class_counts if c > 0]
+    n = sum(counts)
+    h = -sum(c / n * math.log(c / n) for c in counts)
+    df = max(len(counts) - 1, 1)
+    alpha = significance / max(n_features, 1)
+
+    def best_p(rows: float) -> float:
+        return chi2_sf(2 * rows * h, df) if h > 0 else 1.0
+
+    if h <= 0:
+        return 1.0, 0
+    hi = max(n, 1)
+    while best_p(hi) > alpha:
+        hi *= 2
+    lo = hi // 2 if hi > n else 0
+    while hi - lo > 1:  # smallest row count that passes
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if best_p(mid) <= alpha else (mid, hi)
+    return best_p(n), hi
+
+
+def check_enough_rows(ranker: FeatureRanker, significance: float, data: str) -> None:
+    """Refuse to write a ranking of data too small to rank: when not even a feature that predicts
+    the label exactly could pass the significance test, every score is noise (and the default
+    selection would be empty)."""
+    from recsys.errors import DataError
+
+    counts = ranker.class_counts_
+    n_features = ranker.ranking_.height
+    p, need = rows_needed(counts, n_features, significance)
+    if p <= significance / max(n_features, 1):
+        return
+    classes = ", ".join(f"{int(c)} with {ranker.label_name_} = {v!r}" for v, c in zip(ranker.classes_, counts))
+    raise DataError(f"too few rows to rank features: {ranker.n_rows_} rows ({classes}); even a feature that predicts "
+                    f"the label exactly would not be significant (p = {p:.2g} > {significance:g} / {n_features} "
+                    f"features); at this class balance it needs at least {need} rows", where=str(data),
+                    fix="rank on more rows (the whole file, or a larger --sample)")
 
 
 def _tune_process() -> None:
