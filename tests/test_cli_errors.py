@@ -250,3 +250,32 @@ def test_rank_features_refuses_data_too_small_to_rank(tmp_path):
     res = recsys(["rank-features", "--data", str(data), "--out", str(tmp_path / "rk"), "--no-progress"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert pl.read_csv(tmp_path / "rk" / "ranking.csv")["feature"][0] == "a"
+
+
+# ------------------------------------------- 4: every split checked before the first training step
+@pytest.mark.slow
+@pytest.mark.parametrize("split, damage, expected", [
+    ("test", "item_id as strings", "field 'item_id' holds str values but was fitted on int"),
+    ("valid", "label 2", "label values are not 0/1"),
+    ("test", "no age column", "columns ['age'] are missing"),
+    ("test", "no rows", "the test split is empty"),
+])
+def test_every_split_is_checked_before_training_and_the_wrong_file_named(tmp_path, split, damage, expected):
+    frame = tiny_frame()
+    files = {}
+    for name in ("train", "valid", "test"):
+        part = frame.filter(pl.col("split") == name).drop("split")
+        if name == split:
+            part = {"item_id as strings": lambda f: f.with_columns(pl.col("item_id").cast(pl.String) + "x"),
+                    "label 2": lambda f: f.with_columns(pl.lit(2).alias("label")),
+                    "no age column": lambda f: f.drop("age"),
+                    "no rows": lambda f: f.head(0)}[damage](part)
+        files[name] = tmp_path / f"{name}_rows.parquet"
+        part.write_parquet(files[name])
+    cfg = write_config(tmp_path, data={"dataset": str(files["train"]), "valid_path": str(files["valid"]),
+                                       "test_path": str(files["test"])})
+    line = one_error(recsys(["fit", "--config", str(cfg)], tmp_path))
+    assert f"{split}_rows.parquet" in line and expected in line
+    others = [n for n in files if n != split]
+    assert not any(f"{n}_rows.parquet" in line for n in others)  # the wrong file, not the train file
+    assert not (tmp_path / "runs").exists()  # refused before the trainer (or its log folder) exists

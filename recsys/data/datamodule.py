@@ -141,8 +141,21 @@ class CTRDataModule(L.LightningDataModule):
         self._source = source
         for name in ("train", "valid"):
             if name not in self._frames or len(self._frames[name]) == 0:
-                raise DataError(f"the {name} split is empty", where=f"{source} (split column {self.split_column!r})",
-                                fix=f"make sure some rows have {self.split_column} == {name!r}")
+                raise DataError(f"the {name} split is empty", where=self._split_source(name),
+                                fix=f"make sure some rows have {self.split_column} == {name!r}" if frame is not None
+                                else "give the file data rows")
+        if self.test_path is not None and len(self._frames.get("test", ())) == 0:
+            raise DataError("the test split is empty", where=self._split_source("test"), fix="give the file data rows")
+
+    def _split_source(self, split: str) -> str:
+        """Where a split's rows come from, for messages: its own file, or the file + split column."""
+        own = {"train": self.dataset if (self.valid_path or self.test_path) else None,
+               "valid": self.valid_path, "test": self.test_path,
+               "predict": self.predict_path}.get(split)
+        if own:
+            return f"{own} [{split}]"
+        return f"{self._source} [{split}: rows with {self.split_column} == {split!r}]" \
+            if split != "predict" and self.dataset not in BUILTIN else f"{self._source} [{split}]"
 
     @property
     def features(self) -> FeatureEncoder:
@@ -153,8 +166,21 @@ class CTRDataModule(L.LightningDataModule):
                 self._features = load_features(self.features_from)
             else:
                 self._features = FeatureEncoder(self.schema).fit(self._frames["train"],
-                                                                 source=f"{self._source} [train]")
+                                                                 source=self._split_source("train"))
+                self._validate_eval_splits()
         return self._features
+
+    def _validate_eval_splits(self) -> None:
+        """Check the valid and test rows against the fitted schema (columns, types, labels) now,
+        before any training step, naming the file that is wrong (not after training ends)."""
+        from recsys.data.missing import replace_missing
+
+        for split in ("valid", "test"):
+            frame = self._frames.get(split)
+            if frame is None or len(frame) == 0:
+                continue
+            src = self._split_source(split)
+            self._features.validate(replace_missing(frame, self._features.schema, src), src)
 
     def frame(self, split: str) -> pl.DataFrame:
         """The raw (unencoded) rows of a split, or of the predict file for ``predict``."""
@@ -173,7 +199,7 @@ class CTRDataModule(L.LightningDataModule):
     def encoded(self, split: str) -> EncodedSplit:
         if split not in self._encoded:
             frame = self.frame(split)
-            src = f"{self.predict_path if split == 'predict' and self.predict_path else self._source} [{split}]"
+            src = self._split_source(split) if split != "predict" or self.predict_path else f"{self._source} [test]"
             self._encoded[split] = self.features.transform(frame, source=src, require_label=split != "predict")
         return self._encoded[split]
 
