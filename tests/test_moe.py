@@ -14,7 +14,7 @@ from recsys.cli import main
 from recsys.data import CTRDataModule
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.models import AWMoE, MoE, build_model
-from recsys.models.moe import info_nce, masked_softmax, random_behaviour_mask
+from recsys.models.moe import info_nce, masked_softmax, random_behaviour_mask, random_keep_mask
 
 SMALL = {"embedding_dim": 6, "expert_units": [8], "attention_units": [8]}
 
@@ -161,7 +161,7 @@ def test_detach_full_trains_only_through_the_masked_view():
         z.grad = z2.grad = None
         stub = _A.__new__(_A)  # only the loss's settings are needed
         stub.detach_full, stub.contrast_on, stub.temperature, stub.similarity = detach, "logits", 0.1, "cosine"
-        stub.gate_normalization = "softmax"
+        stub.gate_normalization, stub.cl_loss, stub.exclude_same_user = "softmax", "infonce", False
         _A.contrastive_loss(stub, z, z2, rows).backward()
         assert (z.grad is not None and z.grad.abs().sum() > 0) == full_grad
         assert z2.grad.abs().sum() > 0
@@ -320,3 +320,105 @@ def test_small_fit_learns_planted_signal(tmp_path, name):
     header = csv.splitlines()[0].split(",")
     assert ("train/aux_contrastive" in header) == (name == "aw_moe")
     assert "val/aux_contrastive" not in header and "test/aux_contrastive" not in header
+
+
+# ------------------------------------------------------------------------ issue 19 variants
+def test_keep_mask_keeps_1_to_k_random_real_behaviours():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(0, 31, (4000,), generator=g)
+    mask = torch.arange(30)[None, :] < lengths[:, None]
+    kept = random_keep_mask(mask, 10, generator=g)
+    assert not (kept & ~mask).any()
+    n = kept.sum(1)
+    assert torch.equal(n == 0, lengths == 0) and (n <= torch.clamp(lengths, max=10)).all()
+    long = lengths >= 10  # k uniform on 1..10: each count about 10% of these rows (std ~1.5%)
+    freq = torch.bincount(n[long], minlength=11)[1:].float() / long.sum()
+    assert (freq - 0.1).abs().max() < 0.03, freq
+    # which behaviours: uniform over positions, not the first or the last ones
+    per_pos = random_keep_mask(torch.ones(5000, 30, dtype=torch.bool), 10, generator=g).float().mean(0)
+    assert (per_pos - 5.5 / 30).abs().max() < 0.03, per_pos  # E[k] / L at every position (std 0.006)
+    with pytest.raises(ValueError, match="max_keep"):
+        random_keep_mask(mask, 0)
+
+
+def test_info_nce_without_same_group_negatives():
+    torch.manual_seed(0)
+    a, p = torch.randn(6, 4), torch.randn(6, 4)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2])
+    an, pn = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(p, dim=1)
+    sim = an @ pn.T / 0.1
+    expected = torch.stack([-(sim[i, i] - torch.logsumexp(sim[i][(groups != groups[i]) | (torch.arange(6) == i)], 0))
+                            for i in range(6)]).mean()
+    torch.testing.assert_close(info_nce(a, p, 0.1, groups=groups), expected)
+    torch.testing.assert_close(info_nce(a, p, 0.1, groups=torch.arange(6)), info_nce(a, p, 0.1))
+
+
+def test_exclude_same_user_uses_the_batch_user_ids(dm, batch):
+    assert batch.user_ids is not None and len(torch.unique(batch.user_ids)) < len(batch)  # same-user rows exist
+    torch.manual_seed(0)
+    plain = AWMoE(dm.features, **SMALL)
+    excl = AWMoE(dm.features, exclude_same_user=True, **SMALL)
+    excl.load_state_dict(plain.state_dict())
+    z, z2 = torch.randn(len(batch), 4), torch.randn(len(batch), 4)
+    rows = _lengths(batch) > 0
+    za, zb = (z - z.mean(1, keepdim=True))[rows], (z2 - z2.mean(1, keepdim=True))[rows]
+    torch.testing.assert_close(excl.contrastive_loss(z, z2, rows, batch.user_ids),
+                               info_nce(za, zb, 0.1, groups=batch.user_ids[rows]))
+    assert excl.contrastive_loss(z, z2, rows, batch.user_ids) != plain.contrastive_loss(z, z2, rows, batch.user_ids)
+    torch.manual_seed(5)
+    a = excl.train()(batch).aux_losses["contrastive"]
+    assert torch.isfinite(a) and a > 0
+
+
+@pytest.mark.parametrize("loss", ["mse", "kl"])
+def test_alignment_losses_pull_only_the_masked_view(dm, loss):
+    torch.manual_seed(0)
+    model = AWMoE(dm.features, cl_loss=loss, **SMALL)
+    z = torch.randn(16, 4, requires_grad=True)
+    z2 = (z.detach() + 0.5 * torch.randn(16, 4)).requires_grad_(True)
+    rows = torch.ones(16, dtype=torch.bool)
+    value = model.contrastive_loss(z, z2, rows)
+    if loss == "kl":
+        expected = torch.nn.functional.kl_div(torch.log_softmax(z2, 1), torch.log_softmax(z, 1), log_target=True,
+                                              reduction="batchmean")
+    else:
+        c, c2 = z - z.mean(1, keepdim=True), z2 - z2.mean(1, keepdim=True)
+        expected = (c - c2).pow(2).sum(1).mean()
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert z.grad is None and z2.grad.abs().sum() > 0  # the full view is held fixed
+    # no push-apart term: identical views cost nothing, even for shuffled rows (InfoNCE would)
+    assert model.contrastive_loss(z.detach(), z.detach() + 2.0, rows).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masked_click_loss_is_the_bce_of_the_masked_view(dm, batch):
+    torch.manual_seed(0)
+    # mask_rate 0: the masked view is the full view, so its click loss is the BCE of the logits
+    model = AWMoE(dm.features, cl_weight=0.0, mask_rate=0.0, masked_click_weight=0.5, **SMALL).train()
+    out = model(batch)
+    assert set(out.aux_losses) == {"masked_click"}
+    torch.testing.assert_close(out.aux_losses["masked_click"],
+                               0.5 * torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels))
+    # a real masked view (keep 1..2 behaviours) gives a different loss that trains the experts too
+    model2 = AWMoE(dm.features, cl_weight=0.1, mask_keep=2, masked_click_weight=1.0, init_std=1.0, **SMALL).train()
+    out2 = model2(batch)
+    assert set(out2.aux_losses) == {"contrastive", "masked_click"}
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out2.logits, batch.labels)
+    assert abs(out2.aux_losses["masked_click"].item() - bce.item()) > 1e-5
+    out2.aux_losses["masked_click"].backward()
+    assert model2.moe.experts[0].net[0].weight.grad.abs().sum() > 0
+    assert model2.eval()(batch).aux_losses == {}
+
+
+@pytest.mark.parametrize("kwargs, match", [({"cl_loss": "cosine"}, "cl_loss"),
+                                           ({"cl_loss": "kl", "gate_normalization": "sigmoid"}, "softmax"),
+                                           ({"mask_keep": -1}, "mask_keep"),
+                                           ({"masked_click_weight": -0.1}, "masked_click_weight"),
+                                           ({"masked_click_weight": 0.1, "long_hashes": 2}, "long_hashes"),
+                                           ({"mask_rate": 0.9}, None)])
+def test_variant_options_are_checked_at_construction(dm, kwargs, match):
+    if match is None:
+        AWMoE(dm.features, **SMALL, **kwargs)  # a long-tail-like drop rate is allowed
+        return
+    with pytest.raises(ValueError, match=match):
+        AWMoE(dm.features, **SMALL, **kwargs)

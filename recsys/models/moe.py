@@ -59,7 +59,7 @@ from recsys.models.embedding import FeatureEmbedding, resolve_sequence_target
 from recsys.models.layers import MLP
 
 __all__ = ["AWMoE", "MoE", "ActivationUnit", "MixtureOfExperts", "info_nce", "masked_softmax",
-           "random_behaviour_mask"]
+           "random_behaviour_mask", "random_keep_mask"]
 
 
 # ------------------------------------------------------------------------------------ functions
@@ -96,8 +96,27 @@ def random_behaviour_mask(mask: torch.Tensor, rate: float, generator: torch.Gene
     return mask & keep
 
 
+def random_keep_mask(mask: torch.Tensor, max_keep: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A long-tail-looking view: each row keeps ``k`` of its real behaviours (``mask`` True),
+    ``k`` drawn uniformly from ``1..max_keep`` per row (all of them when the row has fewer),
+    chosen uniformly at random; padding stays padding. Shapes ``[B, L] -> [B, L]`` (bool).
+
+    >>> m = torch.tensor([[True] * 6, [True, True, False, False, False, False]])
+    >>> kept = random_keep_mask(m, 3, torch.Generator().manual_seed(0))
+    >>> bool((kept & ~m).any()), 1 <= int(kept[0].sum()) <= 3, int(kept[1].sum()) <= 2
+    (False, True, True)
+    """
+    if max_keep < 1:
+        raise ValueError(f"max_keep must be >= 1, got {max_keep}")
+    B, L = mask.shape
+    k = torch.randint(1, max_keep + 1, (B, 1), generator=generator, device=mask.device)       # [B, 1]
+    noise = torch.rand(mask.shape, generator=generator, device=mask.device).masked_fill(~mask, 2.0)
+    rank = noise.argsort(dim=1).argsort(dim=1)                       # 0 = the smallest noise, real first
+    return mask & (rank < k)
+
+
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1,
-             similarity: str = "cosine") -> torch.Tensor:
+             similarity: str = "cosine", groups: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE with in-batch negatives: row ``i`` of ``anchor`` should match row ``i`` of
     ``positive`` among all rows ``k`` of ``positive``::
 
@@ -105,17 +124,25 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 
 
     Shapes ``[B, N], [B, N] -> scalar``. ``similarity``: ``cosine`` (default) or ``dot``.
     The lower bound is 0 only in the limit; with ``B`` rows a loss of ``log(B)`` means the
-    positives are no closer than the negatives.
+    positives are no closer than the negatives. ``groups`` ``[B]`` (e.g. user ids): rows of the
+    same group as row ``i`` (other than ``i`` itself) are removed from its negatives, since they
+    are not true negatives (the same user's other rows).
 
     >>> g = torch.eye(4)
     >>> bool(info_nce(g, g) < info_nce(g, g[[1, 2, 3, 0]]))
     True
+    >>> round(float(info_nce(g, g, groups=torch.tensor([0, 0, 0, 0]))), 6)  # no negatives left
+    0.0
     """
     if similarity == "cosine":
         anchor, positive = F.normalize(anchor, dim=1), F.normalize(positive, dim=1)
     elif similarity != "dot":
         raise ValueError(f"unknown similarity {similarity!r}; use 'cosine' or 'dot'")
     logits = anchor @ positive.T / temperature
+    if groups is not None:
+        same = groups.unsqueeze(0) == groups.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
 
 
@@ -246,8 +273,19 @@ class AWMoE(RankingModel):
       sequence is empty are left out (their two views are the same constant prior, which
       carries no signal and would count as false negatives); with fewer than 2 rows left the
       loss is 0.
-    * **Which view feeds the BCE**: only the full view (training and inference see the same
-      model); the masked view feeds only the contrastive loss.
+    * **Which view feeds the BCE**: only the full view by default (training and inference see
+      the same model); ``masked_click_weight=w > 0`` adds ``w * BCE`` of the masked view (its own
+      gate and attention summary over the kept behaviours, the same experts and tower) as
+      ``aux_losses["masked_click"]``, so the model also learns to rank with few behaviours.
+    * **Long-tail-looking views** (issue 19): ``mask_keep=k > 0`` replaces the per-behaviour
+      drop by keeping a random ``1..k`` of each row's behaviours (a user with at most ``k``
+      behaviours, whatever the full length); ``mask_rate`` up to 0.9 also gives short views.
+    * **Alignment-only losses**: ``cl_loss="mse"`` (mean squared difference of the centred gate
+      logits, or of the weights with ``contrast_on="weights"``) or ``"kl"`` (``KL(g || g')``
+      of the softmax over the experts) pull the masked view's gate toward the full view's gate
+      held fixed (stop-gradient on the full view, always): no push-apart term. ``"infonce"``
+      (default) is the contrastive loss above; ``exclude_same_user=True`` removes the rows of
+      the same user (``batch.user_ids``) from each row's InfoNCE negatives.
     * **Weight**: ``cl_weight`` λ = 0.1 by default; the task adds ``λ · L_cl`` to the BCE.
 
     Args:
@@ -270,6 +308,11 @@ class AWMoE(RankingModel):
         similarity: ``cosine`` or ``dot``.
         contrast_on: ``logits`` (centred gate logits) or ``weights``.
         detach_full: stop the contrastive gradient at the full view.
+        cl_loss: ``infonce`` (contrastive), ``mse`` or ``kl`` (alignment only, full view fixed).
+        mask_keep: k > 0: the masked view keeps a random 1..k behaviours per row (0: use
+            ``mask_rate``).
+        exclude_same_user: InfoNCE without same-user negatives (needs the schema's user key).
+        masked_click_weight: w >= 0: add ``w * BCE`` of the masked view (not with ``long_hashes``).
         gate_granularity: ``expert`` (one weight per expert) or ``unit`` (per expert and unit).
         gate_window: k > 0: the gate attends over the last k behaviours only (0: all L).
         long_hashes: m > 0: add SDIM's long-term interest over all L to the experts' input.
@@ -287,7 +330,8 @@ class AWMoE(RankingModel):
                  mask_rate: float = 0.3, temperature: float = 0.1, cl_weight: float = 0.1,
                  similarity: str = "cosine", contrast_on: str = "logits", detach_full: bool = False,
                  expert_history: str = "attention", gate_granularity: str = "expert",
-                 gate_window: int = 0, long_hashes: int = 0,
+                 gate_window: int = 0, long_hashes: int = 0, cl_loss: str = "infonce",
+                 mask_keep: int = 0, exclude_same_user: bool = False, masked_click_weight: float = 0.0,
                  long_tau: int = 3, long_normalization: str = "l2", hash_seed: int = 0,
                  dropout: float = 0.0, batch_norm: bool = False, mlp_init: str = "torch",
                  dims: dict[str, int] | None = None, init_std: float = 1e-4):
@@ -307,6 +351,21 @@ class AWMoE(RankingModel):
             raise ValueError(f"gate_window must be >= 0 (0: the whole sequence), got {gate_window}")
         if long_hashes < 0:
             raise ValueError(f"long_hashes must be >= 0 (0: no long-term interest), got {long_hashes}")
+        if cl_loss not in ("infonce", "mse", "kl"):
+            raise ValueError(f"cl_loss must be 'infonce', 'mse' or 'kl', got {cl_loss!r}")
+        if cl_loss == "kl" and gate_normalization != "softmax":
+            raise ValueError("cl_loss='kl' compares softmax gates; use gate_normalization='softmax' or cl_loss='mse'")
+        if mask_keep < 0:
+            raise ValueError(f"mask_keep must be >= 0 (0: drop behaviours with mask_rate), got {mask_keep}")
+        if masked_click_weight < 0:
+            raise ValueError(f"masked_click_weight must be >= 0, got {masked_click_weight}")
+        if masked_click_weight > 0 and long_hashes:
+            raise ValueError("masked_click_weight > 0 is not supported with long_hashes > 0 "
+                             "(the masked view would still see the long-term interest of the whole sequence)")
+        if exclude_same_user and not features.schema.keys.get("user"):
+            raise ValueError("exclude_same_user=True needs a user key in the schema (keys: {user: COLUMN})")
+        self.cl_loss, self.mask_keep = cl_loss, mask_keep
+        self.exclude_same_user, self.masked_click_weight = exclude_same_user, masked_click_weight
         self.expert_history = expert_history
         self.detach_full = detach_full
         self.gate_window = gate_window
@@ -365,12 +424,34 @@ class AWMoE(RankingModel):
             z = z.view(len(z), self.n_experts, -1)                    # [B, N, H]
         return z, alpha, summary
 
+    def _expert_input(self, flat: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor, summary: torch.Tensor,
+                      long: torch.Tensor | None) -> torch.Tensor:
+        """``[flatten(E), s (and/or the mean of the real behaviours), long]`` ``[B, F*D + k*D]``."""
+        parts = [flat]
+        if self.expert_history in ("attention", "both"):
+            parts.append(summary)                                      # [B, D] attention summary
+        if self.expert_history in ("mean", "both"):
+            count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+            parts.append((seq * mask.unsqueeze(-1)).sum(dim=1) / count)  # [B, D] mean of behaviours
+        if long is not None:
+            parts.append(long)                                         # [B, D] SDIM long-term interest
+        return torch.cat(parts, dim=1)
+
+    def masked_view(self, mask: torch.Tensor) -> torch.Tensor:
+        """The second view's mask ``[B, L]``: a random 1..``mask_keep`` behaviours per row, or each
+        behaviour dropped with probability ``mask_rate``."""
+        if self.mask_keep:
+            return random_keep_mask(mask, self.mask_keep)
+        return random_behaviour_mask(mask, self.mask_rate)
+
     def forward_embedded(self, e: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor,
-                         target: torch.Tensor) -> ModelOutput:
+                         target: torch.Tensor, users: torch.Tensor | None = None,
+                         labels: torch.Tensor | None = None) -> ModelOutput:
         """The model after the embedding lookup (shapes as :meth:`field_embeddings`).
 
         Padded positions (``mask`` False) are zeroed first, so whatever they hold never reaches
-        the output."""
+        the output. ``users`` ``[B]`` (for ``exclude_same_user``) and ``labels`` ``[B]`` (for
+        ``masked_click_weight``) are used in training only."""
         seq = seq.masked_fill(~mask.unsqueeze(-1), 0.0)
         flat = e.flatten(1)                                           # [B, F*D]
         long = self.long(seq, mask, target) if self.long is not None else None  # [B, D] over all L
@@ -381,41 +462,55 @@ class AWMoE(RankingModel):
         field_logits = self.gate_fields(flat) if self.gate_fields is not None else None
         z, alpha, summary = self._gate_logits(scores, seq, mask, field_logits)
         gate = _normalise_gate(z, self.gate_normalization)
-        parts = [flat]
-        if self.expert_history in ("attention", "both"):
-            parts.append(summary)                                      # [B, D] attention summary
-        if self.expert_history in ("mean", "both"):
-            count = mask.sum(dim=1, keepdim=True).clamp(min=1)
-            parts.append(seq.sum(dim=1) / count)                       # [B, D] mean of behaviours
-        if long is not None:
-            parts.append(long)                                         # [B, D] SDIM long-term interest
-        logits = self.moe(torch.cat(parts, dim=1), gate)
+        logits = self.moe(self._expert_input(flat, seq, mask, summary, long), gate)
         extras = {"gate": gate, "attention": alpha}
         if long is not None:
             extras["long_interest"] = long
         out = ModelOutput(logits=logits, extras=extras)
-        if self.training and self.cl_weight > 0:
-            masked = random_behaviour_mask(mask, self.mask_rate)
-            z2, _, _ = self._gate_logits(scores, seq, masked, field_logits)
-            out.aux_losses["contrastive"] = self.cl_weight * self.contrastive_loss(z, z2, mask.any(dim=1))
+        if self.training and (self.cl_weight > 0 or self.masked_click_weight > 0):
+            masked = self.masked_view(mask)
+            z2, _, summary2 = self._gate_logits(scores, seq, masked, field_logits)
+            if self.cl_weight > 0:
+                out.aux_losses["contrastive"] = self.cl_weight * self.contrastive_loss(z, z2, mask.any(dim=1), users)
+            if self.masked_click_weight > 0:
+                if labels is None:
+                    raise ValueError("masked_click_weight > 0 needs the labels in training (forward(batch) passes them)")
+                logits2 = self.moe(self._expert_input(flat, seq, masked, summary2, long),
+                                   _normalise_gate(z2, self.gate_normalization))
+                out.aux_losses["masked_click"] = self.masked_click_weight * F.binary_cross_entropy_with_logits(
+                    logits2, labels.to(logits2.dtype))
         return out
 
-    def contrastive_loss(self, z: torch.Tensor, z_masked: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """InfoNCE between the gates of the two views (``[B, N]`` logits each) over ``rows``
-        (``[B]`` bool: rows with a non-empty sequence); 0 when fewer than 2 rows qualify."""
+    def contrastive_loss(self, z: torch.Tensor, z_masked: torch.Tensor, rows: torch.Tensor,
+                         users: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate loss between the two views (``[B, N]`` or ``[B, N, H]`` logits each) over
+        ``rows`` (``[B]`` bool: rows with a non-empty sequence): InfoNCE (``users`` ``[B]``: the
+        same user's rows are not negatives with ``exclude_same_user``), or the alignment-only
+        MSE / KL toward the detached full view; 0 when fewer than 2 rows qualify."""
         if int(rows.sum()) < 2:
             return z.sum() * 0.0
         a, p = z[rows], z_masked[rows]
-        if self.detach_full:
+        if self.cl_loss == "kl":  # KL(g_full || g_masked) over the experts (axis 1), full view fixed
+            log_a, log_p = F.log_softmax(a.detach(), dim=1), F.log_softmax(p, dim=1)
+            return (log_a.exp() * (log_a - log_p)).sum(dim=1).mean()
+        if self.detach_full or self.cl_loss == "mse":
             a = a.detach()
         if self.contrast_on == "logits":  # centred over the experts (axis 1), per unit for "unit"
             a, p = a - a.mean(dim=1, keepdim=True), p - p.mean(dim=1, keepdim=True)
         else:
             a, p = _normalise_gate(a, self.gate_normalization), _normalise_gate(p, self.gate_normalization)
-        return info_nce(a.flatten(1), p.flatten(1), self.temperature, self.similarity)
+        if self.cl_loss == "mse":
+            return (a - p).pow(2).flatten(1).sum(dim=1).mean()
+        groups = None
+        if self.exclude_same_user:
+            if users is None:
+                raise ValueError("exclude_same_user=True needs batch.user_ids (the schema's user key)")
+            groups = users[rows]
+        return info_nce(a.flatten(1), p.flatten(1), self.temperature, self.similarity, groups)
 
     def forward(self, batch) -> ModelOutput:
-        return self.forward_embedded(*self.field_embeddings(batch))
+        return self.forward_embedded(*self.field_embeddings(batch), users=getattr(batch, "user_ids", None),
+                                     labels=getattr(batch, "labels", None))
 
     @torch.no_grad()
     def gate_weights(self, batch) -> torch.Tensor:
