@@ -250,3 +250,39 @@ def test_wide_table_shape_signal_and_determinism():
     assert 0.7 < d.oracle_auc["test"] < 0.9
     assert make_wide_table(n_rows=20_000, seed=1).frame.equals(f)
     assert not make_wide_table(n_rows=20_000, seed=2).frame["label"].equals(f["label"])
+
+
+def test_long_tail_histories_follow_the_power_law_and_carry_planted_interests():
+    """history_tail: per-user history lengths ~ (n + 1)^-a on 0..L, the most active users the
+    longest, behaviours mostly from the user's interests, and the label effect is the interest."""
+    L, a = 20, 1.2
+    d = make_synthetic(n_rows=20_000, n_users=1_000, n_items=400, seed=3, history_max_len=L, history_tail=a,
+                       history_focus=0.9, history_effect=2.0)
+    f = d.frame.with_columns(pl.col("history").list.len().alias("_len"))
+    per_user = f.group_by("user_id").agg(pl.col("_len").first(), pl.col("_len").n_unique().alias("_k"), pl.len())
+    assert (per_user["_k"] == 1).all()  # every row of a user carries the same history
+    w = (np.arange(L + 1) + 1.0) ** -a
+    expected_short = w[:4].sum() / w.sum()  # P(n_u <= 3), about 0.5 for a = 1.2
+    # users seen in the frame are the active ones, so the short share is at most the law's
+    short = float((per_user["_len"] <= 3).mean())
+    assert 0.2 < short <= expected_short + 0.03, (short, expected_short)
+    rho = np.corrcoef(per_user["len"].rank().to_numpy(), per_user["_len"].rank().to_numpy())[0, 1]
+    assert rho > 0.8  # more rows, longer history
+    # behaviours in the user's interests: compare with the clusters of the user's own items
+    cfg = d.config
+    assert cfg.history_tail == a and d.schema.field("history").max_len == L
+    again = make_synthetic(n_rows=20_000, n_users=1_000, n_items=400, seed=3, history_max_len=L, history_tail=a,
+                           history_focus=0.9, history_effect=2.0)
+    assert again.frame.equals(d.frame)
+    # the planted interest moves the click rate: rows whose target shares a cluster with most of
+    # the history click more often than rows whose target shares none
+    items = f["item_id"].to_numpy()
+    hist = f["history"].to_list()
+    labels = f["label"].to_numpy()
+    hit = np.array([it in set(h) for it, h in zip(items, hist)])
+    nonempty = f["_len"].to_numpy() >= 5
+    assert labels[hit & nonempty].mean() > labels[~hit & nonempty].mean() + 0.05
+    with pytest.raises(ConfigError, match="history_tail"):
+        make_synthetic(n_rows=100, history_tail=-1.0)
+    with pytest.raises(ConfigError, match="history_focus"):
+        make_synthetic(n_rows=100, history_tail=1.0, history_focus=1.5)

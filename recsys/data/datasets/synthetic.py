@@ -185,7 +185,17 @@ class SyntheticConfig:
         user_clusters: preferred clusters per user.
         cluster_affinity: probability that a row's item is drawn (uniformly) from one of the
             user's preferred clusters rather than from overall popularity.
-        history_effect: logit effect per unit of "fraction of history in the target's cluster".
+        history_effect: logit effect per unit of "fraction of history in the target's cluster"
+            (with ``history_tail``: the effect of the target being in one of the user's interests).
+        history_tail: 0 (default): the history is the user's earlier rows. ``a > 0``: long-tail
+            users on purpose: each user gets ``n_u`` behaviours with ``P(n_u = n) ∝ (n + 1)^-a``
+            on ``0..history_max_len`` (the most active users get the longest histories, so short
+            histories go with rare users), each behaviour an item of one of the user's
+            ``user_clusters`` preferred clusters (the planted interests) with probability
+            ``history_focus``, else a popular item; every row of the user carries that history,
+            and the label effect is ``history_effect`` when the target item's cluster is one of
+            the user's interests. A model that reads interests from few behaviours can show it.
+        history_focus: with ``history_tail``: probability that a behaviour is an interest item.
         effect_scale: multiplies every effect (the overall signal strength).
         base_rate: mean click probability (the intercept ``b`` is solved for it).
         start_time, time_span_s: timestamps are integer seconds, uniform in
@@ -216,6 +226,8 @@ class SyntheticConfig:
     user_clusters: int = 2
     cluster_affinity: float = 0.5
     history_effect: float = 4.0
+    history_tail: float = 0.0
+    history_focus: float = 0.9
     effect_scale: float = 1.0
     base_rate: float = 0.3
     start_time: int = 1_700_000_000
@@ -256,6 +268,10 @@ class SyntheticConfig:
             raise bad("cluster_affinity", f"must be in [0, 1], got {self.cluster_affinity!r}")
         if not 1 <= self.n_clusters <= self.n_items:
             raise bad("n_clusters", f"must be in [1, n_items={self.n_items}], got {self.n_clusters!r}")
+        if self.history_tail < 0:
+            raise bad("history_tail", f"must be >= 0 (0: the history is the user's earlier rows), got {self.history_tail!r}")
+        if not 0.0 <= self.history_focus <= 1.0:
+            raise bad("history_focus", f"must be in [0, 1], got {self.history_focus!r}")
         if self.user_clusters < 1:
             raise bad("user_clusters", f"must be >= 1, got {self.user_clusters!r}")
         reserved = {"user_id", "item_id", "timestamp", "label", "split", "_p_true", "history", "tags"}
@@ -509,7 +525,29 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         role(spec.name, spec.effect)
 
     # ---- history: the user's items at strictly earlier timestamps, the last history_max_len
-    if cfg.history_max_len > 0:
+    if cfg.history_max_len > 0 and cfg.history_tail > 0:
+        L = cfg.history_max_len
+        r = _rng(seed, "history_tail")
+        w = (np.arange(L + 1) + 1.0) ** -float(cfg.history_tail)
+        n_u = np.sort(r.choice(L + 1, size=cfg.n_users, p=w / w.sum()))[::-1]     # longest first
+        activity = np.bincount(users, minlength=cfg.n_users)
+        n_u = n_u[np.argsort(np.argsort(-activity, kind="stable"), kind="stable")]  # most active: longest
+        owner = np.repeat(np.arange(cfg.n_users), n_u)
+        c = user_pref[owner, r.integers(0, cfg.user_clusters, owner.size)]
+        within = np.minimum((r.random(owner.size) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
+        behaviours = np.where(r.random(owner.size) < cfg.history_focus, by_cluster[cl_start[c] + within],
+                              _draw(r, cfg.n_items, owner.size, cfg.item_zipf))
+        u_start = np.cumsum(n_u) - n_u
+        length = n_u[users]
+        total = int(length.sum())
+        flat_row = np.repeat(np.arange(n), length)
+        flat_pos = np.repeat(u_start[users] - (np.cumsum(length) - length), length) + np.arange(total)
+        cols["history"] = _list_column("history", flat_row, behaviours[flat_pos], n)
+        interest = (user_pref[users] == item_cluster[items][:, None]).any(axis=1)
+        logit += cfg.history_effect * scale * interest
+        fields.append(FieldSpec("history", "sequence", max_len=L, shares="item_id"))
+        role("history", cfg.history_effect)
+    elif cfg.history_max_len > 0:
         L = cfg.history_max_len
         by_user = np.lexsort((np.arange(n), users))  # by user, then time order (stable)
         u_s, t_s = users[by_user], ts[by_user]
