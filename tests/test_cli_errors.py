@@ -279,3 +279,45 @@ def test_every_split_is_checked_before_training_and_the_wrong_file_named(tmp_pat
     others = [n for n in files if n != split]
     assert not any(f"{n}_rows.parquet" in line for n in others)  # the wrong file, not the train file
     assert not (tmp_path / "runs").exists()  # refused before the trainer (or its log folder) exists
+
+
+# ------------------------------------------------ 7: tune validates the space before creating anything
+@pytest.mark.slow
+def test_tune_typo_creates_nothing_and_a_changed_space_says_how_to_go_on(tmp_path):
+    cfg = write_config(tmp_path)
+    space = {"objective": {"metric": "val/auc", "direction": "maximize"}, "sampler": {"name": "tpe", "seed": 0},
+             "params": {"model.init_args.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                        "model.init_args.model.init_args.embeding_dim": {"type": "categorical", "choices": [4, 8]}}}
+    sp = tmp_path / "space.yaml"
+    sp.write_text(yaml.safe_dump(space))
+    study_dir = tmp_path / "study"
+    tune = ["tune", "--config", str(cfg), "--space", str(sp), "--study-dir", str(study_dir), "--n-trials", "1"]
+    before = snapshot(tmp_path)
+    line = one_error(recsys(tune, tmp_path))
+    assert f"{sp}: params.model.init_args.model.init_args.embeding_dim" in line
+    assert "did you mean 'embedding_dim'" in line
+    assert snapshot(tmp_path) == before and not study_dir.exists()  # no study.db, no study
+    # a bad value of a correct key (the second choice): also refused before anything exists
+    space["params"]["model.init_args.model.init_args.embedding_dim"] = {"type": "categorical", "choices": [4, "wide"]}
+    del space["params"]["model.init_args.model.init_args.embeding_dim"]
+    sp.write_text(yaml.safe_dump(space))
+    line = one_error(recsys(tune, tmp_path))
+    assert "embedding_dim = 'wide'" in line and not study_dir.exists()
+    # the typo fixed, the same command runs
+    space["params"]["model.init_args.model.init_args.embedding_dim"]["choices"] = [4, 8]
+    sp.write_text(yaml.safe_dump(space))
+    res = recsys(tune, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # a space that really differs from the stored study's: refused, saying how to go on
+    space["params"]["model.init_args.model.init_args.embedding_dim"]["choices"] = [4, 16]
+    sp.write_text(yaml.safe_dump(space))
+    line = one_error(recsys(tune, tmp_path), short=False)
+    assert "different search space" in line and "--study-name" in line and "--restart" in line
+    res = recsys(tune + ["--restart"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--restart: deleted study 'space'" in res.stdout
+    assert len(list(study_dir.glob("trials.replaced-*/trial_0000"))) == 1  # the old run folders are kept
+    import optuna
+
+    study = optuna.load_study(study_name="space", storage=f"sqlite:///{study_dir / 'study.db'}")
+    assert len(study.trials) == 1 and study.user_attrs["recsys:space_fingerprint"]

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between a running trial's heartbeats; 0 = none (default 30)")
     p.add_argument("--grace", type=int, default=120,
                    help="a running trial without a heartbeat for this long is requeued (default 120)")
+    p.add_argument("--restart", action="store_true",
+                   help="start the study over: delete the stored study of this name (e.g. one created from an "
+                        "earlier version of the space); its run folders are kept, renamed trials.replaced-<time>")
     p.add_argument("--export-only", action="store_true", help="write the exports of an existing study and exit")
     p.add_argument("--no-export", action="store_true", help="do not write the exports at the end")
     p.add_argument("--verbose", action="store_true", help="show each trial's Lightning output instead of its log file")
@@ -99,7 +102,12 @@ def main(argv: list[str]) -> int:
     study_dir = Path(settings.study_dir)
     from recsys.tuning.study import make_storage, mask_url, storage_lock, storage_url, study_lock
 
-    # the storage first: an unreachable server, a refused login or a missing driver writes nothing
+    if args.export_only and args.restart:
+        raise ConfigError("--restart and --export-only exclude each other", where="--restart")
+    if not args.export_only:
+        # the space and one trial's config first: a typo creates no study (and no study.db)
+        check_space_against_config(space, base_cfg, settings.config, study_dir)
+    # then the storage: an unreachable server, a refused login or a missing driver writes nothing
     storage = make_storage(settings.storage, settings.heartbeat, settings.grace)
     study_dir.mkdir(parents=True, exist_ok=True)
     if args.export_only:
@@ -110,9 +118,10 @@ def main(argv: list[str]) -> int:
                               where="--export-only",
                               fix="pass the --study-name / --study-dir / --storage the study was run with") from None
         return _export(study, space, settings)
-    check_space_against_config(space, base_cfg, settings.config, study_dir)
     # hosts that start at once top the study up one after the other (a lock in PostgreSQL; a file lock here)
     with storage_lock(storage, settings.study_name), study_lock(study_dir):
+        if args.restart:
+            _delete_study(storage, settings, study_dir)
         study = open_study(settings, space, storage)
         added = top_up(study, settings.n_trials) if settings.n_trials is not None else 0
     from optuna.trial import TrialState
@@ -132,6 +141,26 @@ def main(argv: list[str]) -> int:
     if args.no_export:
         return 0
     return _export(study, space, settings)
+
+
+def _delete_study(storage, settings, study_dir: Path) -> None:
+    """``--restart``: delete the stored study of this name (if any); keep its run folders, renamed."""
+    import optuna
+
+    from recsys.tuning.study import mask_url
+
+    try:
+        optuna.delete_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        return  # nothing stored under this name: a fresh start anyway
+    trials = study_dir / "trials"
+    kept = ""
+    if trials.is_dir():
+        dest = study_dir / f"trials.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(trials, dest)
+        kept = f"; its run folders are now {dest}"
+    print(f"recsys tune: --restart: deleted study {settings.study_name!r} from {mask_url(settings.storage)}{kept}",
+          flush=True)
 
 
 def _run_workers(settings, study_dir: Path) -> None:

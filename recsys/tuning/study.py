@@ -366,9 +366,12 @@ def open_study(settings: TuneSettings, space: SearchSpace, storage=None, sampler
     elif attrs["recsys:space_fingerprint"] != space.fingerprint:
         raise ConfigError(
             f"study {settings.study_name!r} in {mask_url(settings.storage)} was created from a different search space "
-            f"({attrs.get('recsys:space')}); its trials would not be comparable",
+            f"({attrs.get('recsys:space')}); its {len(study.get_trials(deepcopy=False))} trial(s) would not be "
+            "comparable with new ones",
             where=str(settings.space),
-            fix="use a new --study-name (or --study-dir), or restore the space file the study was created with")
+            fix="to start a separate study, pass a new --study-name; to replace this one, rerun with --restart "
+                "(deletes the stored study; its run folders are kept, renamed); to continue it, restore the space "
+                "file it was created with")
     if study.direction.name.lower() != space.direction:
         raise ConfigError(f"study {settings.study_name!r} maximizes/minimizes differently from the space",
                           where=f"{settings.space}: objective.direction", fix="use a new --study-name")
@@ -801,10 +804,16 @@ def _work_loop(settings, space, base_cfg, study_dir, storage, study, ranked, dea
 
 
 def check_space_against_config(space: SearchSpace, base_cfg: dict, config_path: str, study_dir: Path) -> None:
-    """Parse the config with every searched key set (low end / first choice) through Lightning's
-    argument parser, without building anything; a key the classes do not take is a ConfigError
-    naming the space file and the key."""
+    """Before anything is created: parse the config with the space's fixed overrides, then with
+    one whole trial's values (low ends / first choices), then with each searched value on its own
+    (both ends of a range, every choice), through Lightning's argument parser (class paths checked
+    against the allowlist before import), without building anything. A key or value the classes do
+    not take is a ConfigError naming the space file, the key and the closest valid key. Writes
+    nothing (the parser's temporary files live in a temporary directory)."""
+    import tempfile
+
     from recsys.cli import _make_cli_class
+    from recsys.config_errors import import_policy
 
     cls = _make_cli_class()
 
@@ -815,44 +824,48 @@ def check_space_against_config(space: SearchSpace, base_cfg: dict, config_path: 
         def before_instantiate_classes(self) -> None:
             raise _Parsed
 
-    def parses(cfg: dict) -> str | None:
+    def parses(cfg: dict, tmp_dir: Path) -> str | None:
         import pytorch_lightning as L
 
-        tmp = study_dir / f".check.{os.getpid()}.yaml"
+        tmp = tmp_dir / "check.yaml"
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         err = io.StringIO()
         try:
-            with _captured(study_dir / ".check.log", False), contextlib.redirect_stderr(err):
+            with _captured(tmp_dir / "check.log", False), contextlib.redirect_stderr(err), import_policy():
                 _Check(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        args=["fit", "--config", str(tmp)], seed_everything_default=0,
                        auto_configure_optimizers=False, save_config_kwargs={"overwrite": True})
         except _Parsed:
             return None
+        except RecsysError as e:  # the CLI's one-line explanation (unknown key + closest valid one, ...)
+            return f"{e.where}: {e.message}" if e.where else e.message
         except SystemExit:
             return parser_error(err.getvalue()) or "rejected"
-        finally:
-            tmp.unlink(missing_ok=True)
-            (study_dir / ".check.log").unlink(missing_ok=True)
         return None
 
-    study_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = study_dir / "trials" / "check"
-    cfg = trial_config(base_cfg, space, {}, run_dir, None)
-    err = parses(cfg)
-    if err:
-        raise ConfigError(f"the config (with the space's fixed overrides) does not parse: {err}", where=config_path,
-                          fix="check it with `recsys fit --config <config> --print_config`")
-    example = space.example()
-    if parses(trial_config(base_cfg, space, example, run_dir, None)) is None:
-        return
-    for p in space.params:  # find the culprit(s)
-        err = parses(trial_config(base_cfg, space, {p.key: p.example()}, run_dir, None))
+    run_dir = Path(study_dir) / "trials" / "check"
+    with tempfile.TemporaryDirectory(prefix="recsys-tune-check-") as d:
+        tmp_dir = Path(d)
+        err = parses(trial_config(base_cfg, space, {}, run_dir, None), tmp_dir)
         if err:
-            raise ConfigError(f"the config does not accept this key/value ({err})",
-                              where=f"{space.path}: params.{p.key}",
-                              fix="check the key's spelling against `recsys fit --config "
-                                  f"{config_path} --print_config`")
-    raise ConfigError("the config does not accept the combination of searched keys", where=str(space.path))
+            raise ConfigError(f"the config (with the space's fixed overrides) does not parse: {err}",
+                              where=f"{config_path} + {space.path}: fixed",
+                              fix="check it with `recsys fit --config <config> --print_config`")
+        if parses(trial_config(base_cfg, space, space.example(), run_dir, None), tmp_dir) is None:
+            combination_ok = True
+        else:
+            combination_ok = False
+        for p in space.params:  # every value on its own: both ends of a range, every choice
+            values = p.choices if p.type == "categorical" else [p.low, p.high]
+            for v in values:
+                err = parses(trial_config(base_cfg, space, {p.key: v}, run_dir, None), tmp_dir)
+                if err:
+                    raise ConfigError(f"the config does not accept {p.key} = {v!r} ({err})",
+                                      where=f"{space.path}: params.{p.key}",
+                                      fix="check the key's spelling and the value against `recsys fit --config "
+                                          f"{config_path} --print_config`")
+        if not combination_ok:
+            raise ConfigError("the config does not accept the combination of searched keys", where=str(space.path))
 
 
 __all__ = ["TuneSettings", "RecsysError", "work", "open_study", "top_up", "recover_stale", "claim_slot",
