@@ -40,22 +40,24 @@ class ServerUnavailable(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """The directory of ``initdb``/``pg_ctl``: ``$RECSYS_PG_BIN``, the newest ``/usr/lib/postgresql/NN/bin``,
-    or the ``PATH``."""
+    """The directory of ``initdb``/``pg_ctl``: ``$RECSYS_PG_BIN`` when set, else the newest
+    ``/usr/lib/postgresql/NN/bin`` or the ``PATH``."""
     env = os.environ.get("RECSYS_PG_BIN")
-    candidates = [env] if env else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-                         if Path(p).parent.name.isdigit() else 0, reverse=True)
+
+    def version(p: str) -> int:
+        return int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0
+
+    candidates = [env] if env else sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
     which = shutil.which("initdb")
-    if which:
+    if which and not env:
         candidates.append(str(Path(which).parent))
     for c in candidates:
         if c and (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
             return Path(c)
     raise ServerUnavailable(
         "PostgreSQL's server binaries (initdb, pg_ctl) were not found in "
-        + (f"RECSYS_PG_BIN={env}, " if env else "") + "/usr/lib/postgresql/*/bin or the PATH. "
-        "Install them (Debian/Ubuntu: apt-get install postgresql; .ci/run does) or set RECSYS_PG_BIN "
+        + (f"RECSYS_PG_BIN={env}. " if env else "/usr/lib/postgresql/*/bin or the PATH. ")
+        + "Install them (Debian/Ubuntu: apt-get install postgresql; .ci/run does) or set RECSYS_PG_BIN "
         "to their directory; RECSYS_TEST_POSTGRES=skip skips the PostgreSQL tests instead")
 
 
