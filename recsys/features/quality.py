@@ -16,7 +16,8 @@ values with their shares, entropy, and flags:
   overwhelming probability;
 * ``placeholder``: values that usually stand for "missing" (``"?"``, ``""``, ``"NA"``,
   ``"N/A"``, ``"null"``, ``"none"``, ``"unknown"``, ``"-"``; compared stripped and
-  case-insensitively) cover more than ``placeholder`` (5%) of a string column's rows and are
+  case-insensitively; each holding at least 0.1% of the rows) cover more than ``placeholder`` (5%)
+  of a string column's rows and are
   *not* declared as ``missing_values`` in the schema, so they are counted as an ordinary value.
   The column's entry lists them (``placeholders``) with the ``fix``: declare them;
 * ``suspected_leak``: corrected MI ``>= leak * H(label)`` (0.8): the column determines the label
@@ -129,8 +130,14 @@ def _placeholders(c: Any, a: np.ndarray, n: int) -> list[dict[str, Any]]:
         v = v.cast(pl.String)
     if v.dtype != pl.String:
         return []
-    hit = np.flatnonzero(v.str.strip_chars().str.to_lowercase().is_in([p.lower() for p in PLACEHOLDERS])
-                         .fill_null(False).to_numpy())
+    # only values holding >= 0.1% of the rows can matter (at most 1,000 of them): an id-like
+    # column's 600k distinct strings are not lower-cased one by one
+    cand = np.flatnonzero(a[:len(v)] * 1000 >= n)
+    if not cand.size:
+        return []
+    vals = v.gather(pl.Series(cand, dtype=pl.Int64))
+    hit = cand[vals.str.strip_chars().str.to_lowercase().is_in([p.lower() for p in PLACEHOLDERS])
+               .fill_null(False).to_numpy()]
     out = [{"value": v[int(i)], "count": int(a[i]), "share": float(a[i] / n)} for i in hit]
     return sorted(out, key=lambda p: -p["count"])
 
