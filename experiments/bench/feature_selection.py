@@ -184,7 +184,21 @@ def main() -> None:
     ap.add_argument("--subprocess", action="store_true",
                     help="each fit in its own `recsys fit` process (default: the same command in this process)")
     ap.add_argument("--out", default=str(RESULTS / "feature_selection"), help="results prefix (.json/.md)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only write the report of earlier runs' JSON files (e.g. tables run in separate processes)")
     args = ap.parse_args()
+    if args.merge:
+        merged: dict = {}
+        for path in args.merge:
+            part = json.loads(Path(path).read_text())
+            merged.setdefault("args", part["args"])
+            merged.setdefault("tables", {}).update(part["tables"])
+        methods = list(next(iter(merged["tables"].values()))["summary"])
+        text = report(merged, methods)
+        print(text)
+        Path(args.out).with_suffix(".md").write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(merged, indent=2))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     methods = [m for m in args.methods.split(",") if not (args.no_peer and m == "outrank")]
