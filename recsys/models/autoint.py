@@ -66,6 +66,7 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsys.data.preprocess import FeatureEncoder
@@ -133,7 +134,19 @@ class InteractingLayer(nn.Module):
         self.res = nn.Linear(in_dim, out_dim, bias=False) if project else None
         self.dropout = nn.Dropout(attention_dropout) if attention_dropout > 0 else None
         self.norm = nn.LayerNorm(out_dim) if layer_norm else None
-        self.last_attention: torch.Tensor | None = None
+        self._scale = 1.0 / head_dim ** 0.5 if use_scale else 1.0
+        self._qk: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._attn: torch.Tensor | None = None
+
+    @property
+    def last_attention(self) -> torch.Tensor | None:
+        """Attention weights of the last forward pass, ``[B, H, F, F]`` (detached, rows sum to
+        1), computed on first access from that pass's queries and keys; ``None`` before any."""
+        if self._attn is None and self._qk is not None:
+            q, k = self._qk
+            with torch.no_grad():
+                self._attn = _softmax_last(q @ k.transpose(-1, -2) * self._scale)
+        return self._attn
 
     @torch.no_grad()
     def reset_parameters_xavier(self) -> None:
@@ -157,14 +170,16 @@ class InteractingLayer(nn.Module):
         # concatenation, cheaper than unbinding a permuted [3, B, H, F, d] view)
         q, k, v = (t.view(b, f, self.num_heads, self.head_dim).transpose(1, 2)
                    for t in qkv.split(self.out_dim, dim=-1))
-        scores = q @ k.transpose(-1, -2)                       # [B, H, F, F]
-        if self.use_scale:
-            scores = scores / self.head_dim ** 0.5
-        attn = _softmax_last(scores)                           # over the key axis, never the batch
-        self.last_attention = attn.detach()
-        if self.dropout is not None:
-            attn = self.dropout(attn)
-        out = (attn @ v).transpose(1, 2).reshape(b, f, self.out_dim)  # heads concatenated
+        if self.dropout is None or not self.training:
+            # fused attention (one kernel forward and backward); the map is recomputed from
+            # the kept q, k only when asked for (last_attention)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self._scale)  # [B, H, F, d]
+            self._qk, self._attn = (q.detach(), k.detach()), None
+        else:
+            attn = _softmax_last(q @ k.transpose(-1, -2) * self._scale)   # [B, H, F, F]
+            self._qk, self._attn = None, attn.detach()
+            out = self.dropout(attn) @ v
+        out = out.transpose(1, 2).reshape(b, f, self.out_dim)  # heads concatenated
         if self.res is not None:
             r = self.res(x)
             out = out + (torch.relu(r) if self.qkv_relu else r)

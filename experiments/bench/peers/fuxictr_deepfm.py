@@ -586,6 +586,37 @@ def prepare_splits(data_dir: Path, raw_dir: Path, history_max_len: int) -> dict:
     return rows
 
 
+def prepare_splits_table(data_dir: Path, raw_dir: Path, table: dict) -> dict:
+    """A flat table (``--features``): categoricals as strings (nulls stay null; FuxiCTR fills
+    them with ``""``, one more category), numerics as Float64, the label as Float64."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for split in ("train", "valid", "test"):
+        src = data_dir / f"{split}.parquet"
+        if not src.exists():
+            raise SystemExit(f"missing {src}")
+        df = pl.read_parquet(src)
+        missing = set(table["categorical"] + table["numeric"] + [table["label"]]) - set(df.columns)
+        if missing:
+            raise SystemExit(f"{src}: missing columns {sorted(missing)}")
+        df = df.select(*[pl.col(c).cast(pl.String) for c in table["categorical"]],
+                       *[pl.col(c).cast(pl.Float64) for c in table["numeric"]],
+                       pl.col(table["label"]).cast(pl.Float64).alias(LABEL))
+        df.write_parquet(raw_dir / f"{split}.parquet")
+        rows[split] = df.height
+    return rows
+
+
+def feature_cols_table(table: dict) -> list[dict]:
+    """FuxiCTR feature columns of a flat table: categoricals, and numerics standardized
+    (``StandardScaler`` fitted on train, nulls filled with 0 before) and embedded as ``x * v``."""
+    cols = [{"name": list(table["categorical"]), "active": True, "dtype": "str", "type": "categorical"}]
+    if table["numeric"]:
+        cols.append({"name": list(table["numeric"]), "active": True, "dtype": "float", "type": "numeric",
+                     "normalizer": "StandardScaler", "fill_na": 0.0})
+    return cols
+
+
 def feature_cols(spec: dict) -> list[dict]:
     cols = [{"name": CATEGORICAL, "active": True, "dtype": "str", "type": "categorical"}]
     for c in MULTI_HOT:
@@ -621,8 +652,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--long-tail-max-prior", type=int, default=10,
                     help="long-tail segment: test rows whose user has at most this many prior "
                          "positives (the raw history length); default 10")
+    ap.add_argument("--features", type=Path, default=None,
+                    help="a flat table instead of ml100k-ctr: JSON {dataset_id, categorical: [...], "
+                         "numeric: [...], label}; no sequences, no long-tail AUC")
     ap.add_argument("--verbose", action="store_true", help="FuxiCTR's tqdm bars")
     args = ap.parse_args(argv)
+    table = json.loads(args.features.read_text()) if args.features else None
+    if table is not None and args.model == "SDIM":
+        raise SystemExit("--features (a flat table) has no history: SDIM needs ml100k-ctr")
+    dataset_id = table["dataset_id"] if table else DATASET_ID
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -637,10 +675,10 @@ def main(argv=None) -> dict:
     work = args.work or Path(tempfile.mkdtemp(prefix="fuxictr_"))
     work.mkdir(parents=True, exist_ok=True)
     raw_dir, data_root, model_root = work / "raw", work / "data", work / "ckpt"
-    shutil.rmtree(data_root / DATASET_ID, ignore_errors=True)  # fresh vocab every run
+    shutil.rmtree(data_root / dataset_id, ignore_errors=True)  # fresh vocab every run
     # BaseModel saves its checkpoint to model_root/dataset_id/ but does not create it
     # (run_expid.py's set_logger does): "Parent directory ... does not exist"
-    (model_root / DATASET_ID).mkdir(parents=True, exist_ok=True)
+    (model_root / dataset_id).mkdir(parents=True, exist_ok=True)
 
     params = dict(COMMON_PARAMS)
     params.update(spec["params"])
@@ -648,7 +686,7 @@ def main(argv=None) -> dict:
         params["epochs"] = args.max_epochs
     if args.batch_size:
         params["batch_size"] = args.batch_size
-    params.update(model_id=f"{args.model}_seed{args.seed}", dataset_id=DATASET_ID,
+    params.update(model_id=f"{args.model}_seed{args.seed}", dataset_id=dataset_id,
                   data_root=str(data_root), model_root=str(model_root), data_format="parquet",
                   seed=args.seed, gpu=-1, verbose=1 if args.verbose else 0,
                   min_categr_count=1)
@@ -656,10 +694,13 @@ def main(argv=None) -> dict:
     try:
         # 1-2. preprocessing: FuxiCTR's fit-on-train vocabulary + transform (Ray)
         t0 = time.perf_counter()
-        rows = prepare_splits(args.data, raw_dir, spec["history_max_len"])
-        processor = FeatureProcessor(feature_cols=feature_cols(spec),
+        if table is None:
+            rows = prepare_splits(args.data, raw_dir, spec["history_max_len"])
+        else:
+            rows = prepare_splits_table(args.data, raw_dir, table)
+        processor = FeatureProcessor(feature_cols=feature_cols(spec) if table is None else feature_cols_table(table),
                                      label_col={"name": LABEL, "dtype": "float"},
-                                     dataset_id=DATASET_ID, data_root=str(data_root))
+                                     dataset_id=dataset_id, data_root=str(data_root))
         train_p, valid_p, test_p = build_dataset(
             processor, train_data=str(raw_dir / "train.parquet"),
             valid_data=str(raw_dir / "valid.parquet"), test_data=str(raw_dir / "test.parquet"),
@@ -667,8 +708,8 @@ def main(argv=None) -> dict:
         preprocess_s = time.perf_counter() - t0
         params.update(train_data=train_p, valid_data=valid_p, test_data=test_p)
 
-        feature_map = FeatureMap(DATASET_ID, str(data_root / DATASET_ID))
-        feature_map.load(str(data_root / DATASET_ID / "feature_map.json"), params)
+        feature_map = FeatureMap(dataset_id, str(data_root / dataset_id))
+        feature_map.load(str(data_root / dataset_id / "feature_map.json"), params)
 
         # 3. model
         seed_everything(seed=args.seed)
@@ -711,8 +752,8 @@ def main(argv=None) -> dict:
         valid = model.evaluate(valid_gen)
         test_gen = RankDataLoader(feature_map, stage="test", **params)
         test = model.evaluate(test_gen)
-        long_tail = long_tail_auc(model, test_gen, feature_map, args.data / "test.parquet",
-                                  args.long_tail_max_prior)
+        long_tail = (long_tail_auc(model, test_gen, feature_map, args.data / "test.parquet",
+                                   args.long_tail_max_prior) if table is None else {"auc": None})
     finally:
         try:
             import ray
@@ -726,6 +767,7 @@ def main(argv=None) -> dict:
     train_rows = rows["train"]
     result = {
         "model": args.model,
+        "dataset_id": dataset_id,
         "seed": args.seed,
         "test_auc": float(test["AUC"]),
         "test_logloss": float(test["logloss"]),
