@@ -102,6 +102,21 @@ def test_direct_path_matches_loop_reference_and_bse_tables(normalization):
     torch.testing.assert_close(att.lookup(tables, target), direct, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tau", [1, 3, 10])
+def test_packed_signature_major_codes_equal_the_hash_codes(tau):
+    """The forward's packed [B, G, L] codes (uint8, int32 beyond 8 bits) are SimHash's codes
+    transposed, and the direct path (per row and one shared sequence) still equals the loop oracle."""
+    seq, mask, target = _rand_seq()
+    att = SDIMAttention(8, n_hashes=tau * 4, tau=tau, normalization="l2")
+    packed = att.hash.codes_by_signature(seq)
+    assert packed.dtype == (torch.uint8 if tau <= 8 else torch.int32)
+    assert torch.equal(packed.long(), att.hash(seq).transpose(1, 2))
+    torch.testing.assert_close(att(seq, mask, target), _reference(att, seq, mask, target), atol=1e-5, rtol=1e-5)
+    one = att(seq[2:3], mask[2:3], target)                       # one user's sequence, 6 candidates
+    rows = att(seq[2:3].expand(6, -1, -1), mask[2:3].expand(6, -1), target)
+    torch.testing.assert_close(one, rows, atol=1e-6, rtol=1e-6)
+
+
 def test_bse_scores_many_candidates_from_one_users_tables():
     """Serving: one user's L = 300 sequence encoded once, C = 50 candidates scored from the
     [G, K, D] tables equal the direct path with the sequence repeated per candidate."""

@@ -112,6 +112,24 @@ class SimHash(nn.Module):
             return bits @ self.code_weights                                 # [..., G], exact for τ <= 20
         return bits.unflatten(-1, (self.n_signatures, self.tau)) @ self.code_weights
 
+    def codes_by_signature(self, seq: torch.Tensor) -> torch.Tensor:
+        """``seq [B, L, D] -> codes [B, G, L]``: the codes of :meth:`float_codes`, laid out
+        signature-major and packed from the bits with shifts (uint8 for τ <= 8, else int32)
+        instead of the float gemm with the block matrix: ``R @ seqᵀ`` gives the bits as
+        ``[B, m, L]``, so no ``[B, L, G]`` tensor is ever transposed and the collision matrix comes
+        out in the layout the sums' batched matmul reads."""
+        if self.tau == 0:
+            return torch.zeros(seq.shape[0], 1, seq.shape[1], dtype=torch.uint8, device=seq.device)
+        x = seq.detach()
+        bits = torch.matmul(self.projection.to(x.dtype), x.transpose(-1, -2)) > 0        # [B, m, L]
+        bits = bits.view(torch.uint8).unflatten(1, (self.n_signatures, self.tau))      # [B, G, τ, L]
+        if self.tau > 8:
+            bits = bits.to(torch.int32)
+        codes = bits[:, :, 0]
+        for k in range(1, self.tau):
+            codes = codes | (bits[:, :, k] << k)
+        return codes                                                                   # [B, G, L]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.float_codes(x).long()
 
@@ -125,9 +143,9 @@ class BucketTables:
     counts: torch.Tensor
 
 
-def _normalise(sums: torch.Tensor, counts: torch.Tensor, how: str) -> torch.Tensor:
-    """Per-signature normalisation of ``sums [..., G, D]`` with ``counts [..., G]``; an empty
-    bucket (count 0, sum 0) stays the zero vector under every option."""
+def _normalise(sums: torch.Tensor, counts: torch.Tensor | None, how: str) -> torch.Tensor:
+    """Per-signature normalisation of ``sums [..., G, D]`` with ``counts [..., G]`` (read only by
+    ``count``); an empty bucket (count 0, sum 0) stays the zero vector under every option."""
     if how == "l2":
         return F.normalize(sums, dim=-1, eps=1e-12)
     if how == "count":
@@ -176,13 +194,17 @@ class SDIMAttention(nn.Module):
         """``seq [B, L, D]`` (or ``[1, L, D]``: one user's sequence shared by B candidates, hashed
         once), ``mask [B or 1, L]``, ``target [B, D]`` -> ``[B, D]``. Padding enters only through
         ``c`` (zero weight), so padded vectors must be finite (FeatureEmbedding's are zeros)."""
-        c = self.collisions(seq, mask, target).to(seq.dtype)                # [B, L, G]
-        b, length, g = c.shape
+        # cᵀ [B, G, L] built signature-major (see codes_by_signature): the same values as
+        # collisions(...).transpose(1, 2), without transposing a [B, L, G] tensor
+        hit = self.hash.codes_by_signature(seq) == self.hash.codes_by_signature(target.unsqueeze(1))
+        c = (hit & mask.unsqueeze(1)).to(seq.dtype)                         # [B, G, L]
+        b, g, length = c.shape
         if seq.shape[0] == 1 and b > 1:  # one gemm [B*G, L] @ [L, D]
-            sums = (c.transpose(1, 2).reshape(b * g, length) @ seq[0]).view(b, g, -1)
+            sums = (c.reshape(b * g, length) @ seq[0]).view(b, g, -1)
         else:
-            sums = c.transpose(1, 2) @ seq                                  # [B, G, D]
-        return _normalise(sums, c.sum(1), self.normalization).mean(dim=1)   # [B, D]
+            sums = c @ seq                                                  # [B, G, D]
+        counts = c.sum(-1) if self.normalization == "count" else None       # l2 / sum never read it
+        return _normalise(sums, counts, self.normalization).mean(dim=1)     # [B, D]
 
     @torch.no_grad()
     def encode(self, seq: torch.Tensor, mask: torch.Tensor) -> BucketTables:
