@@ -12,7 +12,7 @@ import yaml
 from recsys.cli import main
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.models import AutoInt, AutoIntPlus, build_model
-from recsys.models.autoint import InteractingLayer
+from recsys.models.autoint import SDPA_MIN_FIELDS, InteractingLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +63,37 @@ def test_layer_matches_written_out_equations(flags):
     ref_out, ref_att = _reference(layer, x)
     torch.testing.assert_close(layer(x), ref_out)
     torch.testing.assert_close(layer.last_attention, ref_att)
+
+
+@pytest.mark.parametrize("n_fields", [SDPA_MIN_FIELDS - 1, SDPA_MIN_FIELDS, 40])
+@pytest.mark.parametrize("flags", [{}, {"use_scale": True}, {"qkv_relu": True, "residual": "auto"}])
+def test_both_attention_kernels_match_the_equations_with_gradients(n_fields, flags):
+    """Below SDPA_MIN_FIELDS the exp/sum softmax runs, from it the fused SDPA kernel: outputs,
+    attention maps and the gradients of the input and of every weight equal the written-out
+    equations' (float32 rounding; the fused backward recomputes the softmax from its log-sum-exp)."""
+    torch.manual_seed(0)
+    layer = InteractingLayer(8, num_heads=2, head_dim=4, **flags)
+    x = torch.randn(64, n_fields, 8, requires_grad=True)
+    out = layer(x)
+    ref_out, ref_att = _reference(layer, x)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.last_attention, ref_att, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), [x, *layer.parameters()])
+    ref_grads = torch.autograd.grad((ref_out * w).sum(), [x, *layer.parameters()])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+def test_attention_dropout_in_training_keeps_the_exp_sum_path():
+    torch.manual_seed(0)
+    layer = InteractingLayer(8, num_heads=2, head_dim=4, attention_dropout=0.5)
+    x = torch.randn(16, SDPA_MIN_FIELDS + 5, 8)
+    layer.train()
+    a, b = layer(x), layer(x)
+    assert not torch.allclose(a, b)  # dropout on the weights: two passes differ
+    layer.eval()
+    torch.testing.assert_close(layer(x), _reference(layer, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_attention_is_softmax_over_keys_and_independent_of_other_rows():

@@ -6,10 +6,13 @@ Times one training step (forward, backward, Adam) of three ``InteractingLayer``s
 AutoInt+ widths (D = 16, 3 layers, 2 heads of ``--head-dim`` 32, batch 4,096) plus the output
 layer, on random field embeddings of F fields, for three ways to compute the attention:
 
-* ``exp/sum``: ``exp(s - max) / sum`` over ``q @ k^T``, then ``@ v`` (the path before issue 18);
+* ``exp/sum``: ``exp(s - max) / sum`` over ``q @ k^T``, then ``@ v`` (``InteractingLayer`` below
+  ``SDPA_MIN_FIELDS`` fields; the only path before issue 18);
 * ``torch.softmax``: the fused softmax kernel between the two matmuls;
-* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (what ``InteractingLayer`` uses
-  now; one fused kernel forward and backward).
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (``InteractingLayer`` from
+  ``SDPA_MIN_FIELDS`` fields; one fused kernel forward and backward).
+
+The threshold in ``recsys/models/autoint.py`` comes from this script's output.
 
 The implementations alternate round by round; printed per F: the median step time of each and
 the median of the paired ratios against ``sdpa``. All three give the same loss (to 1e-5) and
@@ -124,7 +127,7 @@ def main() -> None:
         cells = []
         for name, ts in times.items():
             ratio = statistics.median(a / b for a, b in zip(ts, times["sdpa"]))
-            cells.append(f"{name} {statistics.median(ts):7.1f} ms ({ratio:.2f}x sdpa)")
+            cells.append(f"{name} {statistics.median(ts):7.1f} ms (time {ratio:.2f} of sdpa)")
         print(f"F = {n_fields:3d}: " + " | ".join(cells), flush=True)
         print("        largest gradient difference vs exp/sum (relative to the largest gradient): "
               + ", ".join(f"{n} {d:.1e}" for n, d in dev.items()), flush=True)

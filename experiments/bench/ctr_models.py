@@ -1,7 +1,23 @@
-"""CTR models on ml100k-ctr: recsys vs FuxiCTR 2.3.10, same split, same recipe, 3 seeds.
+"""CTR models: recsys vs FuxiCTR 2.3.10, same split, same recipe, 3 seeds, on three data sets.
 
-    .venv/bin/python experiments/bench/ctr_models.py                 # DeepFM, seeds 2019-2021
+    .venv/bin/python experiments/bench/ctr_models.py                 # ml100k-ctr, every model
     .venv/bin/python experiments/bench/ctr_models.py --models deepfm --seeds 2019 --no-peer
+    .venv/bin/python experiments/bench/ctr_models.py --datasets wide adult ml100k \
+        --models deepfm autoint autoint_plus moe --batch-sizes 4096 --max-epochs 2
+
+Data sets (``--datasets``): ``ml100k`` (ml100k-ctr, BENCHMARKS.md), ``wide`` (the generated
+40-field table, :func:`recsys.data.datasets.synthetic.make_wide_table`: 33 categorical fields of
+2 to 1,000 values and 7 numeric ones; ``--wide-rows`` rows, 80% of them training rows, default
+225,000 = 180k training rows) and ``adult`` (the Adult census table, 8 categorical + 6 numeric
+fields). On ``wide`` / ``adult`` our model is ``experiments/<model>_ml100k.yaml`` with the data
+set swapped (``--data.init_args.dataset``) and FuxiCTR gets the same columns as a flat table
+(``peers/fuxictr_deepfm.py --features``: categoricals, numerics standardized on train and
+embedded as ``x * v``, as ours). AutoInt / AutoInt+ run with ``residual: auto`` on every data set
+(FuxiCTR's identity residual where the widths match; ``--paper-residual`` keeps the config's
+projection in every layer), so both sides train the same function.
+
+``--max-epochs N`` caps both sides' epochs (speed runs on a busy machine); the AUCs are then
+those of the best of N epochs on both sides.
 
 For each seed, ours (``recsys fit --config experiments/<model>_ml100k.yaml``) and the peer
 (``experiments/bench/peers/fuxictr_deepfm.py`` in its own venv, ``.venv-peers``) run one after
@@ -17,7 +33,17 @@ throughput in samples/s, median over seeds:
   * FuxiCTR: ``train_samples_per_s`` = train rows x epochs / wall time of its loader + ``fit``
     (its per-epoch validation is inside that wall time, so we also print its compute-only rate
     and ours measured the same way is in ``compute`` below).
-Writes ``experiments/bench/results/ctr_models.{json,md}``.
+
+Data-path overhead of ours (``--overhead``, in this process, our venv): the model of the config
+and ``CTRDataModule`` of the data set; per training step (forward, BCE, backward, Adam) the time
+on batches already in memory (compute only) vs the time of the same steps drawing the batches
+from the training ``DataLoader`` (end to end), alternated ``--overhead-rounds`` times; overhead
+= 1 - compute time / end-to-end time per step, medians. Peak memory: the peak RSS of each
+``recsys fit`` and of FuxiCTR's driver process (``os.wait4``; Ray's worker processes are not in
+FuxiCTR's figure).
+
+Writes ``experiments/bench/results/ctr_models.{json,md}`` (rewritten after every run, so an
+interrupted run keeps what it measured).
 """
 
 from __future__ import annotations
@@ -57,6 +83,8 @@ LONG_TAIL_MAX_PRIOR = 10
 # set), so the peer is run with it too for a like-for-like line.
 BATCH_SIZES = (4096, 1024)
 SEEDS = (2019, 2020, 2021)
+DATASETS = ("ml100k", "wide", "adult")
+WIDE_ROWS = 225_000
 
 
 def env() -> dict[str, str]:
@@ -76,30 +104,161 @@ def write_splits(out: Path) -> Path:
     return out
 
 
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
+    """Run ``cmd`` (stdout and stderr to ``log``); return (exit code, wall seconds, peak RSS in
+    MiB of the process itself, from ``os.wait4``)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def data_overrides(dataset: str, wide_rows: int) -> list[str]:
+    """CLI overrides that swap the ml100k config's data set."""
+    if dataset == "ml100k":
+        return []
+    if dataset == "wide":
+        return ["--data.init_args.dataset", "synthetic-wide",
+                "--data.init_args.dataset_options", json.dumps({"n_rows": wide_rows, "seed": 0})]
+    if dataset == "adult":
+        return ["--data.init_args.dataset", "adult", "--data.init_args.dataset_options", json.dumps({"split_seed": 0})]
+    raise SystemExit(f"unknown data set {dataset!r}; use one of {list(DATASETS)}")
+
+
+def model_overrides(model: str, paper_residual: bool) -> list[str]:
+    if model.startswith("autoint") and not paper_residual:
+        return ["--model.init_args.model.init_args.residual", "auto"]
+    return []
+
+
+def write_table_splits(dataset: str, out: Path, wide_rows: int = WIDE_ROWS) -> Path:
+    """The wide table or Adult as train/valid/test parquet files plus ``features.json`` (the
+    columns by kind, for ``peers/fuxictr_deepfm.py --features``)."""
+    import polars as pl
+
+    from recsys.data.sources import BUILTIN
+
+    name, options = {"wide": ("synthetic-wide", {"n_rows": wide_rows, "seed": 0}),
+                     "adult": ("adult", {"split_seed": 0})}[dataset]
+    frame, schema = BUILTIN[name](**options)
+    kinds = {"categorical": [], "numeric": []}
+    for f in schema.fields:
+        if f.kind not in kinds:
+            raise SystemExit(f"{dataset}: field {f.name!r} is {f.kind}; the flat-table peer takes categorical/numeric")
+        kinds[f.kind].append(f.column if getattr(f, "column", None) else f.name)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        frame.filter(pl.col("split") == split).write_parquet(out / f"{split}.parquet")
+    (out / "features.json").write_text(json.dumps({"dataset_id": dataset, **kinds, "label": schema.label}))
+    return out
+
+
+def overhead(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool,
+             steps: int = 8, rounds: int = 3) -> dict:
+    """Ours, in this process: per-step time on in-memory batches (compute only) vs drawing them
+    from the training DataLoader (end to end), alternated; see the module docstring."""
+    import importlib
+
+    import torch
+    import torch.nn.functional as F
+    import yaml
+
+    from recsys.data import CTRDataModule
+
+    cfg = yaml.safe_load((ROOT / "experiments" / f"{model}_ml100k.yaml").read_text())
+    spec = cfg["model"]["init_args"]["model"]
+    data_args = dict(cfg["data"]["init_args"])
+    ov = data_overrides(dataset, wide_rows)
+    if ov:
+        data_args["dataset"], data_args["dataset_options"] = ov[1], json.loads(ov[3])
+    data_args["batch_size"] = batch_size
+    torch.manual_seed(0)
+    dm = CTRDataModule(**data_args)
+    dm.setup("fit")
+    mod, cls = spec["class_path"].rsplit(".", 1)
+    init = dict(spec.get("init_args", {}))
+    if model.startswith("autoint") and not paper_residual:
+        init["residual"] = "auto"
+    net = getattr(importlib.import_module(mod), cls)(dm.features, **init)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+
+    def step(batch) -> None:
+        out = net(batch)
+        loss = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        for aux in out.aux_losses.values():
+            loss = loss + aux
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    steps = min(steps, len(dm.train_dataloader()))
+
+    def from_loader() -> float:
+        it = iter(dm.train_dataloader())
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(next(it))
+        return (time.perf_counter() - t0) / steps
+
+    held = []
+    for batch in dm.train_dataloader():
+        held.append(batch)
+        if len(held) == steps:
+            break
+
+    def in_memory() -> float:
+        t0 = time.perf_counter()
+        for batch in held:
+            step(batch)
+        return (time.perf_counter() - t0) / len(held)
+
+    in_memory(), from_loader()  # warm-up
+    comp, e2e = [], []
+    for _ in range(rounds):
+        comp.append(in_memory())
+        e2e.append(from_loader())
+    c, e = statistics.median(comp), statistics.median(e2e)
+    return {"compute_samples_per_s": batch_size / c, "end_to_end_samples_per_s": batch_size / e,
+            "overhead": 1 - c / e, "paired_overheads": [1 - a / b for a, b in zip(comp, e2e)],
+            "steps": steps, "rounds": rounds}
+
+
 def fit_ml100k(config: str, seed: int, work: Path, name: str, overrides: list[str] = ()) -> tuple[dict, float]:
     """``recsys fit --config experiments/<config>_ml100k.yaml`` with the seed (model and shuffling),
-    logs under ``work/name``, extra CLI ``overrides``; returns (its metrics.json, wall seconds)."""
+    logs under ``work/name``, extra CLI ``overrides``; returns (its metrics.json, wall seconds).
+    The peak RSS (MiB) of the fit is in the metrics under ``peak_rss_mib``."""
     cmd = [str(OUR_BIN), "fit", "--config", str(ROOT / "experiments" / f"{config}_ml100k.yaml"),
            "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
            "--trainer.enable_progress_bar", "false",
            "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
            "--trainer.default_root_dir", str(work / name), *overrides]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"recsys fit failed ({name}):\n{res.stderr[-3000:]}")
-    return json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text()), wall
+    log = work / f"{name}.log"
+    rc, wall, rss = run_measured(cmd, log)
+    if rc != 0:
+        raise SystemExit(f"recsys fit failed ({name}):\n{log.read_text()[-3000:]}")
+    metrics = json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text())
+    metrics["peak_rss_mib"] = rss
+    return metrics, wall
 
 
-def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path) -> dict:
-    name = f"{model}_b{batch_size}_s{seed}"
-    metrics, wall = fit_ml100k(model, seed, work, name, ["--data.init_args.batch_size", str(batch_size)])
+def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dataset: str = "ml100k",
+             wide_rows: int = WIDE_ROWS, max_epochs: int | None = None, paper_residual: bool = False) -> dict:
+    name = f"{dataset}_{model}_b{batch_size}_s{seed}"
+    extra = ["--data.init_args.batch_size", str(batch_size), *data_overrides(dataset, wide_rows),
+             *model_overrides(model, paper_residual)]
+    if max_epochs:
+        extra += ["--trainer.max_epochs", str(max_epochs)]
+    metrics, wall = fit_ml100k(model, seed, work, name, extra)
+    tail = (long_tail_auc_ours(model, metrics["best_checkpoint"], work / f"{name}_scores.parquet", data)
+            if dataset == "ml100k" else None)
     return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
-            "test_auc_long_tail": long_tail_auc_ours(model, metrics["best_checkpoint"], work / f"{name}_scores.parquet",
-                                                     data),
+            "test_auc_long_tail": tail,
             "valid_auc": metrics["valid"]["auc"], "epochs": metrics["epochs_trained"],
-            "samples_per_s": metrics["train"]["samples_per_s_median"], "wall_s": wall}
+            "samples_per_s": metrics["train"]["samples_per_s_median"], "wall_s": wall,
+            "peak_rss_mib": metrics["peak_rss_mib"]}
 
 
 def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path) -> float:
@@ -124,22 +283,25 @@ def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path) -> float:
     return roc_auc(seg["label"].to_numpy(), seg["score"].to_numpy())
 
 
-def run_peer(model: str, seed: int, data: Path, work: Path, batch_size: int) -> dict:
-    out = work / f"fuxictr_{model}_b{batch_size}_{seed}.json"
+def run_peer(model: str, seed: int, data: Path, work: Path, batch_size: int, max_epochs: int | None = None) -> dict:
+    out = work / f"fuxictr_{data.name}_{model}_b{batch_size}_{seed}.json"
     cmd = [str(PEER_PY), str(BENCH / "peers" / "fuxictr_deepfm.py"), "--data", str(data),
            "--seed", str(seed), "--model", model, "--out", str(out), "--batch-size", str(batch_size),
            "--long-tail-max-prior", str(LONG_TAIL_MAX_PRIOR)]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"FuxiCTR failed ({model}, seed {seed}):\n{res.stderr[-3000:]}")
+    if (data / "features.json").exists():
+        cmd += ["--features", str(data / "features.json")]
+    if max_epochs:
+        cmd += ["--max-epochs", str(max_epochs)]
+    log = out.with_suffix(".log")
+    rc, wall, rss = run_measured(cmd, log)
+    if rc != 0:
+        raise SystemExit(f"FuxiCTR failed ({model}, seed {seed}):\n{log.read_text()[-3000:]}")
     r = json.loads(out.read_text())
     return {"test_auc": r["test_auc"], "test_logloss": r["test_logloss"], "valid_auc": r["valid_auc"],
             "test_auc_long_tail": r.get("test_auc_long_tail"),
             "epochs": r["epochs"], "samples_per_s": r["train_samples_per_s"],
             "compute_samples_per_s": r.get("compute_samples_per_s"), "init_fix": r.get("init_fix"),
-            "wall_s": wall}
+            "wall_s": wall, "peak_rss_mib": rss}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -151,66 +313,127 @@ def summarize(rows: list[dict]) -> dict:
         "test_auc_long_tail_mean": (statistics.mean(r["test_auc_long_tail"] for r in rows)
                                     if all(r.get("test_auc_long_tail") is not None for r in rows) else None),
         "samples_per_s_median": statistics.median(r["samples_per_s"] for r in rows),
+        "compute_samples_per_s_median": (statistics.median(r["compute_samples_per_s"] for r in rows)
+                                         if all(r.get("compute_samples_per_s") for r in rows) else None),
+        "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rows),
+        "epochs": "/".join(str(r["epochs"]) for r in rows),
         "seeds": len(rows),
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
-    ap.add_argument("--no-peer", action="store_true", help="run ours only")
-    args = ap.parse_args()
-
-    if not args.no_peer and not (BENCH / ".venv-peers" / ".peers-installed").exists():
-        print("setting up the peer venv (FuxiCTR) ...", flush=True)
-        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results: dict = {"seeds": args.seeds, "batch_sizes": args.batch_sizes, "models": {}}
-    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        work = Path(tmp)
-        data = write_splits(work / "data")
-        for model in args.models:
-            peer = None if args.no_peer else MODELS[model]
-            for bs in args.batch_sizes:
-                ours_rows, peer_rows = [], []
-                for seed in args.seeds:
-                    ours_rows.append(run_ours(model, seed, work, bs, data))
-                    r = ours_rows[-1]
-                    print(f"[{model} b{bs} seed {seed}] recsys  AUC {r['test_auc']:.4f}  "
-                          f"{r['samples_per_s']:,.0f} samples/s  ({r['epochs']} epochs)", flush=True)
-                    if peer:
-                        peer_rows.append(run_peer(peer, seed, data, work, bs))
-                        r = peer_rows[-1]
-                        print(f"[{model} b{bs} seed {seed}] FuxiCTR AUC {r['test_auc']:.4f}  "
-                              f"{r['samples_per_s']:,.0f} samples/s  ({r['epochs']} epochs)", flush=True)
-                entry = {"recsys": {"runs": ours_rows, **summarize(ours_rows)}}
-                if peer_rows:
-                    entry["fuxictr"] = {"runs": peer_rows, **summarize(peer_rows)}
-                    entry["auc_diff"] = entry["recsys"]["test_auc_mean"] - entry["fuxictr"]["test_auc_mean"]
-                    entry["throughput_ratio"] = (entry["recsys"]["samples_per_s_median"]
-                                                 / entry["fuxictr"]["samples_per_s_median"])
-                results["models"][f"{model} (batch {bs})"] = entry
-
-    lines = [f"| model | impl | test AUC mean ± std | test logloss | long-tail AUC (<= {LONG_TAIL_MAX_PRIOR} prior "
-             "positives) | train samples/s (median) | speed ratio |",
-             "|---|---|---|---|---|---|---|"]
-    for model, entry in results["models"].items():
+def table(results: dict) -> str:
+    lines = [f"| data set | model | impl | test AUC mean ± std | test logloss | long-tail AUC (<= {LONG_TAIL_MAX_PRIOR} "
+             "prior positives) | epochs | train samples/s end to end (median) | compute only | peak RSS MiB | speed ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, entry in results["models"].items():
+        dataset, model = key.split(" / ", 1)
         for impl in ("recsys", "fuxictr"):
             if impl not in entry:
                 continue
             e = entry[impl]
             ratio = f"{entry['throughput_ratio']:.2f}x" if impl == "recsys" and "throughput_ratio" in entry else ""
             tail = "n/a" if e["test_auc_long_tail_mean"] is None else f"{e['test_auc_long_tail_mean']:.4f}"
-            lines.append(f"| {model} | {impl} | {e['test_auc_mean']:.4f} ± {e['test_auc_std']:.4f} | "
-                         f"{e['test_logloss_mean']:.4f} | {tail} | {e['samples_per_s_median']:,.0f} | {ratio} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    (RESULTS / "ctr_models.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "ctr_models.md").write_text(
-        f"ml100k-ctr, seeds {args.seeds}, OMP_NUM_THREADS=1, FuxiCTR 2.3.10 after the init fix\n\n{table}\n")
-    print(f"\nwritten to {RESULTS}/ctr_models.{{json,md}}")
+            comp = e.get("compute_samples_per_s_median")
+            comp = f"{comp:,.0f}" if comp else ""
+            lines.append(f"| {dataset} | {model} | {impl} | {e['test_auc_mean']:.4f} ± {e['test_auc_std']:.4f} | "
+                         f"{e['test_logloss_mean']:.4f} | {tail} | {e['epochs']} | {e['samples_per_s_median']:,.0f} | "
+                         f"{comp} | {e['peak_rss_mib_max']:,.0f} | {ratio} |")
+    if results.get("overhead"):
+        lines += ["", "Ours, data-path overhead (in-process, alternated): ",
+                  "", "| data set | model | batch | compute only samples/s | end to end samples/s | overhead |",
+                  "|---|---|---|---|---|---|"]
+        for key, o in results["overhead"].items():
+            dataset, model, bs = key.split(" / ")
+            lines.append(f"| {dataset} | {model} | {bs} | {o['compute_samples_per_s']:,.0f} | "
+                         f"{o['end_to_end_samples_per_s']:,.0f} | {100 * o['overhead']:.1f}% |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--datasets", nargs="+", default=["ml100k"], choices=list(DATASETS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
+    ap.add_argument("--max-epochs", type=int, default=None, help="cap both sides' epochs")
+    ap.add_argument("--wide-rows", type=int, default=WIDE_ROWS, help="rows of the wide table (80%% train)")
+    ap.add_argument("--paper-residual", action="store_true",
+                    help="AutoInt: keep the config's W_res projection in every layer (FuxiCTR: identity where widths match)")
+    ap.add_argument("--no-peer", action="store_true", help="run ours only")
+    ap.add_argument("--overhead", action="store_true", help="also measure ours' data-path overhead (in-process)")
+    ap.add_argument("--overhead-only", action="store_true", help="only the data-path overhead")
+    ap.add_argument("--overhead-rounds", type=int, default=3)
+    ap.add_argument("--out", default="ctr_models", help="result file stem under experiments/bench/results")
+    args = ap.parse_args()
+
+    if not (args.no_peer or args.overhead_only) and not (BENCH / ".venv-peers" / ".peers-installed").exists():
+        print("setting up the peer venv (FuxiCTR) ...", flush=True)
+        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict = {"seeds": args.seeds, "batch_sizes": args.batch_sizes, "datasets": args.datasets,
+                     "max_epochs": args.max_epochs, "wide_rows": args.wide_rows,
+                     "paper_residual": args.paper_residual, "models": {}, "overhead": {},
+                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+    def save() -> None:
+        header = (f"{', '.join(args.datasets)}; seeds {args.seeds}; OMP_NUM_THREADS=1; FuxiCTR 2.3.10 (ml100k: after "
+                  f"the init fix); max epochs {args.max_epochs or 'early stopping'}; wide rows {args.wide_rows:,}; "
+                  f"started {results['started']}\n\n")
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2))
+        (RESULTS / f"{args.out}.md").write_text(header + table(results) + "\n")
+
+    if args.overhead or args.overhead_only:
+        for dataset in args.datasets:
+            for model in args.models:
+                for bs in args.batch_sizes:
+                    o = overhead(model, dataset, bs, args.wide_rows, args.paper_residual, rounds=args.overhead_rounds)
+                    results["overhead"][f"{dataset} / {model} / {bs}"] = o
+                    print(f"[{dataset} {model} b{bs}] ours compute only {o['compute_samples_per_s']:,.0f} samples/s, "
+                          f"end to end {o['end_to_end_samples_per_s']:,.0f}: data path {100 * o['overhead']:.1f}% "
+                          "of the step", flush=True)
+                    save()
+    if args.overhead_only:
+        print("\n" + table(results))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+        work = Path(tmp)
+        data = {d: (write_splits(work / "ml100k") if d == "ml100k" else write_table_splits(d, work / d, args.wide_rows))
+                for d in args.datasets}
+        rows: dict[str, dict[str, list]] = {}
+        # seeds outermost: after the first pass every (data set, model) has one seed
+        for seed in args.seeds:
+            for dataset in args.datasets:
+                for model in args.models:
+                    peer = None if args.no_peer else MODELS[model]
+                    for bs in args.batch_sizes:
+                        key = f"{dataset} / {model} (batch {bs})"
+                        got = rows.setdefault(key, {"recsys": [], "fuxictr": []})
+                        r = run_ours(model, seed, work, bs, data[dataset], dataset, args.wide_rows, args.max_epochs,
+                                     args.paper_residual)
+                        got["recsys"].append(r)
+                        print(f"[{key} seed {seed}] recsys  AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
+                              f"samples/s  ({r['epochs']} epochs, peak RSS {r['peak_rss_mib']:,.0f} MiB)", flush=True)
+                        if peer:
+                            r = run_peer(peer, seed, data[dataset], work, bs, args.max_epochs)
+                            got["fuxictr"].append(r)
+                            print(f"[{key} seed {seed}] FuxiCTR AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
+                                  f"samples/s, compute only {r['compute_samples_per_s']:,.0f}  ({r['epochs']} epochs, "
+                                  f"peak RSS {r['peak_rss_mib']:,.0f} MiB)", flush=True)
+                        entry = {"recsys": {"runs": got["recsys"], **summarize(got["recsys"])}}
+                        if got["fuxictr"]:
+                            entry["fuxictr"] = {"runs": got["fuxictr"], **summarize(got["fuxictr"])}
+                            entry["auc_diff"] = entry["recsys"]["test_auc_mean"] - entry["fuxictr"]["test_auc_mean"]
+                            entry["throughput_ratio"] = (entry["recsys"]["samples_per_s_median"]
+                                                         / entry["fuxictr"]["samples_per_s_median"])
+                            # paired per seed (the two ran back to back)
+                            entry["paired_ratios"] = [a["samples_per_s"] / b["samples_per_s"]
+                                                      for a, b in zip(got["recsys"], got["fuxictr"])]
+                        results["models"][key] = entry
+                        save()
+
+    print("\n" + table(results))
+    print(f"\nwritten to {RESULTS}/{args.out}.{{json,md}}")
 
 
 if __name__ == "__main__":
