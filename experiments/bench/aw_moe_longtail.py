@@ -1,0 +1,155 @@
+"""AW-MoE variants vs MoE on the long tail: overall test AUC and AUC at history caps (issue 19).
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python experiments/bench/aw_moe_longtail.py \\
+        --data ml100k longtail --seeds 2019 2020 2021 [--variants moe aw0 ...] [--max-epochs 8]
+    .venv/bin/python experiments/bench/aw_moe_longtail.py --table   # the table of what has run
+
+Each run is ``recsys fit`` of ``experiments/{moe,aw_moe}_ml100k.yaml`` (ml100k-ctr) or
+``experiments/{moe,aw_moe}_synthetic.yaml`` on the long-tail synthetic set (``history_tail``:
+power-law behaviours per user with planted interests, see ``LONGTAIL``), with the variant's
+model overrides; the best checkpoint (valid AUC) is then scored on the test split with every
+row's behaviour sequence cut to its last K behaviours for K in ``CAPS`` (the code of
+``recsys report --history-cap``). One JSON line per run is appended to
+``experiments/bench/results/aw_moe_longtail.jsonl`` (a run already there is skipped, so an
+interrupted sweep resumes); ``--table`` prints the 3-seed means as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "experiments" / "bench" / "results"
+OUT = RESULTS / "aw_moe_longtail.jsonl"
+CAPS = (0, 1, 3, 5, 10)
+# the long-tail synthetic set: 20,000 users for 50,000 rows (most users have a few rows, so their id
+# embedding cannot learn their interests; the history must), users' number of behaviours ~ (n + 1)^-1.2 on 0..20 (about half
+# of the users have <= 3), behaviours 90% from the user's 2 interest clusters, label effect +2
+# when the target is in an interest cluster
+LONGTAIL = {"n_rows": 50_000, "n_users": 20_000, "seed": 0, "history_max_len": 20, "history_tail": 1.2, "history_focus": 0.9,
+            "history_effect": 2.0}
+
+# name -> (config stem, model init_args overrides)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "moe": ("moe", {}),
+    "aw0": ("aw_moe", {"cl_weight": 0.0}),
+    # InfoNCE on masked views that look like long-tail users (a random 1..10 behaviours kept)
+    "nce_keep10": ("aw_moe", {"cl_weight": 0.01, "mask_keep": 10}),
+    # alignment only: KL(full gate held fixed || masked gate)
+    "kl_keep10": ("aw_moe", {"cl_weight": 0.1, "mask_keep": 10, "cl_loss": "kl"}),
+    # the click loss on the masked view too (no gate loss)
+    "click_keep10": ("aw_moe", {"cl_weight": 0.0, "mask_keep": 10, "masked_click_weight": 0.5}),
+    # InfoNCE (keep 1..10) without same-user rows among the negatives
+    "nce_keep10_nouser": ("aw_moe", {"cl_weight": 0.01, "mask_keep": 10, "exclude_same_user": True}),
+    # mask rate 0.9 (users with ~10% of their behaviours left), InfoNCE
+    "nce_rate09": ("aw_moe", {"cl_weight": 0.01, "mask_rate": 0.9}),
+}
+
+
+def _config(data: str, variant: str, seed: int, max_epochs: int, root: Path) -> Path:
+    stem, overrides = VARIANTS[variant]
+    name = f"{stem}_{'ml100k' if data == 'ml100k' else 'synthetic'}"
+    cfg = yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
+    cfg["seed_everything"] = seed
+    run = f"{data}_{variant}_{seed}"
+    cfg["trainer"].update({"max_epochs": max_epochs, "default_root_dir": str(root / run), "enable_progress_bar": False,
+                           "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                                      "init_args": {"save_dir": str(root), "name": run}}})
+    model = cfg["model"]["init_args"]["model"]["init_args"]
+    if data == "longtail":
+        # the ml100k configs' model settings (Xavier init, fine-grained gate for AW-MoE) on the synthetic data
+        ml = yaml.safe_load((ROOT / "experiments" / f"{stem}_ml100k.yaml").read_text())
+        model.clear()
+        model.update(ml["model"]["init_args"]["model"]["init_args"])
+        cfg["data"]["init_args"]["dataset_options"] = dict(LONGTAIL)
+        cfg["data"]["init_args"]["seed"] = seed
+    else:
+        cfg["data"]["init_args"]["seed"] = seed
+    model.update(overrides)
+    path = root / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_one(data: str, variant: str, seed: int, max_epochs: int) -> dict:
+    from recsys.cli import main as recsys_main
+    from recsys import metrics as M
+    from recsys.reports import build as B
+
+    with tempfile.TemporaryDirectory(prefix="awlt_") as tmp:
+        root = Path(tmp)
+        cfg = _config(data, variant, seed, max_epochs, root)
+        t0 = time.perf_counter()
+        assert recsys_main(["fit", "--config", str(cfg)]) == 0
+        fit_s = time.perf_counter() - t0
+        run = f"{data}_{variant}_{seed}"
+        metrics = json.loads(sorted((root / run).glob("version_*/metrics.json"))[-1].read_text())
+        s = B._score("A", Path(metrics["best_checkpoint"]), "test", None, CAPS)
+        return {"data": data, "variant": variant, "seed": seed, "max_epochs": max_epochs,
+                "overrides": VARIANTS[variant][1], "fit_s": round(fit_s, 1),
+                "valid_auc": (metrics.get("valid") or {}).get("auc"), "epochs": metrics.get("epochs_trained"), "test_auc": M.roc_auc(s.labels, s.probs),
+                "cap_auc": {str(k): M.roc_auc(s.labels, s.capped[k]) for k in CAPS}, "rows": int(s.labels.size)}
+
+
+def _done() -> set[tuple[str, str, int]]:
+    if not OUT.exists():
+        return set()
+    return {(r["data"], r["variant"], r["seed"]) for r in map(json.loads, OUT.read_text().splitlines()) if r}
+
+
+def table() -> str:
+    rows = [json.loads(x) for x in OUT.read_text().splitlines() if x] if OUT.exists() else []
+    out = []
+    for data in ("ml100k", "longtail"):
+        sub = [r for r in rows if r["data"] == data]
+        if not sub:
+            continue
+        out += [f"\n**{data}** (test AUC, mean over seeds; caps: each row's history cut to its last K behaviours)\n",
+                "| variant | seeds | overall | " + " | ".join(f"K={k}" for k in CAPS) + " |",
+                "|---|---|---|" + "---|" * len(CAPS)]
+        for v in VARIANTS:
+            rs = [r for r in sub if r["variant"] == v]
+            if not rs:
+                continue
+            mean = lambda xs: statistics.fmean(xs)  # noqa: E731
+            out.append(f"| {v} | {len(rs)} | {mean([r['test_auc'] for r in rs]):.4f} | "
+                       + " | ".join(f"{mean([r['cap_auc'][str(k)] for r in rs]):.4f}" for k in CAPS) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", default=["ml100k", "longtail"], choices=["ml100k", "longtail"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[2019, 2020, 2021])
+    p.add_argument("--max-epochs", type=int, default=8)
+    p.add_argument("--table", action="store_true", help="print the table of the runs so far and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:  # seed-major: a partial sweep has every variant of the first seeds
+        for data in args.data:
+            for v in args.variants:
+                if (data, v, seed) in _done():
+                    continue
+                r = run_one(data, v, seed, args.max_epochs)
+                with OUT.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                print(f"[aw_moe_longtail] {data} {v} seed {seed}: test {r['test_auc']:.4f} caps "
+                      + " ".join(f"{k}:{r['cap_auc'][str(k)]:.4f}" for k in CAPS) + f" ({r['fit_s']}s)", flush=True)
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
