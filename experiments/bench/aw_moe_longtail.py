@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "bench" / "results"
 OUT = RESULTS / "aw_moe_longtail.jsonl"
 CAPS = (0, 1, 3, 5, 10)
-# the long-tail synthetic set: 20,000 users for 50,000 rows (most users have a few rows, so their id
-# embedding cannot learn their interests; the history must), users' number of behaviours ~ (n + 1)^-1.2 on 0..20 (about half
-# of the users have <= 3), behaviours 90% from the user's 2 interest clusters, label effect +2
-# when the target is in an interest cluster
-LONGTAIL = {"n_rows": 50_000, "n_users": 20_000, "seed": 0, "history_max_len": 20, "history_tail": 1.2, "history_focus": 0.9,
-            "history_effect": 2.0}
+# the long-tail synthetic set: 5,000 users for 50,000 rows,
+# 200 items in 10 clusters (~200 training rows per item on average, so item embeddings can learn their
+# cluster), users' number of behaviours ~ (n + 1)^-1.2 on 0..20 (about half of the users have
+# <= 3; the most active users the longest histories), behaviours 90% from the user's 2 interest
+# clusters, label effect +3 when the target is in an interest cluster
+LONGTAIL = {"n_rows": 50_000, "n_users": 5_000, "n_items": 200, "n_clusters": 10, "seed": 0,
+            "history_max_len": 20, "history_tail": 1.2, "history_focus": 0.9, "history_effect": 3.0}
 
 # name -> (config stem, model init_args overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {

@@ -73,7 +73,10 @@ MODELS = {
     "autoint_plus": "AutoIntPlus",
     "moe": "MMoE",
     "aw_moe": None,  # no FuxiCTR counterpart; compared with our moe (its ablation)
+    "dcn_v2": "DCNv2",  # FuxiCTR's DCNv2 composed from the wheel's layers in peers/fuxictr_dcnv2.py
 }
+# FuxiCTR models whose composition lives in a driver of their own (it wraps fuxictr_deepfm.py)
+PEER_SCRIPTS = {"DCNv2": "fuxictr_dcnv2.py"}
 # Long-tail segment (issue 4): test rows whose user had at most this many positives before the
 # row (the length of the raw, untruncated history). 10 is the upper edge of the report's
 # history-length bucket [6, 10]; on ml100k-ctr it holds ~1.6k of the 10k test rows.
@@ -285,7 +288,7 @@ def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path) -> float:
 
 def run_peer(model: str, seed: int, data: Path, work: Path, batch_size: int, max_epochs: int | None = None) -> dict:
     out = work / f"fuxictr_{data.name}_{model}_b{batch_size}_{seed}.json"
-    cmd = [str(PEER_PY), str(BENCH / "peers" / "fuxictr_deepfm.py"), "--data", str(data),
+    cmd = [str(PEER_PY), str(BENCH / "peers" / PEER_SCRIPTS.get(model, "fuxictr_deepfm.py")), "--data", str(data),
            "--seed", str(seed), "--model", model, "--out", str(out), "--batch-size", str(batch_size),
            "--long-tail-max-prior", str(LONG_TAIL_MAX_PRIOR)]
     if (data / "features.json").exists():

@@ -1,4 +1,4 @@
-"""FuxiCTR 2.3.10's DCNv2 on the ml100k-ctr split: the driver of ``fuxictr_deepfm.py`` with a
+"""FuxiCTR 2.3.10's DCNv2 on the ml100k-ctr split (or a flat table with ``--features``): the driver of ``fuxictr_deepfm.py`` with a
 ``DCNv2`` model entry. Run with the PEER venv's python:
 
     experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2.py \\
@@ -11,6 +11,7 @@ The wheel has no model zoo, so the model is composed from the wheel's layers the
 on the embeddings) -> ``nn.Linear(final_dim, 1)`` -> sigmoid; ``reset_parameters()`` (Xavier
 for every Linear). Widths as ``experiments/dcn_v2_ml100k.yaml``: embedding 16, 3 cross layers,
 parallel DNN [256, 128], batch 1024 (``--batch-size``; the shared recipe's is 4096).
+``experiments/bench/ctr_models.py --models dcn_v2`` runs it (``--features`` for Adult / the wide table).
 """
 
 from __future__ import annotations
