@@ -19,7 +19,7 @@ $(BIN)/.installed: requirements-cpu.txt setup.cfg pyproject.toml packaging/fbgem
 	touch $@
 
 demo: venv
-	$(BIN)/recsys fit --config experiments/deepfm_synthetic.yaml --trainer.enable_progress_bar false --report true
+	$(BIN)/recsys fit --config experiments/deepfm_synthetic.yaml --report true
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -119,11 +119,33 @@ def register_command(name: str, help: str, target: str) -> None:
 
 
 def _available(target: str) -> bool:
-    module = target.split(":")[0]
+    """Whether ``target``'s module exists, found on disk without importing it or its packages
+    (``find_spec("a.b.c")`` would import ``a.b``, and recsys's packages import torch)."""
+    parts = target.split(":")[0].split(".")
     try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
         return False
+    if spec is None:
+        return False
+    if len(parts) == 1:
+        return True
+    locations = list(spec.submodule_search_locations or [])
+    for i, part in enumerate(parts[1:], start=1):
+        last = i == len(parts) - 1
+        found = []
+        for loc in locations:
+            pkg = Path(loc) / part
+            if (pkg / "__init__.py").is_file():
+                found.append(str(pkg))
+            elif last and (Path(loc) / f"{part}.py").is_file():
+                return True
+        if not found:
+            return False
+        if last:
+            return True
+        locations = found
+    return False
 
 
 def _run_extra(name: str, argv: list[str]) -> int:
@@ -139,7 +161,8 @@ def _usage() -> str:
         if _available(target):
             lines.append(f"  {name:<14}{help}")
     lines += ["", "`recsys <command> --help` shows a command's options; trainer commands take",
-              "`--config experiments/<x>.yaml` (see experiments/) and `--print_config`."]
+              "`--config experiments/<x>.yaml` (see experiments/), `--print_config`, and `--verbose`",
+              "(Lightning's own info lines). Options may be written --a-b or --a_b."]
     return "\n".join(lines)
 
 
@@ -241,7 +264,23 @@ def _make_cli_class():
             out = cfg.get("predict_out") or default_predict_out(cfg.get("ckpt_path"))
             self.trainer.callbacks.append(PredictionWriter(out))
 
+        def before_fit(self) -> None:
+            if self.trainer.is_global_zero:
+                _warn_data(self.datamodule, "train", check_oov=False)
+
+        def before_test(self) -> None:
+            if self.trainer.is_global_zero:
+                _warn_data(self.datamodule, "test")
+
+        def before_validate(self) -> None:
+            if self.trainer.is_global_zero:
+                _warn_data(self.datamodule, "valid")
+
+        def after_validate(self) -> None:
+            write_eval_metrics(self.trainer, self.datamodule, "valid")
+
         def after_test(self) -> None:
+            write_eval_metrics(self.trainer, self.datamodule, "test")
             cfg = self.config[self.subcommand]
             ckpt = cfg.get("ckpt_path")
             if cfg.get("report") and ckpt and Path(ckpt).is_file():
@@ -353,6 +392,13 @@ def _resolve_last(cfg) -> None:
             return
         if (root / version_dir).is_dir():
             init.version = version_dir
+            # CSVLogger warns that "previous log files in this directory will be deleted": it
+            # only deletes metrics.csv, which recsys has just kept as metrics.part-K.csv below
+            import warnings
+
+            warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
+            # and ModelCheckpoint that the resumed run's own checkpoint folder is not empty
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             old = root / version_dir / "metrics.csv"
             if old.is_file() and _launcher_rank() == 0:
                 k = 1
@@ -363,13 +409,66 @@ def _resolve_last(cfg) -> None:
         print(f"recsys: resuming from {newest}")
 
 
+def data_rates(datamodule, split: str) -> dict | None:
+    """``{"rows", "missing_rate", "oov_rate"}`` of a split as encoded for the model (None for a
+    data module that does not hold its splits in memory, or a split it does not have)."""
+    encoded = getattr(datamodule, "encoded", None)
+    if not callable(encoded):
+        return None
+    try:
+        enc = encoded(split)
+    except RecsysError:
+        return None
+    if not hasattr(enc, "missing_rate"):
+        return None
+    return {"rows": len(enc), "missing_rate": dict(enc.missing_rate), "oov_rate": dict(enc.oov_rate)}
+
+
+def _warn_data(datamodule, split: str, check_oov: bool = True) -> None:
+    """Print the one-line missing (> 1%) / unseen-value (> 5%) warnings of ``split`` to stderr."""
+    encoded = getattr(datamodule, "encoded", None)
+    if not callable(encoded):
+        return
+    from recsys.data.sources import BUILTIN
+
+    if split != "predict" and getattr(datamodule, "dataset", None) in BUILTIN:
+        return  # recsys's own data sets: nothing for the user to fix (the rates are in metrics.json)
+    from recsys.data.preprocess import data_warnings
+
+    try:
+        enc = encoded(split)
+    except RecsysError:
+        return
+    source = getattr(datamodule, "predict_path", None) if split == "predict" else None
+    where = f"{source or getattr(datamodule, '_source', None) or 'the data'} [{split}]"
+    for line in data_warnings(enc, where, check_oov=check_oov):
+        print(line, file=sys.stderr)
+
+
+def write_eval_metrics(trainer, datamodule, split: str) -> Path | None:
+    """``recsys validate``/``test``: write ``<log_dir>/metrics.json`` with the split's metrics and
+    its missing / unseen-value rates per field."""
+    if not trainer.is_global_zero or trainer.log_dir is None:
+        return None
+    from recsys.utils import atomic_write_text
+
+    prefix = "val/" if split == "valid" else "test/"
+    metrics = {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+    out = {split: metrics, "data": {split: data_rates(datamodule, split)}}
+    path = Path(trainer.log_dir) / "metrics.json"
+    atomic_write_text(path, json.dumps(out, indent=2))
+    return path
+
+
 def write_fit_metrics(trainer, task, datamodule) -> dict:
     """Evaluate the best checkpoint on valid (and test if present); write ``metrics.json``."""
     from recsys.utils import atomic_write_text
 
     ckpt = trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") or None
-    ckpt_path = "best" if best else None
+    # the path itself, not "best": Lightning warns about "best" whenever a second ModelCheckpoint
+    # exists (recsys's own --save_every_n_steps one), though the first one's best is the one meant
+    ckpt_path = best or None
     metrics: dict = {
         "model": task.model.config["class_path"],
         "dataset": getattr(datamodule, "dataset", None),
@@ -393,6 +492,8 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
         res = fn(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
         prefix = "val" if split == "valid" else "test"
         metrics[split] = {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(prefix + "/")}
+    rates = {split: data_rates(datamodule, split) for split in ("train", "valid", "test")}
+    metrics["data"] = {k: v for k, v in rates.items() if v is not None}
     out_dir = Path(trainer.log_dir or trainer.default_root_dir)
     path = out_dir / "metrics.json"
     metrics["metrics_file"] = str(path)
@@ -427,10 +528,11 @@ def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classe
     from recsys.tasks import distributed  # noqa: F401 - registers the `recsys_ddp` strategy
     from recsys.tasks.ranking import RankingTask  # noqa: F401
 
-    import warnings
+    from recsys.console import canonical_flags, pop_flag, progress_default, quiet_libraries
 
-    # `recsys fit ...` hands its argv over explicitly; Lightning warns whenever sys.argv is not empty
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    argv, verbose = pop_flag(canonical_flags(argv), "--verbose")
+    # after importing Lightning (its import sets its loggers' levels); --verbose keeps its INFO lines
+    quiet_libraries(verbose=verbose)
     argv, allowed = _pop_allow_classes(list(argv))
     extra = list(allow_classes or []) + allowed
     if extra:  # model factories (build_model) check class paths too: let them see the opt-in
@@ -450,13 +552,18 @@ def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classe
             save_config_callback=_make_save_config_class(),
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
+            # a config or `--trainer.enable_progress_bar` decides; otherwise a bar on a terminal only
+            trainer_defaults={"enable_progress_bar": progress_default(sys.stdout),  # Lightning's bar writes there
+                              **({"callbacks": list(callbacks)} if callbacks else {})},
         )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    from recsys.console import quiet_libraries
+
+    quiet_libraries(verbose="--verbose" in argv)  # every command; trainer commands pop --verbose later
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2

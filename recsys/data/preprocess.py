@@ -20,7 +20,7 @@ sequences), one ``[N, Dn]`` float matrix for the standardized numerics, labels a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import numpy as np
 import polars as pl
 
 from recsys.data.encoders import (
+    MISSING,
+    OOV,
     HashEncoder,
     QuantileBucketizer,
     Standardizer,
@@ -52,6 +54,13 @@ class EncodedSplit:
         users: int64 [N], the user key as a dense rank within this split (for grouped metrics),
             or ``None`` when the schema has no user key.
         has_labels: whether ``labels`` came from the data.
+        missing_rate: field -> share of its values that were missing (null, or a declared
+            ``missing_values`` placeholder): rows for single-value fields, list elements for
+            multi-hot and sequence fields. A missing numeric becomes the train mean (0 after
+            standardizing); a missing id becomes the table's *missing* id.
+        oov_rate: id field -> share of its values unseen in training (or rarer than
+            ``min_count``), mapped to the OOV id; rows or list elements as above. Hashed and
+            bucketized fields have no OOV.
     """
 
     ids: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -59,6 +68,8 @@ class EncodedSplit:
     labels: np.ndarray
     users: np.ndarray | None
     has_labels: bool
+    missing_rate: dict[str, float] = field(default_factory=dict)
+    oov_rate: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -274,8 +285,18 @@ class FeatureEncoder:
             # ranks start at 1; rows without a user (null key) form group 0 (a null rank would
             # turn the array into float64 with NaN)
             users = frame[user_col].rank("dense").cast(pl.Int64).fill_null(0).to_numpy()
+        missing_rate: dict[str, float] = {}
+        oov_rate: dict[str, float] = {}
+        for f in self.schema.fields:
+            if f.is_dense:
+                missing_rate[f.name] = frame[f.source].null_count() / n
+            else:
+                values = ids[f.name][0]
+                size = max(len(values), 1)  # lists with no elements at all: rates 0
+                missing_rate[f.name] = int(np.count_nonzero(values == MISSING)) / size
+                oov_rate[f.name] = int(np.count_nonzero(values == OOV)) / size
         return EncodedSplit(ids=ids, dense=np.ascontiguousarray(dense), labels=labels, users=users,
-                            has_labels=has_label)
+                            has_labels=has_label, missing_rate=missing_rate, oov_rate=oov_rate)
 
     # ---------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
@@ -349,3 +370,29 @@ def _compatible(fitted: str, now: str) -> bool:
     # an all-null column (polars dtype Null, e.g. every value missing at predict time) holds
     # nothing to look up (its nulls encode as missing), and a vocabulary fitted on one is empty
     return "Null" in (base(fitted), base(now)) or base(fitted) == base(now)
+
+
+MISSING_WARN = 0.01  # a one-line warning when a field has more missing values than this share
+OOV_WARN = 0.05      # ... or more values unseen in training than this share
+
+
+def rates_line(rates: dict[str, float], threshold: float) -> str:
+    """``"a 12.5%, b 3.0%"``: the fields above ``threshold``, highest first ("" if none)."""
+    above = sorted(((r, f) for f, r in rates.items() if r > threshold), key=lambda t: (-t[0], t[1]))
+    return ", ".join(f"{f} {r:.1%}" for r, f in above)
+
+
+def data_warnings(split: Any, source: str, check_missing: bool = True, check_oov: bool = True) -> list[str]:
+    """The one-line warnings for ``split`` (anything with ``missing_rate`` / ``oov_rate`` dicts,
+    e.g. an :class:`EncodedSplit`): missing values above 1%, unseen values above 5%."""
+    out = []
+    if check_missing:
+        line = rates_line(getattr(split, "missing_rate", None) or {}, MISSING_WARN)
+        if line:
+            out.append(f"recsys: warning: missing values in {source} (numeric: replaced by the train mean; "
+                       f"categorical: the missing id): {line}")
+    if check_oov:
+        line = rates_line(getattr(split, "oov_rate", None) or {}, OOV_WARN)
+        if line:
+            out.append(f"recsys: warning: values unseen in training in {source} (scored as OOV): {line}")
+    return out

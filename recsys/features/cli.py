@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from recsys.console import ArgumentParser, add_progress_flags, resolve_progress
 from recsys.errors import ConfigError
 from recsys.features.ranking import AGGREGATIONS, CORRECTIONS, HEURISTICS, FeatureRanker, _jsonable
 
@@ -46,7 +47,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsys rank-features",
+    p = ArgumentParser(prog="recsys rank-features",
                                 description="Rank features by cardinality-normalized mutual information (OutRank), "
                                             "with 3MR, pair scores and a data-quality report.")
     p.add_argument("--data", required=True, help="parquet or CSV file (or a directory of parquet files)")
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Benjamini-Hochberg (false discovery rate)")
     p.add_argument("--threads", type=int, default=None,
                    help="columns counted in parallel (default: polars' thread pool size, i.e. the cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flags(p)
     return p
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed, schema=args.schema, features=_names(args.features), exclude=_names(args.exclude) or (),
         n_bins=args.n_bins, batch_size=args.batch_size, sample=args.sample, pairs=pair_k > 0,
         pair_top_k=pair_k if pair_k > 0 else None, alpha=args.alpha, beta=args.beta, aggregation=args.aggregation,
-        progress=not args.no_progress, n_threads=args.threads, significance=args.significance,
+        progress=resolve_progress(args.progress), n_threads=args.threads, significance=args.significance,
         p_adjust=args.p_adjust,
     ).fit(args.data)
     check_enough_rows(ranker, args.significance, args.data)

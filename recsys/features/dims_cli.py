@@ -22,11 +22,13 @@ the search fails.
 from __future__ import annotations
 
 import argparse
+import sys
 import io
 import json
 from pathlib import Path
 from typing import Any
 
+from recsys.console import ArgumentParser, add_progress_flags, canonical_flags, resolve_progress
 from recsys.errors import ConfigError, RecsysError
 
 
@@ -48,7 +50,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsys search-dims", allow_abbrev=False,
+    p = ArgumentParser(prog="recsys search-dims", allow_abbrev=False,
                                 description="DNIS search of per-table embedding widths under a parameter budget. "
                                             "Unknown --options are passed to the config parser as overrides.")
     p.add_argument("--config", required=True, help="experiment YAML (as for `recsys fit --config`)")
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=["magnitude", "alpha"], default="magnitude",
                    help="pruning importance: |e * alpha| (default) or alpha")
     p.add_argument("--min_width", type=int, default=1, help="dims every table keeps")
+    add_progress_flags(p)
     return p
 
 
@@ -134,7 +137,8 @@ def _markdown(summary: dict[str, Any]) -> str:
 def search_dims(config: str, budget: float, out: str | Path, overrides: list[str] = (), warm_start_epochs: int = 2,
                 search_epochs: int = 3, lr: float | None = None, alpha_lr: float = 1e-2, l1: float = 1e-5,
                 grad_norm: bool = True, train_network: bool = True, freq_blocks: int | list[float] = 4,
-                dim_block: int = 1, criterion: str = "magnitude", min_width: int = 1) -> dict[str, Any]:
+                dim_block: int = 1, criterion: str = "magnitude", min_width: int = 1,
+                progress: bool = False) -> dict[str, Any]:
     """Run the search and write ``config.yaml``, ``summary.json``, ``summary.md``, ``widths.png``
     to ``out``; returns the summary (with ``files``)."""
     import pytorch_lightning as L
@@ -158,7 +162,7 @@ def search_dims(config: str, budget: float, out: str | Path, overrides: list[str
                                freq_blocks=freq_blocks, dim_block=dim_block)
     accelerator = cli.config.trainer.get("accelerator") or "auto"
     trainer = L.Trainer(max_epochs=warm_start_epochs + search_epochs, accelerator=accelerator, devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=progress,
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(task, datamodule=dm)
     if trainer.interrupted:
@@ -193,6 +197,7 @@ def search_dims(config: str, budget: float, out: str | Path, overrides: list[str
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
+    overrides = canonical_flags(overrides)
     bad = [o for o in overrides if o.startswith("--") and "." not in o.split("=")[0]]
     if bad:
         raise RecsysError(f"unknown option(s) {bad}", where="recsys search-dims",
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                           warm_start_epochs=args.warm_start_epochs, search_epochs=args.search_epochs, lr=args.lr,
                           alpha_lr=args.alpha_lr, l1=args.l1, grad_norm=args.grad_norm,
                           train_network=args.train_network, freq_blocks=args.freq_blocks, dim_block=args.dim_block,
-                          criterion=args.criterion, min_width=args.min_width)
+                          criterion=args.criterion, min_width=args.min_width,
+                          progress=resolve_progress(args.progress, sys.stdout))
     tp = summary["table_parameters"]
     widths = ", ".join(f"{t}={w}" for t, w in summary["dims"].items())
     print(f"recsys: table parameters {tp['full']:,} -> {tp['kept']:,} ({tp['kept_fraction']:.1%}); widths: {widths}")

@@ -781,12 +781,12 @@ class FeatureRanker:
             del part, v, s
         del cols
 
-    def _bar(self, total: int, desc: str):
+    def _bar(self, total: int, desc: str, unit: str = "rows"):
         if not self.progress:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False)
 
     # ------------------------------------------------------------------------- pairs
     def _pair_pass(self, frame, cand: list[str], label: str, label_map: pl.DataFrame, class_counts: np.ndarray) -> None:
@@ -823,7 +823,7 @@ class FeatureRanker:
         red = {f: {g: float("nan") for g in cand} for f in cand}
         for f in cand:
             red[f][f] = entropy_from_counts(self._cols[f].n)
-        bar = self._bar(len(cand) * (len(cand) - 1) // 2, "pair scores")
+        bar = self._bar(len(cand) * (len(cand) - 1) // 2, "pair scores", unit="pairs")
         for i, fa in enumerate(cand):
             ca = codes[fa].astype(np.int64)
             for fb in cand[i + 1:]:

@@ -46,6 +46,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys.data.preprocess import data_warnings
+from recsys.data.sources import BUILTIN
 from recsys.errors import RecsysError
 from recsys import metrics as M
 from recsys.reports.history import cap_sequences
@@ -94,6 +96,9 @@ class Scored:
     attention: tuple[np.ndarray, list[str]] | None = None
     capped: dict[int, np.ndarray] | None = None  # history cap K -> probabilities of the same rows
     sequence_fields: tuple[str, ...] = ()
+    missing_rate: dict[str, float] | None = None  # per field, of the scored rows (see EncodedSplit)
+    oov_rate: dict[str, float] | None = None
+    builtin_data: bool = False  # scored rows of a built-in data set (no warnings: nothing to fix)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -115,7 +120,17 @@ def _split_and_overrides(data: str) -> tuple[str, dict]:
     return "predict", {"predict_path": str(p)}
 
 
-def _score(name: str, ckpt: Path, data: str, batch_size: int | None, history_caps: Sequence[int] = ()) -> Scored:
+def _bar(items, desc: str, unit: str, enabled: bool):
+    """``items`` wrapped in a tqdm bar on stderr when ``enabled`` (else unchanged)."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False)
+
+
+def _score(name: str, ckpt: Path, data: str, batch_size: int | None, history_caps: Sequence[int] = (),
+           progress: bool = False) -> Scored:
     from recsys.tasks.ranking import load_checkpoint, load_datamodule
 
     task = load_checkpoint(ckpt)
@@ -134,7 +149,7 @@ def _score(name: str, ckpt: Path, data: str, batch_size: int | None, history_cap
     seq_fields = tuple(f.name for f in dm.features.schema.fields if f.kind == "sequence")
     capped: dict[int, list[torch.Tensor]] = {k: [] for k in history_caps}
     with torch.no_grad():
-        for batch in loader:
+        for batch in _bar(loader, f"scoring {name}", "batch", progress):
             for k in history_caps:
                 capped[k].append(torch.sigmoid(task(cap_sequences(batch, seq_fields, k)).logits.float()).cpu())
             probs.append(torch.sigmoid(task(batch).logits.float()).cpu())
@@ -166,7 +181,8 @@ def _score(name: str, ckpt: Path, data: str, batch_size: int | None, history_cap
                   probs=p, users=None if enc.users is None else np.asarray(enc.users), frame=dm.frame(split),
                   train=train, schema=dm.features.schema, attention=attention,
                   capped={k: (torch.cat(v).numpy().astype(np.float64) if v else np.zeros(0)) for k, v in capped.items()},
-                  sequence_fields=seq_fields)
+                  sequence_fields=seq_fields, missing_rate=dict(enc.missing_rate), oov_rate=dict(enc.oov_rate),
+                  builtin_data=split != "predict" and getattr(dm, "dataset", None) in BUILTIN)
 
 
 # ----------------------------------------------------------------------------------- segments
@@ -314,6 +330,8 @@ def _model_entry(s: Scored, n_boot: int, seed: int, bins: int, paired: bool, not
     metrics["mean_prediction"] = {"value": _num(p.mean()) if p.size else None, "ci95": None}
     metrics["positive_rate"] = {"value": _num(y.mean()) if y.size else None, "ci95": None}
     cb = M.calibration_bins(y, p, bins)
+    for line in ([] if s.builtin_data else data_warnings(s, "the scored rows")):
+        notes.append(f"{s.name}: {line.split('warning: ', 1)[1]}")
     return {
         "name": s.name,
         "model_class": s.class_path.rsplit(".", 1)[-1],
@@ -322,6 +340,7 @@ def _model_entry(s: Scored, n_boot: int, seed: int, bins: int, paired: bool, not
         "rows": int(y.size),
         "positives": int(y.sum()),
         "same_rows_as_first": paired,
+        "data": {"missing_rate": s.missing_rate, "oov_rate": s.oov_rate, "builtin_data": s.builtin_data},
         "metrics": {k: metrics[k] for k in ("auc", "gauc", "logloss", "ece", "calibration_ratio",
                                             "average_precision", "mean_prediction", "positive_rate")},
         "gauc_detail": gauc_detail,
@@ -375,8 +394,10 @@ def _history_cap_section(caps: Sequence[int], scored: list[Scored], on_rows: lis
 def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segments: Sequence[str] = (),
                    n_boot: int = 200, seed: int = 0, bins: int = 10,
                    batch_size: int | None = None,
-                   history_caps: Sequence[int] = ()) -> tuple[dict, dict[str, tuple[str, bytes]]]:
-    """Score and measure; returns (the metrics.json dict, figures ``key -> (caption, png)``)."""
+                   history_caps: Sequence[int] = (),
+                   progress: bool = False) -> tuple[dict, dict[str, tuple[str, bytes]]]:
+    """Score and measure; returns (the metrics.json dict, figures ``key -> (caption, png)``);
+    ``progress``: tqdm bars on stderr over the scoring batches and the bootstrap."""
     from recsys.reports import plots
 
     ckpts = [Path(c) for c in checkpoints]
@@ -404,7 +425,7 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
                                   "implemented yet; report ranking checkpoints only")
             sections.append({"model": name, "checkpoint": str(c), **builder(str(c), data)})
             continue
-        scored.append(_score(name, c, data, batch_size, history_caps))
+        scored.append(_score(name, c, data, batch_size, history_caps, progress))
     if not scored:
         raise RecsysError("no ranking checkpoint to report", where="--ckpt")
     base = scored[0]
@@ -414,7 +435,8 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
             notes.append(f"{s.name} was scored on different rows than {base.name} (its data module differs): "
                          "it is left out of the segments and the comparisons")
     on_rows = [base] + paired
-    models = [_model_entry(s, n_boot, seed, bins, s is base or s in paired, notes) for s in scored]
+    models = [_model_entry(s, n_boot, seed, bins, s is base or s in paired, notes)
+              for s in _bar(scored, f"bootstrap ({n_boot} resamples)", "model", progress)]
 
     figures: dict[str, tuple[str, bytes]] = {}
     label = {s.name: f"{s.name} {s.class_path.rsplit('.', 1)[-1]}" for s in scored}
@@ -516,7 +538,7 @@ def compute_report(checkpoints: Sequence[str | Path], data: str = "test", segmen
 
 def build_report(checkpoints: Sequence[str | Path], data: str = "test", segments: Sequence[str] = (),
                  out_dir: str | Path = "report", n_boot: int = 200, seed: int = 0, bins: int = 10,
-                 batch_size: int | None = None, history_caps: Sequence[int] = ()) -> dict:
+                 batch_size: int | None = None, history_caps: Sequence[int] = (), progress: bool = False) -> dict:
     """Score ``checkpoints`` on ``data``, write ``report.html``, ``report.md``, ``metrics.json``
     and ``plots/*.png`` into ``out_dir`` (atomically), and return the metrics.json dict.
 
@@ -531,10 +553,12 @@ def build_report(checkpoints: Sequence[str | Path], data: str = "test", segments
         batch_size: scoring batch size (default: the checkpoint's eval batch size).
         history_caps: also score every row with its sequence fields cut to the last ``K``
             behaviours, for each ``K`` here (``report["history_cap"]``; ``None`` when empty).
+        progress: progress bars on stderr (scoring batches, bootstrap).
     """
     from recsys.reports.render import write_report
 
     report, figures = compute_report(checkpoints, data=data, segments=segments, n_boot=n_boot, seed=seed,
-                                     bins=bins, batch_size=batch_size, history_caps=history_caps)
+                                     bins=bins, batch_size=batch_size, history_caps=history_caps,
+                                     progress=progress)
     write_report(out_dir, report, figures)
     return report

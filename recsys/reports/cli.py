@@ -13,15 +13,17 @@ writes ``DIR/report.html`` (self-contained), ``DIR/report.md``, ``DIR/metrics.js
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from recsys.console import ArgumentParser, add_progress_flags, resolve_progress
 from recsys.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="recsys report",
-        description="Offline AUC report: AUC, GAUC, logloss, calibration, segments, 95%% bootstrap intervals "
+        description="Offline AUC report: AUC, GAUC, logloss, calibration, segments, 95% bootstrap intervals "
                     "and, for several checkpoints on the same rows, DeLong paired tests.")
     p.add_argument("--ckpt", action="append", required=True, metavar="FILE",
                    help="ranking checkpoint (repeat to compare; named A, B, ... in this order)")
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--bins", type=int, default=10, help="equal-width bins of ECE / reliability (default 10)")
     p.add_argument("--batch-size", type=int, default=None, help="scoring batch size")
+    add_progress_flags(p)
     return p
 
 
@@ -57,13 +60,25 @@ def main(argv: list[str]) -> int:
     from recsys.reports.build import build_report
 
     report = build_report(args.ckpt, data=args.data, segments=args.segment, out_dir=args.out,
-                          n_boot=args.bootstrap, seed=args.seed, bins=args.bins, batch_size=args.batch_size, history_caps=caps)
+                          n_boot=args.bootstrap, seed=args.seed, bins=args.bins, batch_size=args.batch_size,
+                          history_caps=caps, progress=resolve_progress(args.progress))
     for m in report["models"]:
         met = m["metrics"]
         auc, gauc, ll = met["auc"], met["gauc"], met["logloss"]
         gs = "n/a" if gauc["value"] is None else f"{gauc['value']:.4f}"
         print(f"{m['name']} {m['model_class']}: auc {auc['value']:.4f} [{auc['ci95'][0]:.4f}, {auc['ci95'][1]:.4f}]"
               f"  gauc {gs}  logloss {ll['value']:.4f}  ece {met['ece']['value']:.4f}")
+    from types import SimpleNamespace
+
+    from recsys.data.preprocess import data_warnings
+
+    for m in report["models"]:
+        data = m.get("data") or {}
+        if data.get("builtin_data"):
+            continue
+        rates = SimpleNamespace(missing_rate=data.get("missing_rate"), oov_rate=data.get("oov_rate"))
+        for line in data_warnings(rates, f"the rows scored by {m['name']}"):
+            print(line, file=sys.stderr)
     for c in report["comparisons"]:
         print(f"{c['b']} vs {c['a']}: delta auc {c['delta']:+.4f}, DeLong p {c['delong']['p_value']:.4g}")
     cap = report.get("history_cap")

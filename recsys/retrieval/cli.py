@@ -20,11 +20,12 @@ import json
 import sys
 from pathlib import Path
 
+from recsys.console import ArgumentParser, add_progress_flags, resolve_progress
 from recsys.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsys retrieve", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="recsys retrieve", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="checkpoint written by `recsys fit` with a RetrievalTask")
     p.add_argument("--k", type=int, default=100, help="candidates per user (default 100)")
     p.add_argument("--method", choices=["knn-embed", "single"], default="knn-embed")
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="override the checkpoint's data set (built-in name or file)")
     p.add_argument("--schema", default=None, help="schema YAML for a file --dataset")
     p.add_argument("--metrics", default=None, help="also write metrics against the held-out items to this JSON")
-    p.add_argument("--progress", action="store_true", help="progress bars")
+    add_progress_flags(p)
     return p
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
            "query": args.query, "restrict": not args.no_restrict, "seed": args.seed,
            "unimodal": args.unimodal, "recent": args.recent or None}
     result, model = retrieve(task, dm, args.split, k=args.k, method=args.method, index=args.index, knn=knn,
-                             progress=args.progress)
+                             progress=resolve_progress(args.progress))
     frame = write_candidates(result, dm, args.split, args.out)
     print(f"recsys: wrote {len(frame)} candidates for {result.ids.shape[0]} {args.split} rows to {args.out}")
     if args.metrics:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,11 +18,17 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from recsys.data.preprocess import data_warnings
+from recsys.data.sources import BUILTIN
 from recsys.utils import atomic_path
 
 
 class PredictionWriter(BasePredictionWriter):
     """Writes ``recsys predict`` scores as parquet: the predict rows' key columns + ``score``.
+
+    The file's key-value metadata ``recsys`` holds, as JSON, the per-field ``missing_rate`` and
+    ``oov_rate`` (values unseen in training) of the scored rows; a field above 1% missing or 5%
+    unseen also gets a one-line warning on stderr.
 
     Rows keep the order of the input file. The file is written atomically at the end of the
     predict epoch, so an interrupted run leaves nothing behind.
@@ -39,8 +47,20 @@ class PredictionWriter(BasePredictionWriter):
         scores = torch.cat([p["score"] for p in preds]).float().cpu().numpy()
         keys = trainer.datamodule.predict_keys()
         frame = keys[rows].with_columns(pl.Series("score", scores))
+        # per-field shares of missing and of unseen (OOV) values of the scored rows, in the file's
+        # key-value metadata under "recsys" (pl.read_parquet_metadata(path)["recsys"])
+        meta = {}
+        encoded = getattr(trainer.datamodule, "encoded", None)
+        if callable(encoded):
+            enc = encoded("predict")
+            meta = {"recsys": json.dumps({"rows": len(enc), "missing_rate": enc.missing_rate,
+                                          "oov_rate": enc.oov_rate})}
+            source = getattr(trainer.datamodule, "predict_path", None)
+            if source or getattr(trainer.datamodule, "dataset", None) not in BUILTIN:  # built-in: nothing to fix
+                for line in data_warnings(enc, f"{source or 'the test split'} [predict]"):
+                    print(line, file=sys.stderr)
         with atomic_path(self.output) as tmp:
-            frame.write_parquet(tmp)
+            frame.write_parquet(tmp, metadata=meta or None)
         print(f"recsys: wrote {len(frame)} predictions to {self.output}")
 
 

@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from recsys.console import ArgumentParser
 from recsys.errors import ConfigError
 from recsys.tuning.space import load_config, load_space
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsys tune", description="Optuna study over an experiment config and a "
+    p = ArgumentParser(prog="recsys tune", description="Optuna study over an experiment config and a "
                                 "search space (pruning, parallel workers, resume).")
     p.add_argument("--config", required=True, help="experiment config that `recsys fit --config` runs")
     p.add_argument("--space", required=True, help="search space YAML (see experiments/spaces/)")
