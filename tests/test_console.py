@@ -80,7 +80,7 @@ def recsys_tty(*args: str, cwd: Path | None = None, timeout: float = 300, both: 
         os.close(slave)
     reader.join(10)
     os.close(master)
-    return proc.returncode, proc.stdout, b"".join(chunks).decode(errors="replace")
+    return proc.returncode, proc.stdout or "", b"".join(chunks).decode(errors="replace")
 
 
 def _tiny_config(tmp_path: Path, name: str = "tiny", epochs: int = 1) -> Path:
@@ -186,7 +186,7 @@ def test_make_demo_shows_the_progress_bar_and_ends_with_the_metrics(tmp_path):
     assert _noise(tty) == [], tty[-3000:]
     assert re.search(r"Epoch 0: .*it/s", tty), tty[-2000:]  # Lightning's bar, on the terminal
     # after the bar's last redraw (carriage returns), only recsys's own lines
-    final = [ln.rsplit("\r", 1)[-1].strip() for ln in tty.split("\n")]
+    final = [ln.rstrip("\r").rsplit("\r", 1)[-1].strip() for ln in tty.split("\n")]
     final = [ln for ln in final if ln]
     assert final[-2].startswith("recsys: valid auc ") and final[-1].startswith("recsys: report written to"), final[-5:]
     assert not any(ln.startswith("recsys: warning") for ln in final), final  # built-in data: nothing to fix

@@ -46,14 +46,31 @@ class FirstOrder(nn.Module):
 
 
 class LogisticRegression(RankingModel):
-    """One weight per feature value plus a linear map of numerics: ``Batch -> logits [B]``."""
+    """One weight per feature value plus a linear map of numerics: ``Batch -> logits [B]``.
 
-    def __init__(self, features: FeatureEncoder, init_std: float = 1e-4):
+    Args:
+        features: fitted FeatureEncoder.
+        init_std: std of the N(0, std^2) initial weights (of the effective weights).
+        lr_scale: the weights are stored divided by this and multiplied back in ``forward``, so
+            an optimizer step moves them ``lr_scale`` times further than a deep model's (for
+            Adam: as a learning rate ``lr_scale`` times the task's). A linear model needs weights
+            of size ~1 from a near-zero start, where a deep model's layers need small steps:
+            with the shipped Adam 1e-3 and ``lr_scale=1``, Adult's valid AUC still rises after
+            30 epochs (0.9043); with the default 10 it is within 0.001 of its best (0.9054) after
+            4 (experiments/logistic_adult.yaml). Set 1 for the plain parametrization.
+    """
+
+    def __init__(self, features: FeatureEncoder, init_std: float = 1e-4, lr_scale: float = 10.0):
         super().__init__()
-        self.linear = FirstOrder(features, init_std=init_std)
+        if not lr_scale > 0:
+            from recsys.errors import ConfigError
+
+            raise ConfigError(f"lr_scale must be > 0, got {lr_scale}", where="LogisticRegression.lr_scale")
+        self.lr_scale = float(lr_scale)
+        self.linear = FirstOrder(features, init_std=init_std / self.lr_scale)
 
     def forward(self, batch) -> ModelOutput:
-        return ModelOutput(logits=self.linear(batch))
+        return ModelOutput(logits=self.lr_scale * self.linear(batch))
 
 
 class DNN(RankingModel):
