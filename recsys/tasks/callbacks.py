@@ -14,7 +14,6 @@ from pathlib import Path
 
 import polars as pl
 import pytorch_lightning as L
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
@@ -82,7 +81,7 @@ class StopRequested(Exception):
         super().__init__(f"stopped by {name}{where}")
 
 
-class GracefulStop(pl.Callback):
+class GracefulStop(L.Callback):
     """Stop a training run cleanly on SIGTERM or SIGINT, on one process or several.
 
     The signal handler only records the signal (no collective may run inside a handler: the other
@@ -100,7 +99,7 @@ class GracefulStop(pl.Callback):
 
     def __init__(self) -> None:
         self.received = 0
-        self._trainer: pl.Trainer | None = None
+        self._trainer: L.Trainer | None = None
         self._installed = False
 
     # ----------------------------------------------------------------- signals
@@ -115,7 +114,7 @@ class GracefulStop(pl.Callback):
             os.write(2, f"\nrecsys: {signal.Signals(signum).name} received: stopping after this step and saving "
                         f"a checkpoint (send it again to quit at once)\n".encode())
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning registered its own SIGTERM handler (which runs a collective inside the
         # handler, and so can hang); Lightning restores the previous handlers when the run ends
         if threading.current_thread() is not threading.main_thread():
@@ -126,7 +125,7 @@ class GracefulStop(pl.Callback):
         self._installed = True
 
     # ------------------------------------------------------------------ checks
-    def _agreed(self, pl_module: pl.LightningModule) -> int:
+    def _agreed(self, pl_module: L.LightningModule) -> int:
         from recsys.tasks.distributed import all_reduce_max, process_group_ready
 
         flag = torch.tensor([self.received], dtype=torch.int64, device=pl_module.device)
@@ -134,7 +133,7 @@ class GracefulStop(pl.Callback):
             all_reduce_max(flag)
         return int(flag.item())
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not self._installed:
             return
         signum = self._agreed(pl_module)  # every rank, every step, same place: one tiny collective
@@ -144,7 +143,7 @@ class GracefulStop(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # every rank takes part (a sharded run writes its shards)
         raise StopRequested(signum, str(path))
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, StopRequested):
             return
         # the launcher (rank 0 of Lightning's own launcher) waits for its children, which stop at
@@ -162,12 +161,12 @@ class GracefulStop(pl.Callback):
                 proc.kill()
 
 
-def _children(trainer: pl.Trainer | None) -> list:
+def _children(trainer: L.Trainer | None) -> list:
     launcher = getattr(getattr(trainer, "strategy", None), "launcher", None) if trainer is not None else None
     return list(getattr(launcher, "procs", None) or [])
 
 
-def _last_path(trainer: pl.Trainer) -> Path:
+def _last_path(trainer: L.Trainer) -> Path:
     """Where ``--ckpt_path last`` looks: the ModelCheckpoint's directory, else ``<log dir>/checkpoints``."""
     cb = trainer.checkpoint_callback
     folder = getattr(cb, "dirpath", None) or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
