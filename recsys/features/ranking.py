@@ -286,6 +286,27 @@ class _Input:
     label_map: pl.DataFrame
 
 
+def _check_column_kind(f, kind: str, dt: pl.DataType, where: str) -> None:
+    """A schema field whose column cannot hold its kind is a DataError naming the column."""
+    lists = isinstance(dt, (pl.List, pl.Array))
+    text = dt in (pl.String, pl.Categorical) or isinstance(dt, (pl.Categorical, pl.Enum))
+    at = f"{where}, column {f.source!r}"
+    if isinstance(dt, (pl.Struct, pl.Object)) or (lists and isinstance(dt.inner, (pl.List, pl.Array, pl.Struct))):
+        raise DataError(f"field {f.name!r} holds {dt} values, which cannot be ranked", where=at,
+                        fix="flatten the column or leave it out of the schema")
+    if kind == "multi_hot" and not (lists or (text and f.separator)):
+        raise DataError(f"{f.kind} field {f.name!r} needs a list column" + (" or a delimited string" if f.separator else
+                        "") + f", got {dt}", where=at,
+                        fix="store lists (parquet), set 'separator:' for a delimited string column, or declare the "
+                            "field categorical/numeric")
+    if kind == "numeric" and not (dt.is_numeric() or dt == pl.Boolean or dt.is_temporal() or dt == pl.Null):
+        raise DataError(f"numeric field {f.name!r} holds {dt}, not numbers", where=at,
+                        fix="convert the column to numbers, or declare the field categorical")
+    if kind == "categorical" and lists:
+        raise DataError(f"categorical field {f.name!r} holds lists ({dt})", where=at,
+                        fix="declare it multi_hot, or store one value per row")
+
+
 class FeatureRanker:
     """Rank features by (cardinality-corrected) mutual information with a label; see the module doc.
 
@@ -475,6 +496,7 @@ class FeatureRanker:
                     raise DataError(f"schema field {f.name!r} reads column {f.source!r}, which the data lacks; "
                                     f"it has {names}", where=where, fix="fix the schema or the data")
                 kind = {"numeric": "numeric", "multi_hot": "multi_hot", "sequence": "multi_hot"}.get(f.kind, "categorical")
+                _check_column_kind(f, kind, dtypes[f.source], where)
                 nb = f.n_buckets if (f.kind == "numeric" and f.transform == "bucketize") else self.n_bins
                 cols.append(_Column(f.name, f.source, kind, n_classes, self.n_permutations, nb, f.separator))
         else:
