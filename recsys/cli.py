@@ -581,14 +581,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recsys: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - a stop signal (GracefulStop) ends the run with one line
+    except Exception as e:  # noqa: BLE001 - stop signals and lost ranks end a run with one line
         from recsys.tasks.callbacks import StopRequested
+        from recsys.tasks.distributed import is_peer_failure
 
-        if not isinstance(e, StopRequested):
-            raise
-        if _launcher_rank() == 0:
-            print(f"recsys: {e}", file=sys.stderr)
-        return 128 + e.signum
+        if isinstance(e, StopRequested):
+            if _launcher_rank() == 0:
+                print(f"recsys: {e}", file=sys.stderr)
+            return 128 + e.signum
+        if is_peer_failure(e):
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            print(f"recsys: error: rank {_launcher_rank()}: a collective with the other training processes failed "
+                  f"({type(e).__name__}: {first}); a process died, hung or was stopped, so this one stops too "
+                  "(resume from the newest checkpoint with --ckpt_path last)", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -145,6 +145,16 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, StopRequested):
+            # any other failure of the launcher (e.g. a peer died or hung: a collective timed out):
+            # its children may wait in a collective that never completes; end them
+            procs = _children(trainer)
+            deadline = time.monotonic() + 5
+            for proc in procs:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             return
         # the launcher (rank 0 of Lightning's own launcher) waits for its children, which stop at
         # the same step; Lightning's child observer would SIGKILL this process on a child's

@@ -57,6 +57,8 @@ from recsys.checkpoint import (  # noqa: F401
 )
 from recsys.errors import RecsysError
 
+# how long a collective waits for the other ranks before failing (Lightning's default is 30 min)
+DEFAULT_TIMEOUT_S = 300.0
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise")
 
 
@@ -87,6 +89,20 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if process_group_ready():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """``e`` says a collective failed because another rank is gone, hung or timed out (gloo's
+    "Connection reset by peer" / "Timed out waiting" / "pair closure", NCCL's watchdog errors),
+    rather than a bug of this rank."""
+    import torch.distributed as dist
+
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(m in text for m in (
+        "gloo", "Connection reset by peer", "Connection closed by peer", "pair closure", "Timed out waiting",
+        "NCCL", "ProcessGroup", "Socket Timeout"))
 
 
 def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
@@ -162,15 +178,34 @@ class ShardedDDPStrategy(DDPStrategy):
             rank and trained through DDP like the rest (plain DDP).
         sharding_types: the sharding types the planner may choose from; default
             ``[table_wise, column_wise]`` on CPU, plus ``row_wise`` and ``table_row_wise`` on GPUs.
+        timeout_s: seconds a collective (gradient all-reduce, table all-to-all, metric
+            reduction, checkpoint barrier) waits for the other ranks before it fails (default
+            300). A rank that died or hangs makes the others exit within this time instead of
+            waiting forever; raise it if one rank legitimately works alone longer (e.g. very
+            large checkpoints on slow disks).
         **kwargs: the arguments of Lightning's ``DDPStrategy`` (``process_group_backend``,
             ``timeout``, ``find_unused_parameters``, ...).
     """
 
     strategy_name = "recsys_ddp"
 
-    def __init__(self, sharding: bool = True, sharding_types: list[str] | None = None, **kwargs: Any):
+    def __init__(self, sharding: bool = True, sharding_types: list[str] | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any):
+        from datetime import timedelta
+
         kwargs.setdefault("checkpoint_io", RecsysCheckpointIO())
+        if not timeout_s or timeout_s <= 0:
+            raise RecsysError(f"timeout_s must be > 0 seconds, got {timeout_s}", where="trainer.strategy.timeout_s",
+                              fix=f"e.g. {DEFAULT_TIMEOUT_S:g}")
+        # a collective that waits longer than this for a rank (dead, hung or stopped) fails on the
+        # others, which then exit with an error instead of waiting forever (gloo and NCCL alike)
+        # (the CLI passes DDPStrategy's own `timeout` at its 30-minute default: timeout_s wins over it)
+        from lightning_fabric.plugins.collectives.torch_collective import default_pg_timeout
+
+        if kwargs.get("timeout") in (None, default_pg_timeout):
+            kwargs["timeout"] = timedelta(seconds=float(timeout_s))
         super().__init__(**kwargs)
+        self.timeout_s = float(timeout_s)
         bad = set(sharding_types or ()) - set(SHARDING_TYPES)
         if bad:
             raise RecsysError(f"unknown sharding types {sorted(bad)}", where="trainer.strategy.sharding_types",
