@@ -31,11 +31,10 @@ def datamodule_from_checkpoint(path: str | Path, **overrides: Any):
     (its saved arguments, its fitted encoders); ``overrides`` replace saved arguments."""
     from recsys.data.retrieval import RetrievalDataModule
 
+    from recsys.checkpoint import read_checkpoint
+
     p = Path(path)
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise RecsysError(f"cannot read the checkpoint ({type(e).__name__})", where=str(p)) from None
+    ckpt = read_checkpoint(p, keys=())  # weights_only=True; a sharded run's directory too (metadata only)
     saved = dict(ckpt.get("datamodule_hyper_parameters") or {})
     if not saved and "dataset" not in overrides:
         raise RecsysError("the checkpoint does not record its data module", where=str(p),

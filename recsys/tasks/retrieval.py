@@ -43,7 +43,7 @@ from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
 from recsys.retrieval.two_tower import RetrievalModel, build_retrieval_model
 from recsys.tasks.distributed import all_reduce_max, all_reduce_sum, process_group_ready
-from recsys.tasks.ranking import _DENSE_OPTIMIZERS
+from recsys.tasks.ranking import _DENSE_OPTIMIZERS, RankingTask
 
 ModelFactory = Callable[[FeatureEncoder], RetrievalModel]
 
@@ -66,6 +66,11 @@ class RetrievalTask(L.LightningModule):
         ks: cut-offs of the validation/test metrics.
         item_field: the field holding the item id (for ``log Q`` and accidental hits); default
             the schema's ``item`` key.
+        embedding_optimizer: as :class:`~recsys.tasks.RankingTask`'s: a sparse optimizer of the
+            embedding tables run inside the backward pass (``rowwise_adagrad``, ``adagrad``,
+            ``adam``, ``sgd``); needed for TorchRec-sharded tables (``recsys_ddp``). ``None``
+            (default): the tables train with ``optimizer``.
+        embedding_lr: its learning rate (default ``lr``).
     """
 
     def __init__(
@@ -79,6 +84,8 @@ class RetrievalTask(L.LightningModule):
         logq_correction: bool = True,
         ks: Sequence[int] = (10, 50, 100),
         item_field: str | None = None,
+        embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"] | None = None,
+        embedding_lr: float | None = None,
     ):
         super().__init__()
         if features is None:
@@ -106,15 +113,30 @@ class RetrievalTask(L.LightningModule):
                               where="model.item_field", fix=f"use one of {[f.name for f in schema.id_fields]}")
         n_ids = features.table_sizes[schema.field(self.item_field).table] if self.item_field else 1
         self.register_buffer("log_q", torch.zeros(n_ids))
+        self._in_backward = False
+        if embedding_optimizer is not None:
+            self._apply_embedding_optimizer(embedding_optimizer, embedding_lr or lr)
         self._eval: dict[str, Any] = {}
         self._epoch_start, self._epoch_samples = 0.0, 0
         self._train_sum = torch.zeros(2, dtype=torch.float64)
         self.throughput: list[float] = []
 
     # --------------------------------------------------------------- setup
+    # the tables' optimizers work as RankingTask's (in-backward, or fused when sharded)
+    table_parameters = RankingTask.table_parameters
+    _apply_embedding_optimizer = RankingTask._apply_embedding_optimizer
+    _in_backward_optimizers = RankingTask._in_backward_optimizers
+
     def configure_optimizers(self):
+        from torchrec.distributed.types import ShardedModule
+
+        skip = {id(p) for p in self.parameters() if hasattr(p, "_in_backward_optimizers")}
+        for m in self.model.modules():
+            if isinstance(m, ShardedModule):
+                skip |= {id(p) for p in m.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
         cls = _OPTIMIZERS[self.hparams.optimizer]
-        return cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return cls(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -274,6 +296,15 @@ class RetrievalTask(L.LightningModule):
             "task": {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
                      "init_args": _jsonable(dict(self.hparams))},
         }
+        state = {name: opt.state_dict() for name, opt in self._in_backward_optimizers().items()}
+        if state:
+            checkpoint["recsys_in_backward_optimizers"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("recsys_in_backward_optimizers") or {}
+        for name, opt in self._in_backward_optimizers().items():
+            if name in saved:
+                opt.load_state_dict(saved[name])
 
 
 def _jsonable(value: Any) -> Any:
@@ -286,14 +317,11 @@ def _jsonable(value: Any) -> Any:
 
 def load_retrieval_checkpoint(path: str | Path, map_location: str = "cpu") -> RetrievalTask:
     """Rebuild a trained :class:`RetrievalTask` from a checkpoint file alone, in eval mode."""
+    from recsys.checkpoint import read_checkpoint
+
     p = Path(path)
-    if not p.is_file():
-        raise RecsysError("checkpoint not found", where=str(p), fix="check the path")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated/corrupt file raises various errors
-        raise RecsysError(f"cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                          where=str(p), fix="the file is corrupt or not a recsys checkpoint") from None
+    # a file, or the directory of a sharded (DCP) run, its tables gathered whole; weights_only=True
+    ckpt = read_checkpoint(p, map_location=map_location)
     meta = ckpt.get("recsys")
     if meta is None:
         raise RecsysError("not a recsys checkpoint (no 'recsys' section)", where=str(p))
@@ -305,6 +333,7 @@ def load_retrieval_checkpoint(path: str | Path, map_location: str = "cpu") -> Re
     model = build_retrieval_model(meta["model"], features)
     accepted = set(inspect.signature(RetrievalTask.__init__).parameters) - {"self", "model", "features"}
     args = {k: v for k, v in meta["task"]["init_args"].items() if k in accepted}
+    args.pop("embedding_optimizer", None)  # in-backward optimizers are for training only
     task = RetrievalTask(model=model, features=features, **args)
     task.load_state_dict(ckpt["state_dict"])
     task.eval()
