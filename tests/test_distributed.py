@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def din_config(tmp_path: Path, name: str) -> Path:
     cfg = yaml.safe_load((ROOT / "experiments" / "din_synthetic.yaml").read_text())
     cfg["trainer"].update({
-        "max_epochs": 2, "default_root_dir": str(tmp_path / name), "enable_progress_bar": False,
+        "max_epochs": 2, "default_root_dir": str(tmp_path / name),  # default progress bar: on
         "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
                    "init_args": {"save_dir": str(tmp_path), "name": name}},
     })
@@ -113,3 +113,293 @@ def test_predict_from_sharded_checkpoint_in_one_process(runs, tmp_path):
         ref = torch.cat([torch.sigmoid(task(b).logits) for b in dm.test_dataloader()]).numpy()
     assert len(pred) == len(ref)
     np.testing.assert_allclose(pred["score"].to_numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# The README's multi-process command as users run it: default progress bar, default callbacks of
+# the config, Lightning's own launcher (2 processes, gloo on CPU). Small data via overrides only.
+# Every run is a new session: a hung run is killed as a whole process group, never left behind.
+import json
+import re
+import shlex
+import signal
+import socket
+import time
+
+READ_TIMEOUT = 420  # seconds for one run; a deadlock would otherwise hang the suite
+
+
+def _recsys() -> list[str]:
+    exe = Path(sys.executable).parent / "recsys"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "recsys.cli"]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    for k in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(k, None)
+    return env
+
+
+def readme_ddp_command() -> list[str]:
+    """The README's multi-process command, with the experiment paths made absolute."""
+    text = (ROOT / "README.md").read_text()
+    lines = [ln for ln in text.splitlines() if re.search(r"recsys fit .*--config experiments/sharded_ddp\.yaml\s*$", ln)]
+    assert len(lines) == 1, lines
+    argv = shlex.split(lines[0])
+    assert argv[0].endswith("recsys") and argv[1] == "fit", argv
+    return _recsys() + [str(ROOT / a) if a.startswith("experiments/") else a for a in argv[1:]]
+
+
+class Run:
+    """A `recsys` command in its own session (process group), output to a file."""
+
+    def __init__(self, argv: list[str], cwd: Path, name: str):
+        self.log = cwd / f"{name}.log"
+        self._out = open(self.log, "w")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> list[int]:
+        """Pids of this run's process group that still run (not zombies or stopped)."""
+        out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True).stdout
+        return [int(p) for p, g, st in (ln.split()[:3] for ln in out.splitlines() if len(ln.split()) >= 3)
+                if int(g) == self.proc.pid and not st.startswith(("Z", "T"))]
+
+    def kill_all(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float = READ_TIMEOUT) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            self.proc.wait()
+            pytest.fail(f"hung for {timeout} s (process group killed); log tail:\n{self.text()[-3000:]}")
+        finally:
+            self._out.close()
+        return rc
+
+
+def _fit(tmp: Path, name: str, overrides: list[str], configs: list[str] = ()) -> Run:
+    argv = readme_ddp_command()
+    if configs:  # another experiment with the same overlay: swap the first --config
+        argv[argv.index("--config") + 1] = str(ROOT / configs[0])
+    return Run(argv + ["--trainer.logger.init_args.name", name, "--trainer.default_root_dir", str(tmp / "runs" / name),
+                       "--trainer.logger.init_args.save_dir", str(tmp / "runs"), *overrides], tmp, name)
+
+
+def _finished(run: Run, tmp: Path, name: str) -> dict:
+    rc = run.wait()
+    assert rc == 0, run.text()[-4000:]
+    text = run.text()
+    assert re.search(r"Epoch 0[:/]", text) and "it/s" in text  # the progress bar was drawn (TQDM, or rich if installed)
+    metrics = run_metrics(tmp / "runs", name)
+    assert metrics["world_size"] == 2
+    return metrics
+
+
+DEEPFM = ["--data.init_args.dataset_options", "{n_rows: 6000, seed: 0}", "--data.init_args.batch_size", "64",
+          "--trainer.max_epochs", "3", "--model.init_args.model.init_args.hidden_units", "[32]",
+          "--model.init_args.model.init_args.embedding_dim", "8"]
+
+
+@pytest.fixture(scope="module")
+def deepfm_run(tmp_path_factory):
+    """The README command on DeepFM, run to the end."""
+    tmp = tmp_path_factory.mktemp("readme_ddp")
+    run = _fit(tmp, "deepfm", DEEPFM)
+    return tmp, _finished(run, tmp, "deepfm")
+
+
+def test_readme_command_finishes_with_progress_bar_and_scores_in_one_process(deepfm_run, tmp_path):
+    tmp, m = deepfm_run
+    ckpt = Path(m["best_checkpoint"])
+    assert ckpt.is_dir() and (ckpt / META_FILE).is_file()  # a sharded (DCP) checkpoint
+    assert 0.5 < m["test"]["auc"] < 1 and m["epochs_trained"] >= 1
+    # one process: report (AUC of the checkpoint on the test split) == the test AUC of the run
+    report_dir = tmp_path / "report"
+    assert main(["report", "--ckpt", str(ckpt), "--out", str(report_dir), "--bootstrap", "10"]) == 0
+    report = json.loads((report_dir / "metrics.json").read_text())
+    assert report["models"][0]["metrics"]["auc"]["value"] == pytest.approx(m["test"]["auc"], abs=1e-6)
+    # one process: predict scores the test split; their AUC against the labels is the run's
+    out = tmp_path / "pred.parquet"
+    assert main(["predict", "--config", str(ROOT / "experiments/deepfm_synthetic.yaml"), *DEEPFM, "--ckpt_path", str(ckpt),
+                 "--predict_out", str(out), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]) == 0
+    dm = load_datamodule(ckpt)
+    dm.setup("test")
+    labels = torch.cat([b.labels for b in dm.test_dataloader()])
+    scores = torch.tensor(pl.read_parquet(out)["score"].to_numpy())
+    from torchmetrics.functional.classification import binary_auroc
+
+    assert len(scores) == len(labels)
+    assert float(binary_auroc(scores, labels.long())) == pytest.approx(m["test"]["auc"], abs=1e-6)
+
+
+def test_sdim_short_history_readme_command(tmp_path):
+    run = _fit(tmp_path, "sdim", [
+        "--data.init_args.dataset_options", "{n_rows: 3000, n_users: 50, history_max_len: 32, seed: 0}",
+        "--data.init_args.batch_size", "128", "--trainer.max_epochs", "2",
+        "--model.init_args.model.init_args.short_len", "8", "--model.init_args.model.init_args.hidden_units", "[32]",
+        "--model.init_args.model.init_args.attention_units", "[16]"], configs=["experiments/sdim_synthetic.yaml"])
+    m = _finished(run, tmp_path, "sdim")
+    ckpt = Path(m["best_checkpoint"])
+    task = load_checkpoint(ckpt)  # one process
+    dm = load_datamodule(ckpt)
+    dm.setup("test")
+    with torch.no_grad():
+        s = torch.cat([torch.sigmoid(task(b).logits) for b in dm.test_dataloader()])
+    y = torch.cat([b.labels for b in dm.test_dataloader()])
+    from torchmetrics.functional.classification import binary_auroc
+
+    assert float(binary_auroc(s, y.long())) == pytest.approx(m["test"]["auc"], abs=1e-6)
+
+
+def test_two_tower_readme_command_and_retrieve_in_one_process(tmp_path):
+    run = _fit(tmp_path, "two_tower", ["--trainer.max_epochs", "2"], configs=["experiments/two_tower_synthetic.yaml"])
+    m = _finished(run, tmp_path, "two_tower")
+    ckpt = Path(m["best_checkpoint"])
+    assert ckpt.is_dir()
+    out = tmp_path / "metrics.json"
+    assert main(["retrieve", "--ckpt", str(ckpt), "--k", "50", "--method", "single", "--out",
+                 str(tmp_path / "cand.parquet"), "--metrics", str(out)]) == 0
+    got = json.loads(out.read_text())
+    for k in ("recall@10", "recall@50", "ndcg@10", "ndcg@50"):
+        assert got[k] == pytest.approx(m["test"][k], abs=1e-6), (k, got, m["test"])
+    assert m["test"]["recall@50"] > 0.3  # it learned something (random: 50/500)
+
+
+def test_early_stopping_fires_in_ddp_with_the_rich_bar(tmp_path):
+    pytest.importorskip("rich")
+    overlay = tmp_path / "stop.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+         "init_args": {"monitor": "val/auc", "mode": "max", "save_top_k": 1, "filename": "best-{epoch}"}},
+        {"class_path": "pytorch_lightning.callbacks.EarlyStopping",  # val/auc >= 0 always: stops after epoch 0
+         "init_args": {"monitor": "val/auc", "mode": "max", "stopping_threshold": 0.0}},
+        {"class_path": "pytorch_lightning.callbacks.RichProgressBar"}]}}))
+    run = _fit(tmp_path, "early", ["--config", str(overlay), "--data.init_args.dataset_options", "{n_rows: 3000, seed: 0}",
+                                   "--data.init_args.batch_size", "128", "--trainer.max_epochs", "5"])
+    assert run.wait() == 0, run.text()[-4000:]
+    m = run_metrics(tmp_path / "runs", "early")
+    assert m["epochs_trained"] == 1 and m["world_size"] == 2
+    assert "Stopping threshold reached" in run.text()
+
+
+def _wait_for(path_glob: Path, run: Run, timeout: float = READ_TIMEOUT) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if list(path_glob.parent.glob(path_glob.name)):
+            return
+        if run.proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {run.proc.returncode}) before {path_glob}:\n{run.text()[-3000:]}")
+        time.sleep(0.1)
+    run.kill_all()
+    pytest.fail(f"no {path_glob} after {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_to_launcher_stops_all_ranks_with_a_resumable_checkpoint(deepfm_run, tmp_path, signum):
+    _, full = deepfm_run
+    name = f"stopped_{signum.name}"
+    run = _fit(tmp_path, name, DEEPFM)
+    _wait_for(tmp_path / "runs" / name / "version_0" / "checkpoints" / "best-epoch=0.ckpt", run)
+    t0 = time.monotonic()
+    run.proc.send_signal(signum)  # to the launching process only
+    rc = run.wait(timeout=60)
+    while run.alive() and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
+    assert not run.alive(), "a rank outlived the launcher"
+    assert elapsed < 30, elapsed
+    assert rc == 128 + signum, run.text()[-3000:]
+    lines = [ln for ln in run.text().splitlines() if ln.startswith("recsys: stopped by")]
+    assert len(lines) == 1 and "--ckpt_path last" in lines[0], run.text()[-2000:]
+    assert "Traceback" not in run.text()
+    last = tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / META_FILE).is_file()
+    assert not (tmp_path / "runs" / name / "version_0" / "metrics.json").exists()
+    if signum != signal.SIGTERM:
+        return
+    # resumed on 2 processes: ends with the metrics of the uninterrupted run (same seed)
+    resumed = _fit(tmp_path, name, [*DEEPFM, "--ckpt_path", "last"])
+    assert resumed.wait() == 0, resumed.text()[-4000:]
+    m = run_metrics(tmp_path / "runs", name)
+    assert m["epochs_trained"] == full["epochs_trained"]
+    for split in ("valid", "test"):
+        for key in ("auc", "logloss"):
+            assert m[split][key] == pytest.approx(full[split][key], abs=1e-6), (split, key, m[split], full[split])
+
+
+def test_killed_rank_ends_the_others(tmp_path):
+    run = _fit(tmp_path, "k9", [*DEEPFM, "--trainer.max_epochs", "20"])
+    _wait_for(tmp_path / "runs" / "k9" / "version_0" / "checkpoints" / "best-epoch=0.ckpt", run)
+    children = [int(p) for p in subprocess.run(["ps", "--ppid", str(run.proc.pid), "-o", "pid="],
+                                               capture_output=True, text=True).stdout.split()]
+    assert len(children) == 1
+    t0 = time.monotonic()
+    os.kill(children[0], signal.SIGKILL)  # rank 1 dies
+    rc = run.wait(timeout=60)
+    elapsed = time.monotonic() - t0
+    assert rc != 0 and elapsed < 30, (rc, elapsed)
+    assert not run.alive()
+
+
+def test_hung_rank_ends_the_others_after_the_timeout(tmp_path):
+    """A rank that is alive but stuck (SIGSTOP) holds the others in a collective until
+    ``timeout_s``; then they fail with one line and the launcher ends its children."""
+    run = _fit(tmp_path, "hung", [*DEEPFM, "--trainer.max_epochs", "20", "--trainer.strategy.init_args.timeout_s", "45"])
+    _wait_for(tmp_path / "runs" / "hung" / "version_0" / "checkpoints" / "best-epoch=0.ckpt", run)
+    children = [int(p) for p in subprocess.run(["ps", "--ppid", str(run.proc.pid), "-o", "pid="],
+                                               capture_output=True, text=True).stdout.split()]
+    t0 = time.monotonic()
+    os.kill(children[0], signal.SIGSTOP)
+    try:
+        rc = run.wait(timeout=120)
+        elapsed = time.monotonic() - t0
+        assert rc == 1 and 40 < elapsed < 100, (rc, elapsed)
+        lines = [ln for ln in run.text().splitlines() if ln.startswith("recsys: error: rank 0: a collective")]
+        assert len(lines) == 1, run.text()[-3000:]
+        time.sleep(1)
+        assert not [p for p in run.alive() if p != children[0]]
+    finally:
+        run.kill_all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_nodes_on_localhost_match_the_lightning_launched_run(deepfm_run, tmp_path):
+    _, launched = deepfm_run
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed beside this python")
+    port = _free_port()
+    argv = readme_ddp_command()[len(_recsys()):]  # fit --config ... --config ...
+    cmd = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "recsys-test", "-m", "recsys.cli", *argv,
+           "--trainer.devices", "1", "--trainer.num_nodes", "2",
+           "--trainer.logger.init_args.name", "torchrun", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+           "--trainer.default_root_dir", str(tmp_path / "runs" / "torchrun"), *DEEPFM]
+    nodes = [Run(cmd, tmp_path, f"node{i}") for i in range(2)]
+    try:
+        rcs = [n.wait() for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill_all()
+    assert rcs == [0, 0], "\n".join(n.text()[-2000:] for n in nodes)
+    m = run_metrics(tmp_path / "runs", "torchrun")
+    assert m["world_size"] == 2 and m["epochs_trained"] == launched["epochs_trained"]
+    for split in ("valid", "test"):
+        for key in ("auc", "logloss"):
+            assert m[split][key] == pytest.approx(launched[split][key], abs=1e-4), (split, key, m[split], launched[split])
