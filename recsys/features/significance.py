@@ -128,12 +128,22 @@ def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def _unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x, return_counts=True)`` of positive integers, by bincount when their range is small."""
+    top = int(x.max()) if x.size else 0
+    if top <= 4 * x.size + 1024:
+        c = np.bincount(x, minlength=top + 1)
+        v = np.flatnonzero(c)
+        return v.astype(np.int64), c[v]
+    return np.unique(x, return_counts=True)
+
+
 def _binary_null_variance(a: np.ndarray, n_pos: int, n: int) -> float:
     """The conditioned-binomial variance of ``G`` (module doc) for value counts ``a`` and ``n_pos``
     positives among ``n`` rows."""
     p = n_pos / n
     q = 1.0 - p
-    av, aw = np.unique(a[a > 0], return_counts=True)
+    av, aw = _unique_counts(a[a > 0])
     # per distinct count: n_i over the binomial's support within 12 standard deviations
     mean = av * p
     sd = np.sqrt(av * p * q)
