@@ -75,20 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_experiment(config: str, overrides: list[str]):
     """``(cli, task, datamodule)`` of an experiment YAML, parsed and instantiated as ``recsys fit``
-    would, without running anything."""
-    import pytorch_lightning as L
-
-    from recsys.cli import _make_cli_class
+    would, without running anything (:func:`recsys.tasks.experiment.build`)."""
+    from recsys.tasks.experiment import build
 
     if not Path(config).is_file():
         raise ConfigError("config file not found", where=config, fix="check --config")
-    cls = _make_cli_class()
-    try:
-        cli = cls(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                  args=["--config", config, *overrides], run=False, seed_everything_default=0,
-                  save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
-    except SystemExit as e:  # jsonargparse prints its own message
-        raise ConfigError("the config (or an override) does not parse; see the message above", where=config) from e
+    cli = build(config, overrides=list(overrides))
     task = cli.model
     if not hasattr(task, "model") or not hasattr(cli.datamodule, "features"):
         raise ConfigError("search-dims needs a RankingTask config with a CTRDataModule", where=config)

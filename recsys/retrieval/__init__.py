@@ -4,7 +4,7 @@
 * :class:`KNNEmbed` (item k-means, smoothed user mixtures, proportional per-component queries),
 * :class:`ExactIndex` / :class:`FaissIndex` (optional), :func:`single_vector`,
 * :mod:`recsys.retrieval.metrics` (Recall/NDCG/hit rate, distinct clusters/genres, ILD, coverage),
-* ``recsys retrieve`` (:mod:`recsys.retrieval.cli`).
+* ``recsys retrieve`` (:mod:`recsys.commands.retrieve`).
 
 See ``docs/retrieval.md``.
 """

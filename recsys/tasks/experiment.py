@@ -1,88 +1,48 @@
-"""The ``recsys`` command.
+"""Experiments: build and run a config (a YAML file or a dict) through Lightning's CLI machinery.
 
-Trainer subcommands go through Lightning's CLI (``recsys fit|validate|test|predict --config
-experiments/<x>.yaml``, ``--print_config``, dotted overrides such as ``--model.init_args.lr 3e-4``).
-After ``fit``, recsys evaluates the best checkpoint on the valid and test splits and writes
-``metrics.json`` next to the run's logs. ``predict`` writes a parquet of key columns + scores
-(``--predict_out FILE``, default ``predictions.parquet`` in the checkpoint's run folder; no new
-log folder). ``validate``, ``test`` and ``predict`` refuse to run without ``--ckpt_path``.
+The public Python API under ``recsys fit|validate|test|predict``, ``recsys tune``'s trials and
+``recsys search-dims``; no argv is parsed here unless a caller hands one over::
 
-Other subcommands (``rank-features``, ``search-dims``, ``tune``, ``report``, ``retrieve``) register
-themselves with :func:`register_command`; ``recsys --help`` lists whatever is registered.
+    from recsys.tasks.experiment import build, fit
 
-User errors (:class:`~recsys.errors.RecsysError`) print one line and exit with status 2.
+    result = fit("experiments/deepfm_synthetic.yaml")            # or a dict (a parsed YAML)
+    result.metrics["valid"]["auc"], result.task, result.trainer
 
-Safety: a config may only instantiate classes from the packages in :data:`ALLOWED_PACKAGES`
-(recsys, torch, torchrec, pytorch_lightning/lightning); others need an explicit opt-in on the
-command line (``--allow_classes mypkg[,otherpkg]``) or in the environment
-(``RECSYS_ALLOW_CLASSES=mypkg``), never in the YAML itself. Checkpoints are read with
-``weights_only=True`` everywhere (resume included) and written atomically.
+    cli = build(config_dict)              # parsed and instantiated, nothing run
+    cli.model, cli.datamodule, cli.trainer
 
-Resume: ``recsys fit --config X.yaml --ckpt_path last`` continues from the newest ``last*.ckpt``
-of the config's log directory, in the same ``version_N`` directory; with
-``--save_every_n_steps N`` a run writes ``last.ckpt`` every N training steps, so a run killed
-mid-epoch resumes mid-epoch and ends with the metrics of an uninterrupted run.
+    check_config(config_dict)             # None when it parses, else the parser's message
+
+Rules the CLI class (:class:`ExperimentCLI`) adds to Lightning's:
+
+* a config may only instantiate classes from the packages in
+  :data:`~recsys.utils.ALLOWED_PACKAGES` (plus an explicit ``allow_classes`` opt-in, or
+  ``$RECSYS_ALLOW_CLASSES``; never from the YAML itself);
+* ``fit`` with ``ckpt_path: last`` resumes from the newest ``last*.ckpt`` of the config's log
+  directory, in the same ``version_N`` directory; ``save_every_n_steps: N`` writes ``last.ckpt``
+  every N training steps;
+* checkpoints are read with ``weights_only=True`` everywhere and written atomically
+  (:class:`recsys.checkpoint.RecsysCheckpointIO`);
+* after ``fit`` the best checkpoint is evaluated on the valid and test splits and
+  ``metrics.json`` is written next to the run's logs; ``predict`` writes a parquet of key
+  columns + scores.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import statistics
-import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from recsys.errors import RecsysError
+from typing import Any, Callable, Mapping, Sequence
 
-TRAINER_COMMANDS = {
-    "fit": "train a model from a YAML config (then test the best checkpoint, write metrics.json)",
-    "validate": "evaluate a checkpoint on the valid split",
-    "test": "evaluate a checkpoint on the test split",
-    "predict": "score the predict file (or the test split) and write a parquet of keys + scores",
-}
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-# Subcommands beyond the trainer's: name -> (one-line help, "module:function"). The function
-# takes the remaining argv and returns an exit code. Modules are imported only when their
-# command runs, so `recsys --help` stays fast; a command whose module is absent is not listed.
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "rank-features": ("rank features by cardinality-normalized mutual information; data-quality report",
-                      "recsys.features.cli:main"),
-    "report": ("offline AUC report for one or more checkpoints (HTML, Markdown, metrics.json)",
-               "recsys.reports.cli:main"),
-    "search-dims": ("search per-field embedding widths (DNIS) under a parameter budget", "recsys.features.dims_cli:main"),
-    "tune": ("Optuna study over a config and a search space", "recsys.tuning.cli:main"),
-    "retrieve": ("candidate retrieval (single vector or kNN-Embed) from a trained two-tower checkpoint",
-                 "recsys.retrieval.cli:main"),
-}
-
-
-from recsys.utils import ALLOW_ENV, ALLOWED_PACKAGES, check_class_allowed  # noqa: E402,F401
-from recsys.utils import split_names as _split_names  # noqa: E402
-
-
-def _pop_allow_classes(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Remove ``--allow_classes X`` / ``--allow_classes=X`` from ``argv``; return (argv, packages).
-    A command-line flag only: a YAML config cannot widen what it may instantiate."""
-    out, allowed = [], []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--allow_classes":
-            if i + 1 >= len(argv):
-                from recsys.errors import ConfigError
-
-                raise ConfigError("--allow_classes needs a value", where="--allow_classes",
-                                  fix="e.g. --allow_classes mypkg,otherpkg.models")
-            allowed += _split_names(argv[i + 1])
-            i += 2
-            continue
-        if a.startswith("--allow_classes="):
-            allowed += _split_names(a.split("=", 1)[1])
-        else:
-            out.append(a)
-        i += 1
-    return out, allowed
+from recsys.errors import ConfigError, RecsysError
+from recsys.tasks.callbacks import PredictionWriter
+from recsys.utils import ALLOW_ENV, ALLOWED_PACKAGES, check_class_allowed  # noqa: F401
 
 
 def class_paths(config) -> list[tuple[str, str]]:
@@ -113,202 +73,152 @@ def check_class_paths(config, extra_allowed: list[str] = ()) -> None:
         check_class_allowed(cp, where, extra_allowed)
 
 
-def register_command(name: str, help: str, target: str) -> None:
-    """Add ``recsys NAME`` implemented by ``target`` = ``"module:function"`` (``fn(argv) -> int``)."""
-    EXTRA_COMMANDS[name] = (help, target)
+class ExperimentCLI(LightningCLI):
+    """Lightning's CLI with recsys's rules: the class allowlist, ``--ckpt_path last`` resume,
+    scoring with a checkpoint's own encoders, atomic ``weights_only`` checkpoint I/O, the
+    prediction writer and ``metrics.json`` after ``fit``.
 
+    ``report_writer``: a ``fn(checkpoint, split, out_dir)`` that writes the offline report when
+    the config says ``report: true`` (the commands floor sets it; this floor does not import reports).
+    ``fit_metrics``: what :func:`write_fit_metrics` returned after ``fit`` (None before).
+    """
 
-def _available(target: str) -> bool:
-    """Whether ``target``'s module exists, found on disk without importing it or its packages
-    (``find_spec("a.b.c")`` would import ``a.b``, and recsys's packages import torch)."""
-    parts = target.split(":")[0].split(".")
-    try:
-        spec = importlib.util.find_spec(parts[0])
-    except (ImportError, ValueError):
-        return False
-    if spec is None:
-        return False
-    if len(parts) == 1:
-        return True
-    locations = list(spec.submodule_search_locations or [])
-    for i, part in enumerate(parts[1:], start=1):
-        last = i == len(parts) - 1
-        found = []
-        for loc in locations:
-            pkg = Path(loc) / part
-            if (pkg / "__init__.py").is_file():
-                found.append(str(pkg))
-            elif last and (Path(loc) / f"{part}.py").is_file():
-                return True
-        if not found:
-            return False
-        if last:
-            return True
-        locations = found
-    return False
+    allow_classes: list[str] = []
+    report_writer: Callable[[str, str, Path], None] | None = None
+    fit_metrics: dict | None = None
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.features", "model.init_args.features", apply_on="instantiate")
+        parser.add_argument("--predict_out", type=str | None, default=None,
+                            help="predict: parquet file for keys + scores (default: predictions.parquet in the checkpoint's run folder)")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="fit: evaluate the best checkpoint on valid and test and write metrics.json")
+        parser.add_argument("--report", type=bool, default=False,
+                            help="fit/test: also write the offline AUC report of the best (fit) or given "
+                                 "(test --ckpt_path) checkpoint to <log_dir>/report")
+        parser.add_argument("--save_every_n_steps", type=int | None, default=None,
+                            help="fit: also write <log_dir>/checkpoints/last.ckpt every N training steps, so "
+                                 "`--ckpt_path last` can resume a killed run mid-epoch")
 
-def _run_extra(name: str, argv: list[str]) -> int:
-    module, _, func = EXTRA_COMMANDS[name][1].partition(":")
-    return int(getattr(importlib.import_module(module), func)(argv) or 0)
+    def parse_arguments(self, parser, args) -> None:
+        # a mistake is one ConfigError line (closest valid key), not jsonargparse's usage dump
+        from recsys.config_errors import parse_or_explain
 
+        parse_or_explain(parser, args, super().parse_arguments)
 
-def _usage() -> str:
-    lines = ["usage: recsys <command> [options]", "", "commands:"]
-    for name, help in TRAINER_COMMANDS.items():
-        lines.append(f"  {name:<14}{help}")
-    for name, (help, target) in EXTRA_COMMANDS.items():
-        if _available(target):
-            lines.append(f"  {name:<14}{help}")
-    lines += ["", "`recsys <command> --help` shows a command's options; trainer commands take",
-              "`--config experiments/<x>.yaml` (see experiments/), `--print_config`, and `--verbose`",
-              "(Lightning's own info lines). Options may be written --a-b or --a_b."]
-    return "\n".join(lines)
+    def instantiate_classes(self) -> None:
+        from recsys.config_errors import recsys_error_in
 
-
-def _make_cli_class():
-    from pytorch_lightning.cli import LightningCLI
-
-    from recsys.tasks.callbacks import PredictionWriter
-
-    class RecsysCLI(LightningCLI):
-        allow_classes: list[str] = []
-
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.link_arguments("data.features", "model.init_args.features", apply_on="instantiate")
-            parser.add_argument("--predict_out", type=str | None, default=None,
-                                help="predict: parquet file for keys + scores (default: predictions.parquet in the checkpoint's run folder)")
-            parser.add_argument("--test_after_fit", type=bool, default=True,
-                                help="fit: evaluate the best checkpoint on valid and test and write metrics.json")
-            parser.add_argument("--report", type=bool, default=False,
-                                help="fit/test: also write the offline AUC report of the best (fit) or given "
-                                     "(test --ckpt_path) checkpoint to <log_dir>/report")
-            parser.add_argument("--save_every_n_steps", type=int | None, default=None,
-                                help="fit: also write <log_dir>/checkpoints/last.ckpt every N training steps, so "
-                                     "`--ckpt_path last` can resume a killed run mid-epoch")
-
-        def parse_arguments(self, parser, args) -> None:
-            # a mistake is one ConfigError line (closest valid key), not jsonargparse's usage dump
-            from recsys.config_errors import parse_or_explain
-
-            parse_or_explain(parser, args, super().parse_arguments)
-
-        def instantiate_classes(self) -> None:
-            from recsys.config_errors import recsys_error_in
-
-            try:
-                super().instantiate_classes()
-            except RecsysError:
+        try:
+            super().instantiate_classes()
+        except RecsysError:
+            raise
+        except Exception as e:  # jsonargparse wraps a model's RecsysError in its Union message
+            found = recsys_error_in(e)
+            if found is None:
                 raise
-            except Exception as e:  # jsonargparse wraps a model's RecsysError in its Union message
-                found = recsys_error_in(e)
-                if found is None:
-                    raise
-                raise found from None
+            raise found from None
 
-        def before_instantiate_classes(self) -> None:
-            cfg = self.config.get(self.subcommand) if self.subcommand else None
-            check_class_paths(cfg if cfg is not None else self.config, self.allow_classes)
-            if cfg is None:
-                return
-            if self.subcommand == "fit":
-                if cfg.get("ckpt_path") == "last":
-                    _resolve_last(cfg)
-                return
-            check_scoring_checkpoint(self.subcommand, cfg.get("ckpt_path"))
-            if self.subcommand == "predict":
-                from recsys.config_errors import check_output_file
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(self.subcommand) if self.subcommand else None
+        check_class_paths(cfg if cfg is not None else self.config, self.allow_classes)
+        if cfg is None:
+            return
+        if self.subcommand == "fit":
+            if cfg.get("ckpt_path") == "last":
+                _resolve_last(cfg)
+            return
+        check_scoring_checkpoint(self.subcommand, cfg.get("ckpt_path"))
+        if self.subcommand == "predict":
+            from recsys.config_errors import check_output_file
 
-                cfg.predict_out = cfg.get("predict_out") or default_predict_out(cfg.ckpt_path)
-                check_output_file(cfg.predict_out, "--predict_out")
-                # scoring writes one file: no version_N log folder, no config.yaml per call
-                cfg.trainer.logger = False
-                self.save_config_callback = None
-            # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
-            ckpt = cfg.get("ckpt_path")
-            if ckpt and ckpt not in ("best", "last", "hpc") and not cfg.data.init_args.get("features_from"):
-                cfg.data.init_args.features_from = ckpt
+            cfg.predict_out = cfg.get("predict_out") or default_predict_out(cfg.ckpt_path)
+            check_output_file(cfg.predict_out, "--predict_out")
+            # scoring writes one file: no version_N log folder, no config.yaml per call
+            cfg.trainer.logger = False
+            self.save_config_callback = None
+        # scoring a checkpoint: use the encoders stored in it, not a refit on today's data
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and ckpt not in ("best", "last", "hpc") and not cfg.data.init_args.get("features_from"):
+            cfg.data.init_args.features_from = ckpt
 
-        def _parse_ckpt_path(self) -> None:
-            # Lightning reads --ckpt_path here (weights_only=True) to merge its hyperparameters
-            # into the config; read it first so a corrupt or unsafe file is a RecsysError
-            from recsys.checkpoint import read_checkpoint
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path here (weights_only=True) to merge its hyperparameters
+        # into the config; read it first so a corrupt or unsafe file is a RecsysError
+        from recsys.checkpoint import read_checkpoint
 
-            sub = self.config.get("subcommand")
-            ckpt = self.config[sub].get("ckpt_path") if sub else None
-            if ckpt and Path(ckpt).is_file():
-                read_checkpoint(ckpt, keys=())
-            super()._parse_ckpt_path()
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            read_checkpoint(ckpt, keys=())
+        super()._parse_ckpt_path()
 
-        def instantiate_trainer(self, **kwargs):
-            from pytorch_lightning.callbacks import ModelCheckpoint
+    def instantiate_trainer(self, **kwargs):
+        from pytorch_lightning.callbacks import ModelCheckpoint
 
-            from recsys.checkpoint import RecsysCheckpointIO
+        from recsys.checkpoint import RecsysCheckpointIO
 
-            cfg = self.config.get(self.subcommand) if self.subcommand else self.config
-            every = cfg.get("save_every_n_steps") if cfg is not None else None
-            trainer = super().instantiate_trainer(**kwargs)
-            from recsys.tasks.callbacks import GracefulStop
+        cfg = self.config.get(self.subcommand) if self.subcommand else self.config
+        every = cfg.get("save_every_n_steps") if cfg is not None else None
+        trainer = super().instantiate_trainer(**kwargs)
+        from recsys.tasks.callbacks import GracefulStop
 
-            if not any(isinstance(c, GracefulStop) for c in trainer.callbacks):
-                trainer.callbacks.append(GracefulStop())  # SIGTERM/SIGINT: checkpoint, then exit
-            if every:
-                trainer.callbacks.append(ModelCheckpoint(every_n_train_steps=int(every), save_top_k=0, save_last=True))
-            io = trainer.strategy.checkpoint_io
-            if type(io).__name__ == "TorchCheckpointIO":  # Lightning's default: make it atomic + weights_only
-                trainer.strategy.checkpoint_io = RecsysCheckpointIO()
-            return trainer
+        if not any(isinstance(c, GracefulStop) for c in trainer.callbacks):
+            trainer.callbacks.append(GracefulStop())  # SIGTERM/SIGINT: checkpoint, then exit
+        if every:
+            trainer.callbacks.append(ModelCheckpoint(every_n_train_steps=int(every), save_top_k=0, save_last=True))
+        io = trainer.strategy.checkpoint_io
+        if type(io).__name__ == "TorchCheckpointIO":  # Lightning's default: make it atomic + weights_only
+            trainer.strategy.checkpoint_io = RecsysCheckpointIO()
+        return trainer
 
-        def before_predict(self) -> None:
-            cfg = self.config[self.subcommand]
-            out = cfg.get("predict_out") or default_predict_out(cfg.get("ckpt_path"))
-            self.trainer.callbacks.append(PredictionWriter(out))
+    def before_predict(self) -> None:
+        cfg = self.config[self.subcommand]
+        out = cfg.get("predict_out") or default_predict_out(cfg.get("ckpt_path"))
+        self.trainer.callbacks.append(PredictionWriter(out))
 
-        def before_fit(self) -> None:
-            if self.trainer.is_global_zero:
-                _warn_data(self.datamodule, "train", check_oov=False)
+    def before_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            _warn_data(self.datamodule, "train", check_oov=False)
 
-        def before_test(self) -> None:
-            if self.trainer.is_global_zero:
-                _warn_data(self.datamodule, "test")
+    def before_test(self) -> None:
+        if self.trainer.is_global_zero:
+            _warn_data(self.datamodule, "test")
 
-        def before_validate(self) -> None:
-            if self.trainer.is_global_zero:
-                _warn_data(self.datamodule, "valid")
+    def before_validate(self) -> None:
+        if self.trainer.is_global_zero:
+            _warn_data(self.datamodule, "valid")
 
-        def after_validate(self) -> None:
-            write_eval_metrics(self.trainer, self.datamodule, "valid")
+    def after_validate(self) -> None:
+        write_eval_metrics(self.trainer, self.datamodule, "valid")
 
-        def after_test(self) -> None:
-            write_eval_metrics(self.trainer, self.datamodule, "test")
-            cfg = self.config[self.subcommand]
-            ckpt = cfg.get("ckpt_path")
-            if cfg.get("report") and ckpt and Path(ckpt).is_file():
-                self._write_report(ckpt, "test", Path(self.trainer.log_dir or ".") / "report")
+    def after_test(self) -> None:
+        write_eval_metrics(self.trainer, self.datamodule, "test")
+        cfg = self.config[self.subcommand]
+        ckpt = cfg.get("ckpt_path")
+        if cfg.get("report") and ckpt and Path(ckpt).is_file():
+            self._write_report(ckpt, "test", Path(self.trainer.log_dir or ".") / "report")
 
-        def _write_report(self, ckpt: str, split: str, out: Path) -> None:
-            from recsys.reports import build_report
+    def _write_report(self, ckpt: str, split: str, out: Path) -> None:
+        writer = type(self).report_writer
+        if writer is None:
+            print("recsys: report: true needs the `recsys` command (or recsys.reports.build_report); skipped")
+            return
+        writer(ckpt, split, out)
 
-            build_report([ckpt], data=split, out_dir=out)
-            print(f"recsys: report written to {out / 'report.html'}")
-
-        def after_fit(self) -> None:
-            cfg = self.config[self.subcommand]
-            if not cfg.get("test_after_fit", True) or self.trainer.interrupted:
-                return
-            metrics = write_fit_metrics(self.trainer, self.model, self.datamodule)
-            if cfg.get("report") and metrics.get("best_checkpoint") and self.trainer.is_global_zero:
-                self._write_report(metrics["best_checkpoint"], "test" if "test" in metrics else "valid",
-                                   Path(metrics["metrics_file"]).parent / "report")
-
-    return RecsysCLI
+    def after_fit(self) -> None:
+        cfg = self.config[self.subcommand]
+        if not cfg.get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        metrics = self.fit_metrics = write_fit_metrics(self.trainer, self.model, self.datamodule)
+        if cfg.get("report") and metrics.get("best_checkpoint") and self.trainer.is_global_zero:
+            self._write_report(metrics["best_checkpoint"], "test" if "test" in metrics else "valid",
+                               Path(metrics["metrics_file"]).parent / "report")
 
 
 def check_scoring_checkpoint(subcommand: str, ckpt: str | None) -> None:
     """``validate``/``test``/``predict`` score a trained model: without ``--ckpt_path`` (an existing
     checkpoint file or sharded-checkpoint directory) they would score freshly initialised weights."""
-    from recsys.errors import ConfigError
-
     example = "--ckpt_path runs/<name>/version_N/checkpoints/best-<epoch>.ckpt (written by recsys fit)"
     if not ckpt:
         raise ConfigError(f"`recsys {subcommand}` needs a trained checkpoint; without one it would score an "
@@ -329,22 +239,17 @@ def default_predict_out(ckpt: str | None) -> str:
     return str(folder / "predictions.parquet")
 
 
-def _make_save_config_class():
-    from pytorch_lightning.cli import SaveConfigCallback
+class SaveConfigAfterRestore(SaveConfigCallback):
+    """Lightning's config.yaml writer; a resumed fit writes it only once the checkpoint was
+    accepted (a refused resume leaves the run's config.yaml as it was)."""
 
-    class SaveConfigAfterRestore(SaveConfigCallback):
-        """Lightning's config.yaml writer; a resumed fit writes it only once the checkpoint was
-        accepted (a refused resume leaves the run's config.yaml as it was)."""
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.ckpt_path:
+            return
+        super().setup(trainer, pl_module, stage)
 
-        def setup(self, trainer, pl_module, stage: str) -> None:
-            if stage == "fit" and trainer.ckpt_path:
-                return
-            super().setup(trainer, pl_module, stage)
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            super().setup(trainer, pl_module, "fit")
-
-    return SaveConfigAfterRestore
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")
 
 
 def _logger_root(cfg) -> tuple[object | None, Path | None]:
@@ -394,8 +299,6 @@ def _resolve_last(cfg) -> None:
             init.version = version_dir
             # CSVLogger warns that "previous log files in this directory will be deleted": it
             # only deletes metrics.csv, which recsys has just kept as metrics.part-K.csv below
-            import warnings
-
             warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
             # and ModelCheckpoint that the resumed run's own checkpoint folder is not empty
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -426,6 +329,8 @@ def data_rates(datamodule, split: str) -> dict | None:
 
 def _warn_data(datamodule, split: str, check_oov: bool = True) -> None:
     """Print the one-line missing (> 1%) / unseen-value (> 5%) warnings of ``split`` to stderr."""
+    import sys
+
     encoded = getattr(datamodule, "encoded", None)
     if not callable(encoded):
         return
@@ -514,89 +419,158 @@ def write_fit_metrics(trainer, task, datamodule) -> dict:
     return metrics
 
 
-def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classes: list[str] | None = None):
-    """Run a Lightning trainer subcommand; returns the LightningCLI object.
+# ------------------------------------------------------------------------------ the Python API
 
-    ``callbacks`` are extra Lightning callbacks added to those of the config (for programmatic
-    callers such as ``recsys tune``'s pruning callback, which cannot come from YAML).
-    ``allow_classes``: packages beyond :data:`ALLOWED_PACKAGES` whose classes the config may
-    instantiate (also ``--allow_classes`` in ``argv``).
-    """
+
+def _config_dict(config: Mapping[str, Any] | str | Path) -> dict:
+    """A config as a plain dict: a mapping (deep-copied, so the caller's stays untouched) or a YAML file."""
+    import copy
+
+    import yaml
+
+    if isinstance(config, Mapping):
+        return copy.deepcopy(dict(config))
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError("config file not found", where=str(path), fix="pass experiments/<name>.yaml")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", where=str(path)) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("not an experiment config (not a mapping)", where=str(path))
+    return cfg
+
+
+def _args(subcommand: str | None, config: Mapping[str, Any] | str | Path, overrides: Sequence[str]):
+    """Lightning CLI ``args``: a YAML path (with argv-style ``overrides``) stays a path, so
+    relative paths and ``--print_config`` behave as on the command line; a dict is passed as is."""
+    if isinstance(config, Mapping):
+        if overrides:
+            raise ConfigError("overrides go into the config dict itself", where="overrides",
+                              fix="set the keys in the dict, or pass a YAML path with overrides")
+        cfg = _config_dict(config)
+        return {"subcommand": subcommand, subcommand: cfg} if subcommand else cfg
+    if not Path(config).is_file():
+        raise ConfigError("config file not found", where=str(config), fix="pass experiments/<name>.yaml")
+    return [*([subcommand] if subcommand else []), "--config", str(config), *overrides]
+
+
+def make_cli(args: list[str] | Mapping[str, Any], *, run: bool = True, callbacks: Sequence = (),
+             allow_classes: Sequence[str] = (), cli_class: type[ExperimentCLI] | None = None,
+             trainer_defaults: Mapping[str, Any] | None = None) -> ExperimentCLI:
+    """The one constructor of the experiment CLI: ``args`` is an argv list (``["fit", "--config",
+    X]``) or a parsed config (``{"subcommand": "fit", "fit": {...}}``, or with ``run=False`` the
+    config dict itself). ``callbacks`` are extra Lightning callbacks added to the config's (e.g. a
+    pruning callback, which cannot come from YAML); ``allow_classes``: packages beyond
+    :data:`~recsys.utils.ALLOWED_PACKAGES` whose classes the config may instantiate;
+    ``trainer_defaults``: Trainer arguments a config may override (e.g. ``enable_progress_bar``)."""
     import pytorch_lightning as L
 
     from recsys.data.datamodule import CTRDataModule  # noqa: F401 - importable short names
     from recsys.tasks import distributed  # noqa: F401 - registers the `recsys_ddp` strategy
     from recsys.tasks.ranking import RankingTask  # noqa: F401
 
-    from recsys.console import canonical_flags, pop_flag, progress_default, quiet_libraries
-
-    argv, verbose = pop_flag(canonical_flags(argv), "--verbose")
-    # after importing Lightning (its import sets its loggers' levels); --verbose keeps its INFO lines
-    quiet_libraries(verbose=verbose)
-    argv, allowed = _pop_allow_classes(list(argv))
-    extra = list(allow_classes or []) + allowed
+    # callers hand their args over explicitly; Lightning warns whenever sys.argv is not empty
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    extra = [a for a in allow_classes if a]
     if extra:  # model factories (build_model) check class paths too: let them see the opt-in
         os.environ[ALLOW_ENV] = ",".join([*filter(None, os.environ.get(ALLOW_ENV, "").split(",")), *extra])
     from recsys.config_errors import import_policy
 
-    cls = _make_cli_class()
-    cls.allow_classes = extra
+    base = cli_class or ExperimentCLI
+    cls = type(base.__name__, (base,), {"allow_classes": extra})
     with import_policy(extra):  # class paths checked on the dotted path, before any import
         return cls(
             L.LightningModule,
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=argv,
+            args=args,
+            run=run,
             seed_everything_default=0,
-            save_config_callback=_make_save_config_class(),
+            save_config_callback=SaveConfigAfterRestore,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            # a config or `--trainer.enable_progress_bar` decides; otherwise a bar on a terminal only
-            trainer_defaults={"enable_progress_bar": progress_default(sys.stdout),  # Lightning's bar writes there
-                              **({"callbacks": list(callbacks)} if callbacks else {})},
+            trainer_defaults={**(trainer_defaults or {}), **({"callbacks": list(callbacks)} if callbacks else {})}
+            or None,
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    from recsys.console import quiet_libraries
+@dataclass
+class FitResult:
+    """What :func:`fit` returns. ``metrics``: the content of ``metrics.json`` (valid/test AUC,
+    logloss, best checkpoint, ...); empty when the run was interrupted or ``test_after_fit`` is off."""
 
-    quiet_libraries(verbose="--verbose" in argv)  # every command; trainer commands pop --verbose later
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
+    task: Any
+    datamodule: Any
+    trainer: Any
+    metrics: dict = field(default_factory=dict)
+    cli: Any = None
+
+
+def build(config: Mapping[str, Any] | str | Path, *, overrides: Sequence[str] = (),
+          allow_classes: Sequence[str] = (), cli_class: type[ExperimentCLI] | None = None) -> ExperimentCLI:
+    """Parse and instantiate an experiment (task, data module, trainer) without running anything:
+    ``cli.model``, ``cli.datamodule``, ``cli.trainer``, ``cli.config``, ``cli.parser``.
+
+    ``config``: a YAML path (``overrides`` as on the command line, e.g. ``["--trainer.max_epochs",
+    "2"]``) or a config dict. Raises :class:`ConfigError` when it does not parse."""
     try:
-        if argv[0] in TRAINER_COMMANDS:
-            run_trainer_cli(argv)
-            return 0
-        if argv[0] in EXTRA_COMMANDS and _available(EXTRA_COMMANDS[argv[0]][1]):
-            return _run_extra(argv[0], argv[1:])
-        print(f"recsys: error: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return make_cli(_args(None, config, overrides), run=False, allow_classes=allow_classes, cli_class=cli_class)
+    except SystemExit as e:  # jsonargparse printed its own message
+        raise ConfigError("the config (or an override) does not parse; see the message above",
+                          where=str(config) if not isinstance(config, Mapping) else "config") from e
+
+
+def fit(config: Mapping[str, Any] | str | Path, *, overrides: Sequence[str] = (), callbacks: Sequence = (),
+        allow_classes: Sequence[str] = (), cli_class: type[ExperimentCLI] | None = None) -> FitResult:
+    """Run ``recsys fit`` on a config (YAML path or dict) in this process; returns the trained task,
+    the data module, the trainer and ``metrics.json``'s content. A config the parser rejects
+    raises ``SystemExit`` as on the command line (its message on stderr)."""
+    cli = make_cli(_args("fit", config, overrides), callbacks=callbacks, allow_classes=allow_classes,
+                   cli_class=cli_class)
+    metrics = {k: v for k, v in (cli.fit_metrics or {}).items() if k != "metrics_file"}
+    return FitResult(task=cli.model, datamodule=cli.datamodule, trainer=cli.trainer, metrics=metrics, cli=cli)
+
+
+class _Parsed(Exception):
+    pass
+
+
+class _ParseOnly(ExperimentCLI):
+    def before_instantiate_classes(self) -> None:
+        raise _Parsed
+
+
+def check_config(config: Mapping[str, Any] | str | Path, subcommand: str = "fit") -> str | None:
+    """Parse a config through the experiment's argument parser without building anything (class
+    paths are checked against the allowlist before any import): None when it parses, else the
+    reason (the ConfigError's ``where: message`` with the closest valid key, or the parser's text)."""
+    import contextlib
+    import io
+    import logging
+
+    err = io.StringIO()
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        for n in names:  # no "Seed set to 0" per check
+            logging.getLogger(n).setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            make_cli(_args(subcommand, config, ()), cli_class=_ParseOnly)
+    except _Parsed:
+        return None
+    except SystemExit:
+        return err.getvalue() or "rejected"
     except RecsysError as e:
-        print(f"recsys: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("recsys: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - stop signals and lost ranks end a run with one line
-        from recsys.tasks.callbacks import StopRequested
-        from recsys.tasks.distributed import is_peer_failure
-
-        if isinstance(e, StopRequested):
-            if _launcher_rank() == 0:
-                print(f"recsys: {e}", file=sys.stderr)
-            return 128 + e.signum
-        if is_peer_failure(e):
-            first = str(e).splitlines()[0][:200] if str(e) else ""
-            print(f"recsys: error: rank {_launcher_rank()}: a collective with the other training processes failed "
-                  f"({type(e).__name__}: {first}); a process died, hung or was stopped, so this one stops too "
-                  "(resume from the newest checkpoint with --ckpt_path last)", file=sys.stderr)
-            return 1
-        raise
+        return f"{e.where}: {e.message}" if e.where else e.message
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+    return None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["ExperimentCLI", "FitResult", "build", "fit", "check_config", "make_cli", "write_fit_metrics",
+           "class_paths", "check_class_paths"]

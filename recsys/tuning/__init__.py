@@ -5,7 +5,7 @@
 * :mod:`recsys.tuning.pruning`: :class:`OptunaPruning`, a ``pytorch_lightning`` pruning callback;
 * :mod:`recsys.tuning.study`: storage, trial budget, workers, resume, the per-trial `recsys fit`;
 * :mod:`recsys.tuning.export`: best config YAML, trials CSV, offline HTML report;
-* :mod:`recsys.tuning.cli`: the command. User guide: docs/tuning.md.
+* :mod:`recsys.commands.tune`: the command. User guide: docs/tuning.md.
 """
 
 from recsys.tuning.space import FeatureSearch, Param, SearchSpace, load_space

@@ -27,7 +27,7 @@ class OptunaPruning(pl.Callback):
     Example::
 
         cb = OptunaPruning(trial, "val/auc")
-        run_trainer_cli(["fit", "--config", "trial.yaml"], callbacks=[cb])
+        recsys.tasks.experiment.fit(config_dict, callbacks=[cb])
     """
 
     def __init__(self, trial: optuna.trial.Trial, monitor: str = "val/auc"):

@@ -37,7 +37,6 @@ import contextlib
 import copy
 import datetime
 import gc
-import io
 import json
 import logging
 import os
@@ -624,7 +623,7 @@ def run_trial(trial, space: SearchSpace, base_cfg: dict, study_dir: Path, ranked
     Raises optuna.TrialPruned when pruned and TrialFailed when the run fails."""
     import optuna
 
-    from recsys.cli import run_trainer_cli
+    from recsys.tasks.experiment import fit
     from recsys.tuning.pruning import OptunaPruning
 
     run_dir = study_dir / "trials" / f"trial_{trial.number:04d}"
@@ -638,13 +637,13 @@ def run_trial(trial, space: SearchSpace, base_cfg: dict, study_dir: Path, ranked
         if fields is not None:
             trial.set_user_attr("fields", fields)
         cfg = trial_config(base_cfg, space, values, run_dir, fields, progress=verbose)
-        cfg_path = run_dir / "trial.yaml"
+        cfg_path = run_dir / "trial.yaml"  # not read back: the trial runs the dict itself
         trial.set_user_attr("config", str(cfg_path))  # the exact config it ran (`recsys fit --config` reruns it)
         atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
         with _captured(log_path, verbose), warnings.catch_warnings():
             # the run directory already holds trial.yaml and log.txt: expected, not worth a warning
             warnings.filterwarnings("ignore", message="Experiment logs directory")
-            run_trainer_cli(["fit", "--config", str(cfg_path)], callbacks=[cb])
+            fit(cfg, callbacks=[cb])
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file():
             raise TrialFailed(f"no metrics.json in {run_dir} (the fit stopped early; see {log_path})")
@@ -809,63 +808,31 @@ def check_space_against_config(space: SearchSpace, base_cfg: dict, config_path: 
     (both ends of a range, every choice), through Lightning's argument parser (class paths checked
     against the allowlist before import), without building anything. A key or value the classes do
     not take is a ConfigError naming the space file, the key and the closest valid key. Writes
-    nothing (the parser's temporary files live in a temporary directory)."""
-    import tempfile
+    nothing (the configs are parsed as dicts)."""
+    from recsys.tasks.experiment import check_config
 
-    from recsys.cli import _make_cli_class
-    from recsys.config_errors import import_policy
-
-    cls = _make_cli_class()
-
-    class _Parsed(Exception):
-        pass
-
-    class _Check(cls):
-        def before_instantiate_classes(self) -> None:
-            raise _Parsed
-
-    def parses(cfg: dict, tmp_dir: Path) -> str | None:
-        import pytorch_lightning as L
-
-        tmp = tmp_dir / "check.yaml"
-        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        err = io.StringIO()
-        try:
-            with _captured(tmp_dir / "check.log", False), contextlib.redirect_stderr(err), import_policy():
-                _Check(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       args=["fit", "--config", str(tmp)], seed_everything_default=0,
-                       auto_configure_optimizers=False, save_config_kwargs={"overwrite": True})
-        except _Parsed:
-            return None
-        except RecsysError as e:  # the CLI's one-line explanation (unknown key + closest valid one, ...)
-            return f"{e.where}: {e.message}" if e.where else e.message
-        except SystemExit:
-            return parser_error(err.getvalue()) or "rejected"
-        return None
+    def parses(cfg: dict) -> str | None:
+        err = check_config(cfg)  # class paths checked against the allowlist before import
+        return None if err is None else (parser_error(err) or err.strip().splitlines()[-1][:600] or "rejected")
 
     run_dir = Path(study_dir) / "trials" / "check"
-    with tempfile.TemporaryDirectory(prefix="recsys-tune-check-") as d:
-        tmp_dir = Path(d)
-        err = parses(trial_config(base_cfg, space, {}, run_dir, None), tmp_dir)
-        if err:
-            raise ConfigError(f"the config (with the space's fixed overrides) does not parse: {err}",
-                              where=f"{config_path} + {space.path}: fixed",
-                              fix="check it with `recsys fit --config <config> --print_config`")
-        if parses(trial_config(base_cfg, space, space.example(), run_dir, None), tmp_dir) is None:
-            combination_ok = True
-        else:
-            combination_ok = False
-        for p in space.params:  # every value on its own: both ends of a range, every choice
-            values = p.choices if p.type == "categorical" else [p.low, p.high]
-            for v in values:
-                err = parses(trial_config(base_cfg, space, {p.key: v}, run_dir, None), tmp_dir)
-                if err:
-                    raise ConfigError(f"the config does not accept {p.key} = {v!r} ({err})",
-                                      where=f"{space.path}: params.{p.key}",
-                                      fix="check the key's spelling and the value against `recsys fit --config "
-                                          f"{config_path} --print_config`")
-        if not combination_ok:
-            raise ConfigError("the config does not accept the combination of searched keys", where=str(space.path))
+    err = parses(trial_config(base_cfg, space, {}, run_dir, None))
+    if err:
+        raise ConfigError(f"the config (with the space's fixed overrides) does not parse: {err}",
+                          where=f"{config_path} + {space.path}: fixed",
+                          fix="check it with `recsys fit --config <config> --print_config`")
+    combination_ok = parses(trial_config(base_cfg, space, space.example(), run_dir, None)) is None
+    for p in space.params:  # every value on its own: both ends of a range, every choice
+        values = p.choices if p.type == "categorical" else [p.low, p.high]
+        for v in values:
+            err = parses(trial_config(base_cfg, space, {p.key: v}, run_dir, None))
+            if err:
+                raise ConfigError(f"the config does not accept {p.key} = {v!r} ({err})",
+                                  where=f"{space.path}: params.{p.key}",
+                                  fix="check the key's spelling and the value against `recsys fit --config "
+                                      f"{config_path} --print_config`")
+    if not combination_ok:
+        raise ConfigError("the config does not accept the combination of searched keys", where=str(space.path))
 
 
 __all__ = ["TuneSettings", "RecsysError", "work", "open_study", "top_up", "recover_stale", "claim_slot",
