@@ -216,7 +216,8 @@ def test_fit_on_fuzzed_files_exits_cleanly(case):
         check_fit(Path(d), frame, schema, suffix)
 
 
-@fuzz(40)
+@pytest.mark.slow
+@fuzz(30)
 @given(data_case())
 def test_rank_features_on_fuzzed_files_exits_cleanly(case):
     frame, schema, suffix = case
@@ -311,3 +312,36 @@ def test_predict_on_fuzzed_files_exits_cleanly(trained, case):
         scores = pl.read_parquet(out)
         assert scores.height == frame.height
         assert scores["score"].is_between(0, 1).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, expected", [
+    ("uint64 ids above 2**63", "UInt64 ids above 2**63 - 1"),
+    ("NaN in a numeric column", "NaN/inf values in numeric field"),
+])
+def test_odd_files_through_a_real_recsys_process(tmp_path, damage, expected):
+    """The same contract with the console script in its own process: exit 2, one line, no traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    n = ROWS
+    frame = pl.DataFrame({
+        "用户 id": pl.Series([2**64 - 1 - (i % 3) if damage.startswith("uint64") else i % 3 for i in range(n)],
+                           dtype=pl.UInt64),
+        "price": [float("nan") if damage.startswith("NaN") and i == 5 else float(i) for i in range(n)],
+        "tags": [[] if i % 2 else ["🙂", ""] for i in range(n)],
+        "label": [i % 2 for i in range(n)],
+        "split": ["train"] * 24 + ["valid"] * 8 + ["test"] * 8,
+    })
+    schema = {"label": "label", "fields": [{"name": "用户 id", "kind": "categorical"},
+                                           {"name": "price", "kind": "numeric"}, {"name": "tags", "kind": "multi_hot"}]}
+    data, schema_path = write_case(tmp_path, frame, schema, ".parquet")
+    cfg = fit_config(tmp_path, data, schema_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    res = subprocess.run([sys.executable, "-m", "recsys.cli", "fit", "--config", str(cfg)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    line = one_error_line(res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and expected in line and str(data) in line
+    assert not (tmp_path / "runs").exists()
