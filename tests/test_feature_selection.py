@@ -126,3 +126,29 @@ def test_zero_inflated_numeric_keeps_the_information_of_its_non_zeros():
     # plain quantile bins (every boundary at 0) would keep only zero vs non-zero: MI ~ 0, below the noise
     t = np.array([[np.sum((x == 0) & (y == c)) for c in (0, 1)], [np.sum((x > 0) & (y == c)) for c in (0, 1)]])
     assert mutual_info_from_counts(t) < 0.05 * true_mi
+
+
+def test_cli_reports_p_values_and_placeholders(tmp_path):
+    from recsys.cli import main as recsys_main
+
+    rng = np.random.default_rng(6)  # (with seed 5 the noise column's raw p is 0.043: selected at BH 0.05)
+    n = 4000
+    y = rng.integers(0, 2, n)
+    w = np.where(rng.random(n) < 0.3, "?", np.where(y == 1, "a", "b"))
+    pl.DataFrame({"w": w, "noise": rng.integers(0, 30, n), "y": y}).write_csv(tmp_path / "d.csv")
+    out = tmp_path / "out"
+    assert recsys_main(["rank-features", "--data", str(tmp_path / "d.csv"), "--label", "y", "--out", str(out),
+                        "--pair-top-k", "0", "--p-adjust", "bh", "--significance", "0.05", "--no-progress"]) == 0
+    r = pl.read_csv(out / "ranking.csv")
+    assert {"p_value", "p_adjusted", "p_method"} <= set(r.columns)
+    w_row = r.filter(pl.col("feature") == "w").row(0, named=True)
+    assert w_row["p_adjusted"] < 1e-6 and w_row["p_method"] == "chi2"
+    import json
+
+    import yaml
+
+    assert yaml.safe_load((out / "selected_features.yaml").read_text())["data"]["init_args"]["fields"] == ["w"]
+    q = json.loads((out / "quality.json").read_text())
+    assert q["flagged"]["placeholder"] == ["w"] and 'missing_values: ["?"]' in q["columns"]["w"]["fix"]
+    assert json.loads((out / "ranking.json").read_text())["selection"] == {
+        "significance": 0.05, "p_adjust": "bh", "null_draws": 200}
