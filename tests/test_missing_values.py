@@ -56,6 +56,9 @@ def test_encoders_map_declared_placeholders_to_the_missing_id():
     assert out.ids["b"][0][1] == MISSING  # integer -1 declared missing
     vals, offsets = out.ids["tags"]
     assert vals.tolist()[1] == MISSING and vals.tolist()[3] == MISSING  # -1 elements of the lists
+    # the declaration travels with the fitted encoders (checkpoints): the reloaded ones encode alike
+    again = FeatureEncoder.from_dict(enc.to_dict()).transform(_frame())
+    assert again.ids["w"][0].tolist() == w and np.array_equal(again.dense, out.dense)
     # without the declaration "?" is an ordinary category and x cannot be read as numbers
     plain = _schema()
     with pytest.raises(DataError, match="column 'x'"):
