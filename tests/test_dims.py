@@ -15,7 +15,7 @@ from recsys.cli import main
 from recsys.data import CTRDataModule
 from recsys.data.datasets.synthetic import make_synthetic
 from recsys.errors import RecsysError
-from recsys.features.dims import SoftSelection, frequency_blocks, prune_to_budget
+from recsys.models.dnis import SoftSelection, frequency_blocks, prune_to_budget
 from recsys.models import DNN, DeepFM
 from recsys.tasks import load_checkpoint
 

@@ -36,7 +36,6 @@ from pathlib import Path
 
 from recsys.errors import RecsysError
 from recsys.utils import ALLOW_ENV, ALLOWED_PACKAGES, check_class_allowed  # noqa: F401
-from recsys.utils import split_names as _split_names
 
 TRAINER_COMMANDS = {
     "fit": "train a model from a YAML config (then test the best checkpoint, write metrics.json)",
@@ -58,33 +57,6 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "retrieve": ("candidate retrieval (single vector or kNN-Embed) from a trained two-tower checkpoint",
                  "recsys.commands.retrieve:main"),
 }
-
-
-def pop_allow_classes(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Remove ``--allow_classes X`` / ``--allow_classes=X`` from ``argv``; return (argv, packages).
-    A command-line flag only: a YAML config cannot widen what it may instantiate."""
-    out, allowed = [], []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--allow_classes":
-            if i + 1 >= len(argv):
-                from recsys.errors import ConfigError
-
-                raise ConfigError("--allow_classes needs a value", where="--allow_classes",
-                                  fix="e.g. --allow_classes mypkg,otherpkg.models")
-            allowed += _split_names(argv[i + 1])
-            i += 2
-            continue
-        if a.startswith("--allow_classes="):
-            allowed += _split_names(a.split("=", 1)[1])
-        else:
-            out.append(a)
-        i += 1
-    return out, allowed
-
-
-_pop_allow_classes = pop_allow_classes  # the old private name
 
 
 def register_command(name: str, help: str, target: str) -> None:

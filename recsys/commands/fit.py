@@ -10,8 +10,32 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from recsys.commands import pop_allow_classes
 from recsys.tasks.experiment import ExperimentCLI, make_cli
+from recsys.utils import split_names
+
+
+def pop_allow_classes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Remove ``--allow_classes X`` / ``--allow_classes=X`` from ``argv``; return (argv, packages).
+    A command-line flag only: a YAML config cannot widen what it may instantiate."""
+    out, allowed = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--allow_classes":
+            if i + 1 >= len(argv):
+                from recsys.errors import ConfigError
+
+                raise ConfigError("--allow_classes needs a value", where="--allow_classes",
+                                  fix="e.g. --allow_classes mypkg,otherpkg.models")
+            allowed += split_names(argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--allow_classes="):
+            allowed += split_names(a.split("=", 1)[1])
+        else:
+            out.append(a)
+        i += 1
+    return out, allowed
 
 
 def write_report(ckpt: str, split: str, out: Path) -> None:

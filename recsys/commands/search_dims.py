@@ -135,7 +135,7 @@ def search_dims(config: str, budget: float, out: str | Path, overrides: list[str
     to ``out``; returns the summary (with ``files``)."""
     import pytorch_lightning as L
 
-    from recsys.features.dims import plot_widths
+    from recsys.models.dnis import plot_widths
     from recsys.models.base import build_model
     from recsys.tasks.dims import DimensionSearchTask
     from recsys.utils import atomic_path, atomic_write_text

@@ -14,7 +14,7 @@ Built-in names:
 * ``adult``: the Adult census-income table, 8 categorical + 6 numeric fields, label income >50K,
   seeded stratified 80/10/10 split (:mod:`recsys.data.datasets.adult`); options: ``split_seed``.
 * ``synthetic-retrieval``: seeded users with planted multi-cluster interests
-  (:func:`recsys.data.retrieval.make_synthetic_retrieval`), leave-last-out like the above.
+  (:func:`recsys.data.datasets.synthetic_retrieval.make_synthetic_retrieval`), leave-last-out like the above.
 
 Anything else is a path to a ``.parquet`` or ``.csv`` file (or a directory of parquet files).
 """
@@ -81,7 +81,7 @@ def _adult(split_seed: int = 0) -> tuple[pl.DataFrame, Schema]:
 
 @register_dataset("synthetic-retrieval")
 def _synthetic_retrieval(**options: Any) -> tuple[pl.DataFrame, Schema]:
-    from recsys.data.retrieval import make_synthetic_retrieval
+    from recsys.data.datasets.synthetic_retrieval import make_synthetic_retrieval
 
     return make_synthetic_retrieval(**options)
 

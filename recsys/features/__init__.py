@@ -1,5 +1,5 @@
-"""Decisions about features: ranking (cardinality-normalized MI, 3MR, pairs), data-quality report,
-embedding-dimension search (DNIS soft selection, pruning to a parameter budget)."""
+"""Decisions about columns, data-level only: ranking (cardinality-normalized MI, 3MR, pairs) and
+the data-quality report. (The embedding-dimension search, DNIS, wraps models: recsys.models.dnis.)"""
 
 from recsys.features.quality import QualityThresholds, quality_report
 from recsys.features.ranking import (
@@ -11,14 +11,3 @@ from recsys.features.ranking import (
 
 __all__ = ["FeatureRanker", "QualityThresholds", "quality_report", "entropy_from_counts", "expected_mutual_info",
            "mutual_info_from_counts"]
-__all__ += ["DimsResult", "SoftSelection", "prune_to_budget"]
-
-
-def __getattr__(name: str):
-    # the dimension search needs torch/TorchRec: imported on first use, so that importing the
-    # feature ranking (numpy/polars only) stays fast
-    if name in ("DimsResult", "SoftSelection", "prune_to_budget"):
-        from recsys.features import dims
-
-        return getattr(dims, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

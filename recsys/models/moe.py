@@ -56,29 +56,14 @@ from torch import nn
 from recsys.data.preprocess import FeatureEncoder
 from recsys.models.base import ModelOutput, RankingModel
 from recsys.models.embedding import FeatureEmbedding, resolve_sequence_target
-from recsys.models.layers import MLP
+from recsys.models.layers import MLP, ActivationUnit, last_k, masked_softmax  # noqa: F401 - re-exported
+from recsys.models.sdim import SDIMAttention
 
 __all__ = ["AWMoE", "MoE", "ActivationUnit", "MixtureOfExperts", "info_nce", "masked_softmax",
            "random_behaviour_mask", "random_keep_mask"]
 
 
 # ------------------------------------------------------------------------------------ functions
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax of ``scores`` over the positions where ``mask`` is True; masked positions get 0.
-
-    A row with no True position gets all zeros (not NaN), so an empty history contributes nothing.
-
-    >>> masked_softmax(torch.tensor([[1.0, 1.0, 5.0], [0.0, 0.0, 0.0]]),
-    ...                torch.tensor([[True, True, False], [False, False, False]]))
-    tensor([[0.5000, 0.5000, 0.0000],
-            [0.0000, 0.0000, 0.0000]])
-    """
-    filled = scores.masked_fill(~mask, float("-inf"))
-    top = filled.amax(dim=dim, keepdim=True).clamp(min=-1e30)  # -inf on empty rows -> finite
-    e = torch.exp(filled - top) * mask
-    return e / e.sum(dim=dim, keepdim=True).clamp(min=1e-30)
-
-
 def random_behaviour_mask(mask: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The masked view's mask: each real behaviour (``mask`` True) is dropped independently with
     probability ``rate``; padding stays padding. Shapes ``[B, L] -> [B, L]`` (bool).
@@ -147,26 +132,6 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 
 
 
 # --------------------------------------------------------------------------------------- layers
-class ActivationUnit(nn.Module):
-    """DIN's local activation unit: one score per behaviour against the target.
-
-    ``a_j = MLP([b_j, t, b_j - t, b_j * t])``. Shapes ``b [B, L, D], t [B, D] -> [B, L]``
-    (unnormalised; the caller applies the mask).
-
-    >>> ActivationUnit(4, [8])(torch.zeros(2, 3, 4), torch.zeros(2, 4)).shape
-    torch.Size([2, 3])
-    """
-
-    def __init__(self, dim: int, hidden_units: Sequence[int] = (64, 32), activation: str = "relu"):
-        super().__init__()
-        self.mlp = MLP(4 * dim, list(hidden_units), out_dim=1, activation=activation)
-
-    def forward(self, behaviours: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = target.unsqueeze(1).expand_as(behaviours)
-        x = torch.cat([behaviours, t, behaviours - t, behaviours * t], dim=-1)
-        return self.mlp(x).squeeze(-1)
-
-
 class MixtureOfExperts(nn.Module):
     """``N`` expert MLPs over the same input, mixed by given gate weights, then a tower.
 
@@ -396,7 +361,6 @@ class AWMoE(RankingModel):
         n_summaries = 2 if expert_history == "both" else 1
         self.long = None
         if long_hashes:
-            from recsys.models.sdim import SDIMAttention  # sdim imports this module: import late
             self.long = SDIMAttention(embedding_dim, long_hashes, long_tau, long_normalization, hash_seed)
             n_summaries += 1
         self.moe = MixtureOfExperts((n_fields + n_summaries) * embedding_dim, n_experts, expert_units, tower_units,
@@ -456,7 +420,6 @@ class AWMoE(RankingModel):
         flat = e.flatten(1)                                           # [B, F*D]
         long = self.long(seq, mask, target) if self.long is not None else None  # [B, D] over all L
         if self.gate_window:
-            from recsys.models.sdim import last_k
             seq, mask = last_k(seq, mask, self.gate_window)           # [B, k, D]: the gate's window
         scores = self.activation(seq, target)                         # [B, L]
         field_logits = self.gate_fields(flat) if self.gate_fields is not None else None

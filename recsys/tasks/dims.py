@@ -51,7 +51,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
-from recsys.features.dims import DimsResult, SoftSelection, find_embedding, prune_to_budget
+from recsys.models.dnis import DimsResult, SoftSelection, find_embedding, prune_to_budget
 from recsys.models.base import RankingModel
 from recsys.models.embedding import NumericEmbedding
 
@@ -73,7 +73,7 @@ class DimensionSearchTask(L.LightningModule):
         grad_norm: divide each frequency-block row of alpha's gradient by its mean |g|.
         train_network: also train the network (not only the embeddings) during the search.
         freq_blocks: frequency blocks per table (int S, or fractions of the vocabulary);
-            see :func:`recsys.features.dims.frequency_blocks`.
+            see :func:`recsys.models.dnis.frequency_blocks`.
         dim_block: dims per dimension block (1 = each dim its own alpha).
         alpha_batch_size: batch size of the validation batches of the alpha step (default:
             the datamodule's train batch size).
@@ -256,7 +256,7 @@ class DimensionSearchTask(L.LightningModule):
 
     # ---------------------------------------------------------------- result
     def prune(self, budget: float, criterion: str = "magnitude", min_width: int = 1) -> DimsResult:
-        """Per-table widths under ``budget`` (see :func:`recsys.features.dims.prune_to_budget`)."""
+        """Per-table widths under ``budget`` (see :func:`recsys.models.dnis.prune_to_budget`)."""
         return prune_to_budget(self.selection, dict(self.model.named_parameters()), budget,
                                criterion=criterion, min_width=min_width)
 
