@@ -38,5 +38,8 @@ class DataError(RecsysError):
     """The data does not match the schema (missing column, wrong type, bad label, NaN, ...)."""
 
 
-class ConfigError(RecsysError):
-    """An experiment config or command-line option is invalid."""
+class ConfigError(RecsysError, ValueError):
+    """An experiment config or command-line option is invalid.
+
+    Also a ``ValueError``: a model built from mismatched arguments raises it at construction,
+    where Python code expects ``ValueError`` (TorchRec's and PyTorch's own convention)."""
