@@ -152,3 +152,24 @@ def test_cli_reports_p_values_and_placeholders(tmp_path):
     assert q["flagged"]["placeholder"] == ["w"] and 'missing_values: ["?"]' in q["columns"]["w"]["fix"]
     assert json.loads((out / "ranking.json").read_text())["selection"] == {
         "significance": 0.05, "p_adjust": "bh", "null_draws": 200}
+
+
+def test_multi_class_sparse_p_values_are_calibrated():
+    """3 classes, a sparse column: p-values from drawn tables (``permutation``), about uniform under the null."""
+    rng = np.random.default_rng(11)
+    n = 2000
+    codes = np.unique(rng.zipf(1.5, n), return_inverse=True)[1]
+    r = int(codes.max()) + 1
+    a = np.bincount(codes, minlength=r)
+    b = np.array([1000, 600, 400])
+    y = np.repeat(np.arange(3), b)
+    emi = expected_mutual_info(a, b)
+    ps = []
+    for _ in range(300):
+        t = np.bincount(codes * 3 + rng.permutation(y), minlength=3 * r).reshape(r, 3)
+        p, method = g_test_p_value(mutual_info_from_counts(t), a, b, emi, draws=60, seed=1)
+        assert method == "permutation"
+        ps.append(p)
+    ps = np.array(ps)
+    assert 0.02 <= np.mean(ps <= 0.05) <= 0.09
+    assert np.mean(ps <= 0.01) <= 0.03
