@@ -241,3 +241,24 @@ def test_search_dims_shows_progress_on_a_terminal(tmp_path):
     assert rc == 0, tty[-3000:]
     assert re.search(r"Epoch 0: .*it/s", tty), tty[-3000:]
     assert _noise(stdout + tty) == [], (stdout + tty)[-3000:]
+
+
+@pytest.mark.slow
+def test_retrieve_shows_progress_on_a_terminal_without_a_flag(tmp_path):
+    cfg = yaml.safe_load((ROOT / "experiments" / "two_tower_synthetic.yaml").read_text())
+    cfg["trainer"].update({"max_epochs": 1, "default_root_dir": str(tmp_path / "tt"),
+                           "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                                      "init_args": {"save_dir": str(tmp_path), "name": "tt"}}})
+    path = tmp_path / "tt.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = recsys("fit", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _noise(proc.stdout + proc.stderr) == [], proc.stdout + proc.stderr
+    ckpt = next(tmp_path.glob("tt/version_0/checkpoints/best-*.ckpt"))
+    rc, stdout, tty = recsys_tty("retrieve", "--ckpt", str(ckpt), "--k", "20", "--method", "knn-embed",
+                                 "--clusters", "4", "--out", str(tmp_path / "c.parquet"), cwd=tmp_path)
+    assert rc == 0, tty[-3000:]
+    assert re.search(r"embedding test queries.*it", tty), tty[-3000:]
+    proc = recsys("retrieve", "--ckpt", str(ckpt), "--k", "20", "--out", str(tmp_path / "d.parquet"), cwd=tmp_path)
+    assert proc.returncode == 0 and "queries" not in proc.stderr, proc.stderr[-3000:]
+    assert _noise(proc.stdout + proc.stderr) == [], proc.stdout + proc.stderr

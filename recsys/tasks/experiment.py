@@ -353,8 +353,8 @@ def _warn_data(datamodule, split: str, check_oov: bool = True) -> None:
 def write_eval_metrics(trainer, datamodule, split: str) -> Path | None:
     """``recsys validate``/``test``: write ``<log_dir>/metrics.json`` with the split's metrics and
     its missing / unseen-value rates per field."""
-    if not trainer.is_global_zero or trainer.log_dir is None:
-        return None
+    if not trainer.is_global_zero or trainer.logger is None or trainer.log_dir is None:
+        return None  # no run folder of its own: never write over a fit's metrics.json
     from recsys.utils import atomic_write_text
 
     prefix = "val/" if split == "valid" else "test/"
