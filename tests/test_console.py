@@ -111,7 +111,8 @@ def test_top_level_help_lists_every_command_without_importing_torch():
     assert "torch" not in imported and "pytorch_lightning" not in imported
 
 
-@pytest.mark.parametrize("command", EXTRA)
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if c in ("report", "retrieve") else c
+                                     for c in EXTRA])  # those two import torch (~5 s)
 def test_every_subcommand_help_renders(command):
     proc = recsys(command, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -124,7 +125,8 @@ def test_every_subcommand_help_renders(command):
     ("tune", ["--config", "c.yaml", "--space", "s.yaml", "--n_trials", "many"], "argument --n-trials: invalid int"),
     ("tune", ["--config", "c.yaml", "--space", "s.yaml", "--study_name"], "argument --study-name: expected one"),
     ("rank-features", ["--data", "d.parquet", "--out", "o", "--n_bins", "x"], "argument --n-bins: invalid int"),
-    ("report", ["--ckpt", "a.ckpt", "--out", "o", "--batch_size", "x"], "argument --batch-size: invalid int"),
+    pytest.param("report", ["--ckpt", "a.ckpt", "--out", "o", "--batch_size", "x"], "argument --batch-size: invalid int",
+                 marks=pytest.mark.slow),
     ("search-dims", ["--config", "c.yaml", "--out", "o", "--warm-start-epochs", "x"],
      "argument --warm_start_epochs: invalid int"),
     pytest.param("retrieve", ["--ckpt", "absent.ckpt", "--out", "o.parquet", "--no_restrict"], "absent.ckpt",
