@@ -113,8 +113,9 @@ def quality_report(ranker: Any, t: QualityThresholds) -> dict[str, Any]:
         if ph_share > t.placeholder:
             toks = ", ".join(f'"{p["value"]}"' for p in ph)
             columns[name]["placeholder"] = True
-            columns[name]["fix"] = (f"{toks} look like missing-value placeholders ({ph_share:.1%} of the rows) and are "
-                                    f"counted as an ordinary value; declare them in the schema: missing_values: "
+            what = "looks like a missing-value placeholder" if len(ph) == 1 else "look like missing-value placeholders"
+            columns[name]["fix"] = (f"{toks} {what} ({ph_share:.1%} of the rows), counted as an ordinary value; "
+                                    f"declare {'it' if len(ph) == 1 else 'them'} in the schema: missing_values: "
                                     f"[{toks}] on field {name!r} (or at the top for every field)")
     return {"n_rows": n, "label": {"column": ranker.label_name_, "entropy": h_y,
                                     "classes": {str(k): int(v) for k, v in zip(ranker.classes_, ranker.class_counts_)}},
