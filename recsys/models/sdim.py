@@ -251,11 +251,12 @@ class _LongSequenceRanker(RankingModel):
     :class:`MultiHeadTargetAttention`: ``short_attention``), a long-term interest module
     (subclass), an MLP over ``[flatten(E), long, short]``."""
 
-    def _setup(self, features: FeatureEncoder, embedding_dim: int, short_len: int,
+    def _setup(self, features: FeatureEncoder, *, embedding_dim: int, short_len: int,
                attention_units: Sequence[int], attention_activation: str, hidden_units: Sequence[int],
                sequence_field: str | None, target_field: str | None, dropout: float, batch_norm: bool,
-               mlp_init: str, dims: dict[str, int] | None, init_std: float, short_attention: str = "din",
-               short_heads: int = 2, short_attention_dim: int = 64) -> None:
+               mlp_init: str, dims: dict[str, int] | None, init_std: float, short_attention: str,
+               short_heads: int, short_attention_dim: int) -> None:
+        """The shared body, built from the subclass's own arguments (keyword-only: every one by name)."""
         name = type(self).__name__
         schema = features.schema
         sequence_field, target_field = resolve_sequence_target(schema, sequence_field, target_field, name)
@@ -379,9 +380,12 @@ class SDIM(_LongSequenceRanker):
                  short_attention: str = "din", short_heads: int = 2, short_attention_dim: int = 64):
         super().__init__()
         self.long = SDIMAttention(embedding_dim, n_hashes, tau, normalization, hash_seed)
-        self._setup(features, embedding_dim, short_len, attention_units, attention_activation, hidden_units,
-                    sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std,
-                    short_attention, short_heads, short_attention_dim)
+        self._setup(features, embedding_dim=embedding_dim, short_len=short_len, attention_units=attention_units,
+                    attention_activation=attention_activation, hidden_units=hidden_units,
+                    sequence_field=sequence_field, target_field=target_field, dropout=dropout,
+                    batch_norm=batch_norm, mlp_init=mlp_init, dims=dims, init_std=init_std,
+                    short_attention=short_attention, short_heads=short_heads,
+                    short_attention_dim=short_attention_dim)
 
     def long_interest(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.long(seq, mask, target)
@@ -427,9 +431,12 @@ class DIN(_LongSequenceRanker):
                  short_attention: str = "din", short_heads: int = 2, short_attention_dim: int = 64):
         super().__init__()
         self.long = TargetAttention(embedding_dim, attention_units, attention_activation)
-        self._setup(features, embedding_dim, short_len, attention_units, attention_activation, hidden_units,
-                    sequence_field, target_field, dropout, batch_norm, mlp_init, dims, init_std,
-                    short_attention, short_heads, short_attention_dim)
+        self._setup(features, embedding_dim=embedding_dim, short_len=short_len, attention_units=attention_units,
+                    attention_activation=attention_activation, hidden_units=hidden_units,
+                    sequence_field=sequence_field, target_field=target_field, dropout=dropout,
+                    batch_norm=batch_norm, mlp_init=mlp_init, dims=dims, init_std=init_std,
+                    short_attention=short_attention, short_heads=short_heads,
+                    short_attention_dim=short_attention_dim)
 
     def long_interest(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.long(seq, mask, target)
