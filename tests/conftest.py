@@ -94,7 +94,7 @@ def dm():
     """Small synthetic data module (every field kind, history of up to 6 items), fitted once."""
     from recsys.data import CTRDataModule
 
-    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_max_len": 6}, batch_size=128)
+    d = CTRDataModule(dataset_options={"n_rows": 3000, "seed": 0, "history_len": 6}, batch_size=128)
     d.setup("fit")
     return d
 

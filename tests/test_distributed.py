@@ -38,7 +38,7 @@ def din_config(tmp_path: Path, name: str) -> Path:
     # sharded tables on CPU train with FBGEMM's fused row-wise Adagrad; the one-process run uses
     # the same optimizer (TorchRec's in-backward RowWiseAdagrad on the unsharded tables)
     cfg["model"]["init_args"].update({"embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.05})
-    cfg["data"]["init_args"]["dataset_options"] = {"n_rows": 4000, "n_users": 100, "history_max_len": 32, "seed": 0}
+    cfg["data"]["init_args"]["dataset_options"] = {"n_rows": 4000, "n_users": 100, "history_len": 32, "seed": 0}
     cfg["data"]["init_args"]["batch_size"] = 256
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -245,7 +245,7 @@ def test_readme_command_finishes_with_progress_bar_and_scores_in_one_process(dee
 
 def test_sdim_short_history_readme_command(tmp_path):
     run = _fit(tmp_path, "sdim", [
-        "--data.init_args.dataset_options", "{n_rows: 3000, n_users: 50, history_max_len: 32, seed: 0}",
+        "--data.init_args.dataset_options", "{n_rows: 3000, n_users: 50, history_len: 32, seed: 0}",
         "--data.init_args.batch_size", "128", "--trainer.max_epochs", "2",
         "--model.init_args.model.init_args.short_len", "8", "--model.init_args.model.init_args.hidden_units", "[32]",
         "--model.init_args.model.init_args.attention_units", "[16]"], configs=["experiments/sdim_synthetic.yaml"])

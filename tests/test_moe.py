@@ -275,7 +275,7 @@ def test_bad_config_fails_at_construction(dm):
         AWMoE(dm.features, n_experts=0)
     with pytest.raises(ValueError, match="n_experts"):
         MoE(dm.features, n_experts=0)
-    no_seq = CTRDataModule(dataset_options={"n_rows": 500, "seed": 0, "history_max_len": 0}, batch_size=64)
+    no_seq = CTRDataModule(dataset_options={"n_rows": 500, "seed": 0, "history_len": 0}, batch_size=64)
     no_seq.setup("fit")
     with pytest.raises(ValueError, match="the schema has none"):
         AWMoE(no_seq.features)

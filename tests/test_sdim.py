@@ -354,7 +354,7 @@ N_ROWS = 20_000
 
 
 def _config(tmp_path: Path, name: str) -> Path:
-    return small_synthetic_config(tmp_path, name, {"embedding_dim": 8, "hidden_units": [64, 32], "attention_units": [16]}, {"n_rows": N_ROWS, "seed": 0, "history_max_len": 30})
+    return small_synthetic_config(tmp_path, name, {"embedding_dim": 8, "hidden_units": [64, 32], "attention_units": [16]}, {"n_rows": N_ROWS, "seed": 0, "history_len": 30})
 
 
 @pytest.mark.parametrize("name", ["sdim", "din"])
@@ -364,6 +364,6 @@ def test_small_fit_learns_planted_signal(tmp_path, name):
     the planted effects were learned (a model that learned nothing scores 0.5 +- 0.01 on 2k rows)."""
     assert main(["fit", "--config", str(_config(tmp_path, name))]) == 0
     metrics = json.loads(sorted((tmp_path / name).glob("version_*/metrics.json"))[-1].read_text())
-    oracle = make_synthetic(n_rows=N_ROWS, seed=0, history_max_len=30).oracle_auc["test"]
+    oracle = make_synthetic(n_rows=N_ROWS, seed=0, history_len=30).oracle_auc["test"]
     floor = 0.5 + 0.6 * (oracle - 0.5)
     assert floor < metrics["test"]["auc"] <= oracle + 0.02, (metrics["test"], oracle)

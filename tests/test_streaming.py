@@ -20,7 +20,7 @@ from recsys.data.streaming import StreamingCTRDataModule, batch_sizes, plan_epoc
 from recsys.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"n_users": 200, "n_items": 100, "history_max_len": 5}
+SMALL = {"n_users": 200, "n_items": 100, "history_len": 5}
 
 
 @pytest.fixture(scope="module")

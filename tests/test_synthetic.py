@@ -99,7 +99,7 @@ def test_split_is_80_10_10_by_time(default):
 def test_history_is_the_users_strictly_earlier_items_last_max_len():
     L = 5
     # 3,000 rows over 10 minutes: many same-second rows of one user (ties must be excluded)
-    d = make_synthetic(**SMALL, history_max_len=L, time_span_s=600, seed=1)
+    d = make_synthetic(**SMALL, history_len=L, time_span_s=600, seed=1)
     f = d.frame
     assert f.select(pl.struct("user_id", "timestamp").is_duplicated().sum()).item() > 100
     seen: dict[int, list[tuple[int, int]]] = {}
@@ -114,8 +114,8 @@ def test_history_is_the_users_strictly_earlier_items_last_max_len():
     assert d.schema.field("history").max_len == L and d.schema.field("history").shares == "item_id"
 
 
-def test_history_max_len_zero_drops_the_sequence():
-    d = make_synthetic(**SMALL, history_max_len=0)
+def test_history_len_zero_drops_the_sequence():
+    d = make_synthetic(**SMALL, history_len=0)
     assert "history" not in d.frame.columns and "history" not in d.schema.names
 
 
@@ -224,7 +224,7 @@ def test_feature_ranking_data(ranking):
 
 def test_feature_ranking_config_is_a_synthetic_config():
     cfg = feature_ranking_config(n_rows=2_000, seed=5)
-    assert cfg.n_rows == 2_000 and cfg.seed == 5 and cfg.history_max_len == 0
+    assert cfg.n_rows == 2_000 and cfg.seed == 5 and cfg.history_len == 0
     assert make_synthetic(cfg).frame.equals(make_feature_ranking_data(n_rows=2_000, seed=5).frame)
 
 
@@ -256,7 +256,7 @@ def test_long_tail_histories_follow_the_power_law_and_carry_planted_interests():
     """history_tail: per-user history lengths ~ (n + 1)^-a on 0..L, the most active users the
     longest, behaviours mostly from the user's interests, and the label effect is the interest."""
     L, a = 20, 1.2
-    d = make_synthetic(n_rows=20_000, n_users=1_000, n_items=400, seed=3, history_max_len=L, history_tail=a,
+    d = make_synthetic(n_rows=20_000, n_users=1_000, n_items=400, seed=3, history_len=L, history_tail=a,
                        history_focus=0.9, history_effect=2.0)
     f = d.frame.with_columns(pl.col("history").list.len().alias("_len"))
     per_user = f.group_by("user_id").agg(pl.col("_len").first(), pl.col("_len").n_unique().alias("_k"), pl.len())
@@ -271,7 +271,7 @@ def test_long_tail_histories_follow_the_power_law_and_carry_planted_interests():
     # behaviours in the user's interests: compare with the clusters of the user's own items
     cfg = d.config
     assert cfg.history_tail == a and d.schema.field("history").max_len == L
-    again = make_synthetic(n_rows=20_000, n_users=1_000, n_items=400, seed=3, history_max_len=L, history_tail=a,
+    again = make_synthetic(n_rows=20_000, n_users=1_000, n_items=400, seed=3, history_len=L, history_tail=a,
                            history_focus=0.9, history_effect=2.0)
     assert again.frame.equals(d.frame)
     # the planted interest moves the click rate: rows whose target shares a cluster with most of

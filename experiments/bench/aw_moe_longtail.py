@@ -36,7 +36,7 @@ CAPS = (0, 1, 3, 5, 10)
 # <= 3; the most active users the longest histories), behaviours 90% from the user's 2 interest
 # clusters, label effect +3 when the target is in an interest cluster
 LONGTAIL = {"n_rows": 50_000, "n_users": 5_000, "n_items": 200, "n_clusters": 10, "seed": 0,
-            "history_max_len": 20, "history_tail": 1.2, "history_focus": 0.9, "history_effect": 3.0}
+            "history_len": 20, "history_tail": 1.2, "history_focus": 0.9, "history_effect": 3.0}
 
 # name -> (config stem, model init_args overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {

@@ -48,8 +48,10 @@ class CTRDataModule(L.LightningDataModule):
             column is needed).
         test_path: separate test file.
         predict_path: file to score with ``recsys predict`` (default: the test split).
-        dataset_options: options of a built-in data set (``n_rows``, ``seed``, ... for synthetic;
-            ``max_history``/``history_len`` for movielens-100k; ``split_seed`` for adult).
+        dataset_options: options of a built-in data set, typed and validated per data set
+            (:mod:`recsys.data.datasets.options`: ``n_rows``, ``seed``, ... for synthetic;
+            ``history_len``, the sequence length, wherever there is a sequence; ``split_seed``
+            for adult); a misspelled key is a ConfigError naming the closest valid one.
         fields: keep only these schema fields (plus the tables they share); ``None`` keeps all.
         batch_size: training batch size.
         eval_batch_size: batch size for valid/test/predict (default: 4x ``batch_size``).

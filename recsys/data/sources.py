@@ -1,14 +1,15 @@
 """Where raw data comes from: built-in data sets by name, or any parquet/CSV file + schema YAML.
 
-Built-in names:
+Built-in names (their ``dataset_options`` are typed: :mod:`recsys.data.datasets.options`; a
+misspelled key is a ConfigError naming the closest valid one):
 
 * ``synthetic`` (default): seeded generator with planted signal, no download
-  (:mod:`recsys.data.datasets.synthetic`); options are ``SyntheticConfig`` fields.
+  (:mod:`recsys.data.datasets.synthetic`); options are ``SyntheticConfig`` fields (``history_len``, ...).
 * ``synthetic-wide``: the 40-field wide-table benchmark data
   (:func:`recsys.data.datasets.synthetic.make_wide_table`); options ``n_rows``, ``seed`` and
   ``SyntheticConfig`` fields.
 * ``movielens-100k``: the ``ml100k-ctr`` view (:mod:`recsys.data.datasets.movielens`);
-  options: ``max_history``.
+  options: ``history_len``.
 * ``ml100k-retrieval``: MovieLens-100K for candidate retrieval, leave-last-out per user
   (:func:`recsys.data.datasets.movielens.load_ml100k_retrieval`); options: ``history_len``.
 * ``adult``: the Adult census-income table, 8 categorical + 6 numeric fields, label income >50K,
@@ -21,11 +22,13 @@ Anything else is a path to a ``.parquet`` or ``.csv`` file (or a directory of pa
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
 import polars as pl
 
+from recsys.data.datasets.options import parse_options
 from recsys.errors import DataError
 from recsys.schema import Schema
 
@@ -46,7 +49,7 @@ def register_dataset(name: str):
 def _synthetic(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.synthetic import make_synthetic
 
-    data = make_synthetic(**options)
+    data = make_synthetic(parse_options("synthetic", options))
     return data.frame, data.schema
 
 
@@ -54,36 +57,40 @@ def _synthetic(**options: Any) -> tuple[pl.DataFrame, Schema]:
 def _synthetic_wide(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.synthetic import make_wide_table
 
+    parse_options("synthetic-wide", options)  # names a bad key; make_wide_table builds the config
     data = make_wide_table(**options)
     return data.frame, data.schema
 
 
 @register_dataset("movielens-100k")
-def _movielens(max_history: int = 1000, history_len: int = 50) -> tuple[pl.DataFrame, Schema]:
+def _movielens(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.movielens import load_ml100k_ctr, ml100k_ctr_schema
 
-    return load_ml100k_ctr(max_history=max(max_history, history_len)), ml100k_ctr_schema(history_len=history_len)
+    opts = parse_options("movielens-100k", options)
+    return (load_ml100k_ctr(max_history=max(1000, opts.history_len)),
+            ml100k_ctr_schema(history_len=opts.history_len))
 
 
 @register_dataset("ml100k-retrieval")
-def _movielens_retrieval(history_len: int = 50) -> tuple[pl.DataFrame, Schema]:
+def _movielens_retrieval(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.movielens import load_ml100k_retrieval, ml100k_retrieval_schema
 
-    return load_ml100k_retrieval(max_history=history_len), ml100k_retrieval_schema(history_len=history_len)
+    opts = parse_options("ml100k-retrieval", options)
+    return load_ml100k_retrieval(max_history=opts.history_len), ml100k_retrieval_schema(history_len=opts.history_len)
 
 
 @register_dataset("adult")
-def _adult(split_seed: int = 0) -> tuple[pl.DataFrame, Schema]:
+def _adult(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.adult import adult_schema, load_adult
 
-    return load_adult(split_seed=split_seed), adult_schema()
+    return load_adult(split_seed=parse_options("adult", options).split_seed), adult_schema()
 
 
 @register_dataset("synthetic-retrieval")
 def _synthetic_retrieval(**options: Any) -> tuple[pl.DataFrame, Schema]:
     from recsys.data.datasets.synthetic_retrieval import make_synthetic_retrieval
 
-    return make_synthetic_retrieval(**options)
+    return make_synthetic_retrieval(**dataclasses.asdict(parse_options("synthetic-retrieval", options)))
 
 
 def read_table(path: str | Path, columns: list[str] | None = None,

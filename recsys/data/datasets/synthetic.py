@@ -9,7 +9,7 @@ The label is ``Bernoulli(sigmoid(b + sum of per-value effects))``. Effects come 
 * an item-history affinity: every item belongs to one of ``n_clusters`` clusters, every user
   prefers a few clusters (and sees their items more often); the effect is proportional to the
   fraction of the user's ``history`` (the items the user saw at strictly earlier timestamps, the
-  last ``history_max_len``) that lies in the target item's cluster. A sequence-aware model
+  last ``history_len``) that lies in the target item's cluster. A sequence-aware model
   (target attention) can exploit it fully; pooled history and user x item interactions partly.
 
 Everything else is independent noise: uniform and Zipf-distributed categoricals (one of them with
@@ -179,7 +179,7 @@ class SyntheticConfig:
         max_tags: each row has 1..``max_tags`` distinct tags.
         tags_zipf: skew of tag popularity.
         tags_effect: spread of the per-tag effects; a row's effect is the mean over its tags.
-        history_max_len: the ``history`` sequence keeps the user's last ``history_max_len`` items
+        history_len: the ``history`` sequence keeps the user's last ``history_len`` items
             seen at strictly earlier timestamps (0 = no history column, no affinity effect).
         n_clusters: item clusters.
         user_clusters: preferred clusters per user.
@@ -189,7 +189,7 @@ class SyntheticConfig:
             (with ``history_tail``: the effect of the target being in one of the user's interests).
         history_tail: 0 (default): the history is the user's earlier rows. ``a > 0``: long-tail
             users on purpose: each user gets ``n_u`` behaviours with ``P(n_u = n) ∝ (n + 1)^-a``
-            on ``0..history_max_len`` (the most active users get the longest histories, so short
+            on ``0..history_len`` (the most active users get the longest histories, so short
             histories go with rare users), each behaviour an item of one of the user's
             ``user_clusters`` preferred clusters (the planted interests) with probability
             ``history_focus``, else a popular item; every row of the user carries that history,
@@ -221,7 +221,7 @@ class SyntheticConfig:
     max_tags: int = 4
     tags_zipf: float = 0.5
     tags_effect: float = 0.8
-    history_max_len: int = 20
+    history_len: int = 20
     n_clusters: int = 20
     user_clusters: int = 2
     cluster_affinity: float = 0.5
@@ -262,8 +262,8 @@ class SyntheticConfig:
             raise bad("split_fractions", f"must be three non-negative fractions summing to 1, got {self.split_fractions!r}")
         if self.n_tags < 0 or (self.n_tags and not 1 <= self.max_tags <= self.n_tags):
             raise bad("max_tags", f"must be in [1, n_tags={self.n_tags}], got {self.max_tags!r}")
-        if self.history_max_len < 0:
-            raise bad("history_max_len", f"must be >= 0, got {self.history_max_len!r}")
+        if self.history_len < 0:
+            raise bad("history_len", f"must be >= 0, got {self.history_len!r}")
         if not 0.0 <= self.cluster_affinity <= 1.0:
             raise bad("cluster_affinity", f"must be in [0, 1], got {self.cluster_affinity!r}")
         if not 1 <= self.n_clusters <= self.n_items:
@@ -389,7 +389,7 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         config: the knobs (default :class:`SyntheticConfig`).
         **overrides: replace config fields, e.g. ``make_synthetic(n_rows=10_000, seed=3)``.
 
-    >>> d = make_synthetic(n_rows=1_000, n_users=50, n_items=40, history_max_len=5)
+    >>> d = make_synthetic(n_rows=1_000, n_users=50, n_items=40, history_len=5)
     >>> d.frame["history"].list.len().max() <= 5
     True
     """
@@ -524,9 +524,9 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         fields.append(FieldSpec(spec.name, "numeric"))
         role(spec.name, spec.effect)
 
-    # ---- history: the user's items at strictly earlier timestamps, the last history_max_len
-    if cfg.history_max_len > 0 and cfg.history_tail > 0:
-        L = cfg.history_max_len
+    # ---- history: the user's items at strictly earlier timestamps, the last history_len
+    if cfg.history_len > 0 and cfg.history_tail > 0:
+        L = cfg.history_len
         r = _rng(seed, "history_tail")
         w = (np.arange(L + 1) + 1.0) ** -float(cfg.history_tail)
         n_u = np.sort(r.choice(L + 1, size=cfg.n_users, p=w / w.sum()))[::-1]     # longest first
@@ -547,8 +547,8 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         logit += cfg.history_effect * scale * interest
         fields.append(FieldSpec("history", "sequence", max_len=L, shares="item_id"))
         role("history", cfg.history_effect)
-    elif cfg.history_max_len > 0:
-        L = cfg.history_max_len
+    elif cfg.history_len > 0:
+        L = cfg.history_len
         by_user = np.lexsort((np.arange(n), users))  # by user, then time order (stable)
         u_s, t_s = users[by_user], ts[by_user]
         pos = np.arange(n)
@@ -736,7 +736,7 @@ def feature_ranking_config(n_rows: int = 1_000_000, seed: int = 0) -> SyntheticC
             NumericSpec("num_noise_3", loc=-1.0, scale=0.5, log=True),
         ),
         n_tags=30, max_tags=4, tags_effect=0.8,
-        history_max_len=0, history_effect=0.0,
+        history_len=0, history_effect=0.0,
         base_rate=0.3,
     )
 
@@ -783,7 +783,7 @@ def wide_table_config(n_rows: int = 225_000, seed: int = 0) -> SyntheticConfig:
         n_rows=n_rows, n_users=1_000, n_items=500, seed=seed,
         user_effect=0.3, item_effect=0.3, cluster_affinity=0.0,
         categoricals=tuple(cats), numerics=nums,
-        n_tags=0, history_max_len=0, history_effect=0.0, base_rate=0.3,
+        n_tags=0, history_len=0, history_effect=0.0, base_rate=0.3,
     )
 
 
