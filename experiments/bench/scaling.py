@@ -4,6 +4,15 @@ throughput, and training samples/s with 1 vs 2 processes (`recsys fit`, Lightnin
     python experiments/bench/scaling.py                         # 1M + 5M rows, ddp, 2 processes
     python experiments/bench/scaling.py --rows 1000000 --skip_ddp
     python experiments/bench/scaling.py --strategy <other strategy> --devices 2
+    python experiments/bench/scaling.py --models deepfm sdim --repeats 3   # only the model runs below
+
+``--models``: the README's multi-process command (``--config experiments/<model>_synthetic.yaml
+--config experiments/sharded_ddp.yaml``: 2 processes, TorchRec-sharded tables) against the same
+run on one process (same config without the overlay, the tables trained by the same row-wise
+Adagrad), alternating 1 and 2 processes over ``--repeats``. Printed: median train samples/s (all
+ranks' rows over the epoch's wall time), the 2/1 ratio, test AUC of both (the same run: they
+should agree to float summation order) and wall time. SDIM runs over a shorter history than its
+config (``--sdim_history``) so that a CPU finishes in minutes.
 
 Every measurement runs in a fresh subprocess (``OMP_NUM_THREADS=1``); peak RSS is that process's
 ``VmHWM`` (/proc/self/status; ``getrusage``'s maxrss would inherit the parent's peak across fork +
@@ -125,12 +134,72 @@ def fit_throughput(data: Path, devices: int, strategy: str, batch_size: int, epo
 
     logs = sorted((work / name).glob("version_*/metrics.csv"))
     m = pl.read_csv(logs[-1])
-    per_rank = m["train/samples_per_s"].drop_nulls().to_list()
-    per_rank_median = sorted(per_rank)[len(per_rank) // 2]
-    # every rank trains the same number of equal-sized batches: the total is per-rank x processes
+    rates = m["train/samples_per_s"].drop_nulls().to_list()
+    total = sorted(rates)[len(rates) // 2]
+    # train/samples_per_s is already the whole run's (all ranks' rows over the wall time); an
+    # earlier version of this script multiplied it by the processes again
     return {"devices": devices, "strategy": strategy if devices > 1 else "single", "wall_s": wall,
-            "per_rank_samples_per_s": per_rank_median, "samples_per_s": per_rank_median * devices,
-            "epochs": len(per_rank)}
+            "per_rank_samples_per_s": total / devices, "samples_per_s": total, "epochs": len(rates)}
+
+
+MODEL_RUNS = {
+    # model -> (experiment, overrides that size the run for a CPU)
+    "deepfm": ("deepfm_synthetic.yaml", {"n_rows": 50_000, "seed": 0}, 1024, 2),
+    "sdim": ("sdim_synthetic.yaml", {"n_rows": 20_000, "n_users": 100, "history_max_len": 256, "seed": 0}, 512, 2),
+}
+
+
+def model_run(model: str, devices: int, work: Path, tag: str, sdim_history: int | None = None) -> dict:
+    """One `recsys fit` of ``model`` on 1 process, or on 2 with the README's sharded overlay."""
+    experiment, options, batch_size, epochs = MODEL_RUNS[model]
+    options = dict(options)
+    if model == "sdim" and sdim_history:
+        options["history_max_len"] = sdim_history
+    name = f"{model}_{devices}_{tag}"
+    argv = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(ROOT / "experiments" / experiment)]
+    if devices > 1:
+        argv += ["--config", str(ROOT / "experiments" / "sharded_ddp.yaml"), "--trainer.devices", str(devices)]
+    else:  # the same run on one process: the tables' optimizer of the overlay, unsharded
+        argv += ["--model.init_args.embedding_optimizer", "rowwise_adagrad", "--model.init_args.embedding_lr", "0.05"]
+    argv += ["--data.init_args.dataset_options", json.dumps(options), "--data.init_args.batch_size", str(batch_size),
+             "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+             "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
+             "--trainer.default_root_dir", str(work / name)]
+    t = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=work, timeout=3600,
+                         start_new_session=True)
+    wall = time.perf_counter() - t
+    if out.returncode != 0:
+        raise SystemExit(f"`recsys fit` ({model}, {devices} process(es)) failed:\n{out.stderr[-4000:]}")
+    m = json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text())
+    return {"model": model, "devices": devices, "wall_s": wall, "samples_per_s": m["train"]["samples_per_s_median"],
+            "test_auc": m["test"]["auc"], "valid_auc": m["valid"]["auc"], "world_size": m["world_size"]}
+
+
+def model_scaling(models: list[str], repeats: int, sdim_history: int | None) -> dict:
+    import statistics
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="scaling_models_") as tmp:
+        for model in models:
+            runs: dict[int, list[dict]] = {1: [], 2: []}
+            for r in range(repeats):
+                for devices in ((1, 2) if r % 2 == 0 else (2, 1)):  # alternate the order: drifts in load cancel
+                    res = model_run(model, devices, Path(tmp), str(r), sdim_history)
+                    runs[devices].append(res)
+                    print(f"  {model} {devices} process(es), repeat {r}: {res['samples_per_s']:,.0f} samples/s, "
+                          f"test AUC {res['test_auc']:.4f}, wall {res['wall_s']:.0f} s", flush=True)
+            med = {d: statistics.median(x["samples_per_s"] for x in v) for d, v in runs.items()}
+            ratios = [b["samples_per_s"] / a["samples_per_s"] for a, b in zip(runs[1], runs[2])]
+            out[model] = {"runs": runs, "samples_per_s_median": med, "ratio_median": statistics.median(ratios),
+                          "test_auc": {d: v[0]["test_auc"] for d, v in runs.items()},
+                          "wall_s_median": {d: statistics.median(x["wall_s"] for x in v) for d, v in runs.items()}}
+            o = out[model]
+            print(f"{model}: 1 process {med[1]:,.0f} samples/s, 2 processes {med[2]:,.0f} (ratio of medians "
+                  f"{med[2] / med[1]:.2f}, median of paired ratios {o['ratio_median']:.2f}); test AUC "
+                  f"{o['test_auc'][1]:.4f} vs {o['test_auc'][2]:.4f}; wall {o['wall_s_median'][1]:.0f} s vs "
+                  f"{o['wall_s_median'][2]:.0f} s", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit_epochs", type=int, default=2)
     p.add_argument("--skip_memory", action="store_true", help="skip the in-memory CTRDataModule comparison")
     p.add_argument("--skip_ddp", action="store_true", help="skip the 1 vs N process fits")
+    p.add_argument("--models", nargs="+", choices=sorted(MODEL_RUNS), default=None,
+                   help="only the 1 vs 2 process runs of these models (README command vs one process)")
+    p.add_argument("--repeats", type=int, default=3, help="--models: repeats of each pair")
+    p.add_argument("--sdim_history", type=int, default=None, help="--models: SDIM's history_max_len (default 256)")
     args = p.parse_args(argv)
+    if args.models:
+        results = model_scaling(args.models, args.repeats, args.sdim_history)
+        out = ROOT / "runs" / "bench" / "scaling_models.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=str))
+        print(f"results written to {out}")
+        return 0
     args.data_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"batch_size": args.batch_size, "fit_rows": args.fit_rows, "cpus": os.cpu_count(), "stream": {}}
 
