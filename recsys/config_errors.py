@@ -185,23 +185,61 @@ def explain(message: str, parser=None, args=None) -> ConfigError:
         hint = _suggest(key, valid)
         return ConfigError("unrecognized argument" + (f"; did you mean '--{hint[14:-2]}'?" if hint else ""),
                            where=first, fix=f"`recsys {sub or '<command>'} --help` lists the options")
-    # anything else: the first key and the innermost error line, not the whole dump
-    keys = _PARSER_KEY.findall(message)
-    lines = [ln.strip() for ln in message.splitlines()
-             if ln.strip() and not ln.strip().startswith(("Given value", "Subtypes:", "Errors:", "Parser key",
-                                                          "- Expected a <class 'NoneType'>",
-                                                          "Does not validate against any"))]
-    inner = lines[0] if lines else message.strip().splitlines()[0] if message.strip() else "invalid config"
-    for ln in lines:
-        if not ln.startswith(("- Problem with given class_path", "- Not a valid subclass", "Subclass types expect",
-                              "- a ", "- Expected a")):
-            inner = ln.lstrip("- ")
-            break
-    inner = re.sub(r"\. Got value: .*", "", inner)
-    if len(inner) > 300:
-        inner = inner[:300] + " ..."
-    return ConfigError(inner, where=keys[0] if keys else None,
-                       fix=f"`recsys {sub or '<command>'} --help` lists the options")
+    # anything else: the innermost error of the first alternative, at its dotted key
+    where, inner = _innermost(message)
+    return ConfigError(inner, where=where, fix=f"`recsys {sub or '<command>'} --help` lists the options")
+
+
+_STRUCTURAL = ("Given value", "Subtypes:", "Errors:", "Does not validate against any", "Subclass types expect",
+               "- a class path", "- a dict with", "- a dict without")
+
+
+def _innermost(message: str) -> tuple[str | None, str]:
+    """(dotted key, reason) of a nested jsonargparse error: the last line of the first failing
+    alternative (``Expected a <class 'float'>. Got value: abc`` under ``model`` / RankingTask /
+    ``lr`` -> ``model.init_args.lr``, "expected a float, got 'abc'")."""
+    lines = message.splitlines()
+    start = next((k for k, ln in enumerate(lines) if ln.strip() == "Errors:"), None)
+    leaf_at = None
+    if start is not None and start + 1 < len(lines):
+        first = lines[start + 1]
+        indent = len(first) - len(first.lstrip())
+        leaf_at = start + 1
+        for k in range(start + 2, len(lines)):
+            ln = lines[k]
+            if ln.strip() and len(ln) - len(ln.lstrip()) <= indent:
+                break  # the next alternative
+            if ln.strip() and not ln.strip().startswith(_STRUCTURAL):
+                leaf_at = k
+    if leaf_at is None:
+        text = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(_STRUCTURAL)]
+        leaf_at = lines.index(next((ln for ln in lines if ln.strip() == text[-1]), lines[0])) if text else 0
+    leaf_line = lines[leaf_at] if lines else ""
+    before = "\n".join(lines[:leaf_at]) + "\n" + leaf_line
+    parts: list[str] = []
+    for tok in re.finditer(r'Parser key "([^"]+)"|class_path \'[\w.]+\'|expects a function or a callable class',
+                           before):
+        parts.append(tok.group(1) if tok.group(1) else "init_args")
+    while parts and parts[-1] == "init_args":
+        parts.pop()
+    leaf = leaf_line.strip().lstrip("- ")
+    leaf = re.sub(r'^.*?Parser key "[^"]+":\s*', "", leaf)
+    leaf = re.sub(r"^Type .*? expects a function or a callable class: ", "", leaf)
+    got = re.search(r"\. Got value: (.*?)(?:\. Got value: |$)", leaf)
+    if got is None:
+        given = re.search(r"^\s*Given value: (.*)$", message, re.M)
+        if given and not given.group(1).startswith(("NestedArg(", "{", "Namespace(", "[")):
+            got = given
+    leaf = re.sub(r"\. Got value: .*", "", leaf)
+    leaf = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", leaf)
+    leaf = re.sub(r"^Expected an? ", "expected ", leaf)
+    if got and not got.group(1).startswith("Namespace("):
+        leaf += f", got {got.group(1)!r}"
+    if not leaf:
+        leaf = "invalid value"
+    if len(leaf) > 300:
+        leaf = leaf[:300] + " ..."
+    return (".".join(parts) or None), leaf
 
 
 @contextmanager

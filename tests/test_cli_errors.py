@@ -321,3 +321,16 @@ def test_tune_typo_creates_nothing_and_a_changed_space_says_how_to_go_on(tmp_pat
 
     study = optuna.load_study(study_name="space", storage=f"sqlite:///{study_dir / 'study.db'}")
     assert len(study.trials) == 1 and study.user_attrs["recsys:space_fingerprint"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, expected", [
+    (["--model.init_args.lr", "abc"], "model.init_args.lr: expected float, got 'abc'"),
+    (["--model.init_args.optimizer", "bogus"], "model.init_args.optimizer: expected typing.Literal['adam'"),
+    (["--trainer.max_epochs", "x"], "trainer.max_epochs: expected int, got 'x'"),
+])
+def test_wrong_value_names_the_dotted_key_in_one_line(tmp_path, args, expected):
+    cfg = write_config(tmp_path)
+    line = one_error(recsys(["fit", "--config", str(cfg), *args], tmp_path))
+    assert expected in line
+    assert not (tmp_path / "runs").exists()

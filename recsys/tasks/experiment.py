@@ -244,7 +244,9 @@ class SaveConfigAfterRestore(SaveConfigCallback):
     accepted (a refused resume leaves the run's config.yaml as it was)."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and trainer.ckpt_path:
+        # (trainer.ckpt_path is not set yet at setup: the config says whether this fit resumes)
+        resuming = trainer.ckpt_path or (self.config.get("ckpt_path") if hasattr(self.config, "get") else None)
+        if stage == "fit" and resuming:
             return
         super().setup(trainer, pl_module, stage)
 
