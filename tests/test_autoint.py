@@ -308,6 +308,7 @@ def fitted(tmp_path_factory):
     return tmp, metrics
 
 
+@pytest.mark.slow
 def test_fit_learns_planted_signal(fitted):
     """As in test_cli: at least 60% of the oracle's lift over chance (the Bayes-optimal test AUC
     of the generator) on 16k training rows means the planted effects were learned; a model that
@@ -318,6 +319,7 @@ def test_fit_learns_planted_signal(fitted):
     assert metrics["test"]["auc"] <= oracle + 0.02
 
 
+@pytest.mark.slow
 def test_report_shows_the_attention_map(fitted):
     from recsys.reports import build_report
 

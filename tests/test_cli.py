@@ -59,6 +59,7 @@ def test_help_lists_every_subcommand(capsys):
         assert f"  {cmd} " in out
 
 
+@pytest.mark.slow
 def test_fit_learns_planted_signal(fitted):
     """The generator's Bayes-optimal (oracle) test AUC bounds what is learnable. A model that
     captures at least 60% of the oracle's lift over chance on 16k training rows has clearly
@@ -72,6 +73,7 @@ def test_fit_learns_planted_signal(fitted):
     assert Path(metrics["best_checkpoint"]).is_file()
 
 
+@pytest.mark.slow
 def test_fit_report_matches_fit_metrics(fitted):
     tmp, _, metrics = fitted
     report_dir = Path(metrics["best_checkpoint"]).parents[1] / "report"
@@ -81,6 +83,7 @@ def test_fit_report_matches_fit_metrics(fitted):
     assert auc == pytest.approx(metrics["test"]["auc"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_predict_reproduces_scores(fitted, tmp_path):
     tmp, cfg, metrics = fitted
     ckpt = metrics["best_checkpoint"]
@@ -103,6 +106,7 @@ def test_checkpoint_predict_reproduces_scores(fitted, tmp_path):
     assert auc == pytest.approx(metrics["test"]["auc"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path):
     a = _config(tmp_path, "a", n_rows=6000, epochs=2)
     b = _config(tmp_path, "b", n_rows=6000, epochs=2)
@@ -115,6 +119,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert run_metrics(tmp_path, "c")["valid"] != ma["valid"]
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, fitted):
     _, _, metrics = fitted
     bad = tmp_path / "bad.ckpt"
@@ -129,6 +134,7 @@ def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_missing_data_file_exits_cleanly(tmp_path):
     schema = tmp_path / "schema.yaml"
     schema.write_text("label: y\nfields:\n  - {name: a, kind: categorical}\n")
@@ -143,6 +149,7 @@ def test_missing_data_file_exits_cleanly(tmp_path):
     assert not (tmp_path / "missing").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_bad_label_names_file_and_column(tmp_path):
     data = tmp_path / "d.csv"
     pl.DataFrame({"a": ["x", "y", "x", "y"], "y": [0, 1, 2, 1],
@@ -159,6 +166,7 @@ def test_bad_label_names_file_and_column(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_a_parse_error(tmp_path):
     cfg = _config(tmp_path, "unknown")
     data = yaml.safe_load(cfg.read_text())

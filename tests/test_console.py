@@ -204,6 +204,7 @@ def _ranking_data(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_rank_features_bar_on_a_terminal_and_none_in_logs(tmp_path):
     data = _ranking_data(tmp_path)
     rc, stdout, tty = recsys_tty("rank-features", "--data", str(data), "--out", str(tmp_path / "r1"))

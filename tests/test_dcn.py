@@ -111,6 +111,7 @@ def test_xavier_init_and_config_rebuild(dm, batch):
 N_ROWS = 20_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("low_rank", [0, 8])
 def test_small_fit_learns_planted_signal(tmp_path, low_rank):
     """As tests/test_moe.py: at least 60% of the oracle's lift over chance on 16k training rows."""

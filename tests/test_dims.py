@@ -120,6 +120,7 @@ def searched(tmp_path_factory):
     return tmp, out, json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_search_writes_config_summary_and_plot(searched):
     _, out, summary = searched
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "summary.json", "summary.md", "widths.png"]
@@ -130,6 +131,7 @@ def test_search_writes_config_summary_and_plot(searched):
     assert phases == ["warm", "warm", "search", "search", "search"]
 
 
+@pytest.mark.slow
 def test_alpha_stays_in_unit_interval(searched):
     _, _, summary = searched
     alpha = np.concatenate([np.ravel(a) for a in summary["alpha"].values()])
@@ -137,6 +139,7 @@ def test_alpha_stays_in_unit_interval(searched):
     assert alpha.min() < 0.5  # the search moved alpha (the clip is exercised at 0 or 1)
 
 
+@pytest.mark.slow
 def test_noise_table_ends_narrower_than_informative(searched):
     _, _, summary = searched
     truth = make_synthetic(**OPTIONS)
@@ -145,6 +148,7 @@ def test_noise_table_ends_narrower_than_informative(searched):
     assert dims["user_id"] < dims["item_id"], dims
 
 
+@pytest.mark.slow
 def test_exported_config_has_promised_parameter_count(searched):
     _, out, summary = searched
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -159,6 +163,7 @@ def test_exported_config_has_promised_parameter_count(searched):
     assert BUDGET * full - kept < max(sizes.values())  # within one dim (block) of the largest table
 
 
+@pytest.mark.slow
 def test_retrain_from_exported_config(searched):
     tmp, out, summary = searched
     assert main(["fit", "--config", str(out / "config.yaml"), "--trainer.max_epochs", "1"]) == 0

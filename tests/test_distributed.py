@@ -61,6 +61,7 @@ def runs(tmp_path_factory):
     return tmp, one, two, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_with_sharded_tables_match_one_process(runs):
     tmp, _, _, log = runs
     one, two = run_metrics(tmp, "one"), run_metrics(tmp, "two")
@@ -74,6 +75,7 @@ def test_two_processes_with_sharded_tables_match_one_process(runs):
     assert two["valid"]["auc"] > 0.6  # and it learned something
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_is_a_dcp_directory_loadable_in_one_process(runs):
     tmp, _, _, _ = runs
     two = run_metrics(tmp, "two")
@@ -99,6 +101,7 @@ def test_sharded_checkpoint_is_a_dcp_directory_loadable_in_one_process(runs):
     assert abs(logloss - two["test"]["logloss"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_predict_from_sharded_checkpoint_in_one_process(runs, tmp_path):
     tmp, _, two_cfg, _ = runs
     ckpt = Path(run_metrics(tmp, "two")["best_checkpoint"])

@@ -224,6 +224,7 @@ def _valid_frame(**cols) -> pl.DataFrame:
 
 
 # inputs that crashed (or gave non-finite features) before the fixes, found while fuzzing
+@pytest.mark.slow
 @example(_valid_frame(x=[1e308, 1.7e308]), pl.DataFrame())                        # mean overflowed: -inf
 @example(_valid_frame(x=[-1.7e308, 1.7e308], p=[-1.7e308, 1.7e308]), pl.DataFrame())
 @example(_valid_frame(tags=[[[1]], [[2, 3]]]), pl.DataFrame())                   # list of lists: cast crash

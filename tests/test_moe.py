@@ -305,6 +305,7 @@ def _config(tmp_path: Path, name: str) -> Path:
     return small_synthetic_config(tmp_path, name, {"embedding_dim": 8, "expert_units": [64, 32]}, {"n_rows": N_ROWS, "seed": 0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["aw_moe", "moe"])
 def test_small_fit_learns_planted_signal(tmp_path, name):
     """As tests/test_cli.py: the generator's oracle (Bayes-optimal) test AUC bounds what is

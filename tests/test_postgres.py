@@ -88,6 +88,7 @@ def _load(url: str, name: str):
 
 
 # ----------------------------------------------------------------------------- two hosts, one study
+@pytest.mark.slow
 def test_postgres_two_hosts_reach_n_trials_together(postgres_server, tmp_path):
     cfg, sp = _setup(tmp_path, epochs=2)
     url = postgres_server.url
@@ -111,6 +112,7 @@ def test_postgres_two_hosts_reach_n_trials_together(postgres_server, tmp_path):
     assert "optuna-dashboard postgresql+psycopg://tuner:***@127.0.0.1" in out
 
 
+@pytest.mark.slow
 def test_postgres_sigkilled_host_trial_is_failed_by_heartbeat_and_retried(postgres_server, tmp_path):
     cfg, sp = _setup(tmp_path, epochs=2)
     url, name, n = postgres_server.url, "killed_host", 4
@@ -191,6 +193,7 @@ def moved_study(sqlite_study, postgres_server):
     return src, r.stdout
 
 
+@pytest.mark.slow
 def test_postgres_resumes_a_study_copied_from_sqlite(sqlite_study, moved_study, postgres_server):
     src, out = moved_study
     before = _load(src, "moved").get_trials()

@@ -238,6 +238,7 @@ def report(checkpoints, tmp_path_factory):
     return rep, out
 
 
+@pytest.mark.slow
 def test_report_metrics_match_training_metrics(checkpoints, report):
     rep, out = report
     (_, ma), (_, mb) = checkpoints
@@ -266,6 +267,7 @@ def test_report_metrics_match_training_metrics(checkpoints, report):
     assert "skipped" in rep["conventions"]["gauc"] and "equal-width" in rep["conventions"]["ece"]
 
 
+@pytest.mark.slow
 def test_report_segments(report):
     rep, _ = report
     keys = [s["key"] for s in rep["segments"]]
@@ -279,6 +281,7 @@ def test_report_segments(report):
     assert {b["segment"] for b in rep["segments"][2]["buckets"]} <= {f"c1_{i}" for i in range(5)} | {"(null)"}
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_and_has_every_section(report):
     rep, out = report
     page = (out / "report.html").read_text()
@@ -298,6 +301,7 @@ def test_html_is_self_contained_and_has_every_section(report):
     assert "GAUC" in page and "DeLong" in page
 
 
+@pytest.mark.slow
 def test_report_writes_atomically(checkpoints, tmp_path, monkeypatch):
     (a, _), _ = checkpoints
     from recsys.reports import render
@@ -317,6 +321,7 @@ def test_report_writes_atomically(checkpoints, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["r"]
 
 
+@pytest.mark.slow
 def test_report_on_an_external_file_and_cli(checkpoints, tmp_path, capsys):
     (a, fit_a), _ = checkpoints
     test_rows = make_synthetic(n_rows=N_ROWS, seed=0).frame.filter(pl.col("split") == "test").drop("split")
@@ -333,6 +338,7 @@ def test_report_on_an_external_file_and_cli(checkpoints, tmp_path, capsys):
     assert "two or more checkpoints" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(checkpoints, tmp_path):
     (a, _), _ = checkpoints
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
@@ -344,6 +350,7 @@ def test_cli_errors_are_one_line(checkpoints, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_other_task_checkpoints_hook(checkpoints, tmp_path, monkeypatch):
     (a, _), _ = checkpoints
     fake = tmp_path / "two_tower.ckpt"
@@ -357,6 +364,7 @@ def test_other_task_checkpoints_hook(checkpoints, tmp_path, monkeypatch):
     assert rep["other_sections"][0]["model"] == "B" and "Recall@K" in (tmp_path / "o" / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_attention_map_hook(checkpoints, tmp_path, monkeypatch):
     """A model with ``attention_weights()`` gets its mean attention map plotted."""
     (a, _), _ = checkpoints
@@ -422,6 +430,7 @@ def awmoe_checkpoint(tmp_path_factory):
                                              "attention_units": [8], "cl_weight": 0.1}}, 0)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["awmoe", "deepfm"])
 def test_history_cap_scores_equal_scores_of_truncated_rows(which, awmoe_checkpoint, checkpoints, tmp_path):
     """Capping at K inside the report = scoring a file whose history column holds the last K items
@@ -443,6 +452,7 @@ def test_history_cap_scores_equal_scores_of_truncated_rows(which, awmoe_checkpoi
     assert changed == 2  # the caps really change the scores (the history matters to the model)
 
 
+@pytest.mark.slow
 def test_history_cap_section_in_report_and_cli(awmoe_checkpoint, checkpoints, tmp_path, capsys):
     (a, _), _ = checkpoints
     out = tmp_path / "cap"

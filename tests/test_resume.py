@@ -76,6 +76,7 @@ def _kill_after_checkpoints(cfg: Path, last: Path, n_writes: int) -> int:
     return proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     full = _config(tmp_path, "full")
     assert main(["fit", "--config", str(full), "--save_every_n_steps", str(EVERY)]) == 0

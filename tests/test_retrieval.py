@@ -280,6 +280,7 @@ def test_ml100k_retrieval_view_reproduces_popularity_floor():
 
 
 # ------------------------------------------------------------- fit + retrieve
+@pytest.mark.slow
 def test_fit_then_retrieve_cli(tmp_path):
     from recsys.cli import main
 

@@ -357,6 +357,7 @@ def _config(tmp_path: Path, name: str) -> Path:
     return small_synthetic_config(tmp_path, name, {"embedding_dim": 8, "hidden_units": [64, 32], "attention_units": [16]}, {"n_rows": N_ROWS, "seed": 0, "history_len": 30})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sdim", "din"])
 def test_small_fit_learns_planted_signal(tmp_path, name):
     """As tests/test_cli.py: the generator's oracle (Bayes-optimal) test AUC bounds what is

@@ -120,6 +120,7 @@ def study_run(tmp_path_factory):
     return tmp, cfg, sp, study_dir
 
 
+@pytest.mark.slow
 def test_study_completes_prunes_and_exports(study_run):
     tmp, cfg, sp, study_dir = study_run
     study = _study(study_dir, "s")
@@ -151,6 +152,7 @@ def test_study_completes_prunes_and_exports(study_run):
     assert "http://" not in page and "https://" not in page and "<script" not in page  # offline
 
 
+@pytest.mark.slow
 def test_best_config_reruns_with_recsys_fit(study_run):
     tmp, cfg, sp, study_dir = study_run
     best = _study(study_dir, "s").best_trial
@@ -162,6 +164,7 @@ def test_best_config_reruns_with_recsys_fit(study_run):
     assert metrics["valid"]["auc"] == pytest.approx(best.value, abs=1e-4)  # same seed, same result
 
 
+@pytest.mark.slow
 def test_failing_trial_does_not_stop_the_study(tmp_path, capsys):
     bad_space = {"pruner": {"name": "none"},
                  "params": {"model.init_args.lr": {"type": "categorical", "choices": [0.003, float("inf")]},
