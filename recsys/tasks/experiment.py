@@ -127,6 +127,8 @@ class ExperimentCLI(LightningCLI):
         if self.subcommand == "fit":
             if cfg.get("ckpt_path") == "last":
                 _resolve_last(cfg)
+            elif cfg.get("ckpt_path") and Path(cfg.ckpt_path).exists():
+                check_resume_sampler(cfg.ckpt_path, cfg)
             return
         check_scoring_checkpoint(self.subcommand, cfg.get("ckpt_path"))
         if self.subcommand == "predict":
@@ -275,6 +277,36 @@ def _launcher_rank() -> int:
     return 0
 
 
+def check_resume_sampler(ckpt_path: str | Path, cfg) -> None:
+    """A fit resumed from ``ckpt_path`` must keep the batch size and shuffling seed its sampler
+    was saved with; refuse a different one now, before the run folder, its metrics.csv or its
+    config.yaml are touched (the sampler would refuse it only after Lightning restored the run)."""
+    from recsys.checkpoint import read_checkpoint
+    from recsys.errors import DataError
+
+    try:
+        ckpt = read_checkpoint(ckpt_path, keys=())
+    except RecsysError:
+        return  # reported, with its fix, when Lightning reads it
+    loops = ckpt.get("loops") if isinstance(ckpt, dict) else None
+    fit_loop = loops.get("fit_loop", {}) if isinstance(loops, dict) else {}
+    states = (fit_loop.get("state_dict") or {}).get("combined_loader") if isinstance(fit_loop, dict) else None
+    data = cfg.get("data")
+    init = data.get("init_args") if data is not None and hasattr(data, "get") else None
+    if not isinstance(states, list) or init is None:
+        return
+    for state in states:
+        if not isinstance(state, dict):
+            continue
+        for key in ("batch_size", "seed"):
+            want = init.get(key)
+            if want is not None and key in state and state[key] != want:
+                raise DataError(f"cannot resume: the checkpoint's sampler had {key}={state[key]!r}, this run has "
+                                f"{want!r}", where=f"--ckpt_path {ckpt_path}",
+                                fix=f"resume with data.init_args.{key} {state[key]!r} (the interrupted run's), or "
+                                    "start a new run without --ckpt_path")
+
+
 def _resolve_last(cfg) -> None:
     """``fit --ckpt_path last``: the newest ``last*.ckpt`` (file, or directory of a sharded run)
     under the config's log directory; the resumed run logs into the same ``version_N``
@@ -292,6 +324,7 @@ def _resolve_last(cfg) -> None:
         return
     newest = max(found, key=lambda p: p.stat().st_mtime)
     cfg.ckpt_path = str(newest)
+    check_resume_sampler(newest, cfg)  # before the run folder is touched
     if init is not None and root is not None and init.get("version") is None:
         try:
             version_dir = newest.relative_to(root).parts[0]
