@@ -57,7 +57,10 @@ class LogisticRegression(RankingModel):
             of size ~1 from a near-zero start, where a deep model's layers need small steps:
             with the shipped Adam 1e-3 and ``lr_scale=1``, Adult's valid AUC still rises after
             30 epochs (0.9043); with the default 10 it is within 0.001 of its best (0.9054) after
-            4 (experiments/logistic_adult.yaml). Set 1 for the plain parametrization.
+            4 (experiments/logistic_adult.yaml). Valid AUC, Adam 1e-3, seed 0, lr_scale 10 vs 1:
+            ml100k-ctr 0.6786 (best, epoch 9) vs 0.6645 (epoch 12, still rising); the 40-field
+            synthetic-wide table 0.7818 (flat from epoch 4) vs 0.7837 (epoch 8, still rising): there
+            the plain one ends 0.002 higher, given the epochs. Set 1 for the plain parametrization.
     """
 
     def __init__(self, features: FeatureEncoder, init_std: float = 1e-4, lr_scale: float = 10.0):
