@@ -55,7 +55,8 @@ def runs(tmp_path_factory):
     env.pop("MASTER_PORT", None)
     proc = subprocess.run(
         [sys.executable, "-m", "recsys.cli", "fit", "--config", str(two),
-         "--trainer.strategy", "recsys_ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+         "--trainer.strategy", "recsys_ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+         "--verbose"],  # Lightning's own lines (backend, processes) are quiet without it
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp, one, two, proc.stdout + proc.stderr
