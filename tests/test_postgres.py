@@ -235,6 +235,7 @@ def _get(base: str, path: str) -> dict:
     return json.loads(urllib.request.urlopen(base + path, timeout=30).read())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
 def test_postgres_and_sqlite_studies_in_optuna_dashboard(where, sqlite_study, moved_study, postgres_server):
     tmp, cfg, sp, study_dir, sqlite_out = sqlite_study

@@ -192,6 +192,7 @@ def test_failing_trial_does_not_stop_the_study(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- workers and resume
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path, capsys):
     cfg, sp = _setup(tmp_path, epochs=2)
     study_dir = tmp_path / "st"
