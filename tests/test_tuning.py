@@ -214,6 +214,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path, capsys):
     assert len(_study(study_dir, "s").get_trials()) == 4
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_without_lost_or_duplicated_trials(tmp_path):
     cfg, sp = _setup(tmp_path, epochs=3)
     study_dir = tmp_path / "st"
