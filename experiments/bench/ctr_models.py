@@ -39,8 +39,8 @@ and ``CTRDataModule`` of the data set; per training step (forward, BCE, backward
 on batches already in memory (compute only) vs the time of the same steps drawing the batches
 from the training ``DataLoader`` (end to end), alternated ``--overhead-rounds`` times; overhead
 = 1 - compute time / end-to-end time per step, medians. Peak memory: the peak RSS of each
-``recsys fit`` and of FuxiCTR's driver process (``os.wait4``; Ray's worker processes are not in
-FuxiCTR's figure).
+``recsys fit`` and of FuxiCTR's driver process (GNU time's ``%M``; Ray's worker processes are not
+in FuxiCTR's figure).
 
 Writes ``experiments/bench/results/ctr_models.{json,md}`` (rewritten after every run, so an
 interrupted run keeps what it measured).
@@ -107,15 +107,22 @@ def write_splits(out: Path) -> Path:
     return out
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float | None]:
     """Run ``cmd`` (stdout and stderr to ``log``); return (exit code, wall seconds, peak RSS in
-    MiB of the process itself, from ``os.wait4``)."""
+    MiB of the process). The peak comes from GNU time's ``%M`` (the command's own ``wait4``
+    rusage): measured from this process it would be inflated, since a child forked from a large
+    process inherits its resident size as its high-water mark across ``exec``."""
+    rss_file = log.with_suffix(".rss")
+    wrap = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+        rc = subprocess.run(wrap + cmd, env=env(), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    rss = None
+    if wrap and rss_file.exists():
+        lines = [x for x in rss_file.read_text().split() if x.isdigit()]
+        rss = int(lines[-1]) / 1024 if lines else None
+    return rc, wall, rss
 
 
 def data_overrides(dataset: str, wide_rows: int) -> list[str]:
@@ -318,7 +325,7 @@ def summarize(rows: list[dict]) -> dict:
         "samples_per_s_median": statistics.median(r["samples_per_s"] for r in rows),
         "compute_samples_per_s_median": (statistics.median(r["compute_samples_per_s"] for r in rows)
                                          if all(r.get("compute_samples_per_s") for r in rows) else None),
-        "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rows),
+        "peak_rss_mib_max": max((r["peak_rss_mib"] or 0) for r in rows) or None,
         "epochs": "/".join(str(r["epochs"]) for r in rows),
         "seeds": len(rows),
     }
@@ -340,7 +347,7 @@ def table(results: dict) -> str:
             comp = f"{comp:,.0f}" if comp else ""
             lines.append(f"| {dataset} | {model} | {impl} | {e['test_auc_mean']:.4f} ± {e['test_auc_std']:.4f} | "
                          f"{e['test_logloss_mean']:.4f} | {tail} | {e['epochs']} | {e['samples_per_s_median']:,.0f} | "
-                         f"{comp} | {e['peak_rss_mib_max']:,.0f} | {ratio} |")
+                         f"{comp} | {e['peak_rss_mib_max'] or 0:,.0f} | {ratio} |")
     if results.get("overhead"):
         lines += ["", "Ours, data-path overhead (in-process, alternated): ",
                   "", "| data set | model | batch | compute only samples/s | end to end samples/s | overhead |",
@@ -416,13 +423,13 @@ def main() -> None:
                                      args.paper_residual)
                         got["recsys"].append(r)
                         print(f"[{key} seed {seed}] recsys  AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
-                              f"samples/s  ({r['epochs']} epochs, peak RSS {r['peak_rss_mib']:,.0f} MiB)", flush=True)
+                              f"samples/s  ({r['epochs']} epochs, peak RSS {r['peak_rss_mib'] or 0:,.0f} MiB)", flush=True)
                         if peer:
                             r = run_peer(peer, seed, data[dataset], work, bs, args.max_epochs)
                             got["fuxictr"].append(r)
                             print(f"[{key} seed {seed}] FuxiCTR AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
                                   f"samples/s, compute only {r['compute_samples_per_s']:,.0f}  ({r['epochs']} epochs, "
-                                  f"peak RSS {r['peak_rss_mib']:,.0f} MiB)", flush=True)
+                                  f"peak RSS {r['peak_rss_mib'] or 0:,.0f} MiB)", flush=True)
                         entry = {"recsys": {"runs": got["recsys"], **summarize(got["recsys"])}}
                         if got["fuxictr"]:
                             entry["fuxictr"] = {"runs": got["fuxictr"], **summarize(got["fuxictr"])}
