@@ -375,6 +375,7 @@ def main() -> None:
     ap.add_argument("--overhead", action="store_true", help="also measure ours' data-path overhead (in-process)")
     ap.add_argument("--overhead-only", action="store_true", help="only the data-path overhead")
     ap.add_argument("--overhead-rounds", type=int, default=3)
+    ap.add_argument("--overhead-steps", type=int, default=8, help="training steps per round and part")
     ap.add_argument("--out", default="ctr_models", help="result file stem under experiments/bench/results")
     args = ap.parse_args()
 
@@ -398,7 +399,8 @@ def main() -> None:
         for dataset in args.datasets:
             for model in args.models:
                 for bs in args.batch_sizes:
-                    o = overhead(model, dataset, bs, args.wide_rows, args.paper_residual, rounds=args.overhead_rounds)
+                    o = overhead(model, dataset, bs, args.wide_rows, args.paper_residual, steps=args.overhead_steps,
+                                 rounds=args.overhead_rounds)
                     results["overhead"][f"{dataset} / {model} / {bs}"] = o
                     print(f"[{dataset} {model} b{bs}] ours compute only {o['compute_samples_per_s']:,.0f} samples/s, "
                           f"end to end {o['end_to_end_samples_per_s']:,.0f}: data path {100 * o['overhead']:.1f}% "
