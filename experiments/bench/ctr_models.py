@@ -167,10 +167,8 @@ def write_table_splits(dataset: str, out: Path, wide_rows: int = WIDE_ROWS) -> P
     return out
 
 
-def overhead(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool,
-             steps: int = 8, rounds: int = 3) -> dict:
-    """Ours, in this process: per-step time on in-memory batches (compute only) vs drawing them
-    from the training DataLoader (end to end), alternated; see the module docstring."""
+def build_ours(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool):
+    """Our config's model on the data set, in this process: (data module, training step fn)."""
     import importlib
 
     import torch
@@ -206,6 +204,95 @@ def overhead(model: str, dataset: str, batch_size: int, wide_rows: int, paper_re
         loss.backward()
         opt.step()
 
+    return dm, step
+
+
+def duel_worker_ours(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool,
+                     steps: int) -> None:
+    """Our side of ``--duel``: as ``peers/fuxictr_deepfm.py --duel-steps`` (ready / go / seconds)."""
+    dm, step = build_ours(model, dataset, batch_size, wide_rows, paper_residual)
+    held = []
+    for batch in dm.train_dataloader():
+        held.append(batch)
+        if len(held) == steps:
+            break
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        t0 = time.perf_counter()
+        for batch in held:
+            step(batch)
+        print(f"{(time.perf_counter() - t0) / len(held):.6f}", flush=True)
+
+
+def duel(model: str, dataset: str, data: Path, batch_size: int, wide_rows: int, paper_residual: bool,
+         steps: int, rounds: int, work: Path) -> dict:
+    """Compute-only, ours vs FuxiCTR, interleaved at a fine grain: both sides start as workers
+    holding ``steps`` batches in memory; each round runs ours' steps, then FuxiCTR's, and records
+    the seconds per step of each; returns medians and the median of the per-round ratios."""
+    peer = MODELS[model]
+    ours_cmd = [sys.executable, str(Path(__file__).resolve()), "--duel-worker", "--models", model,
+                "--datasets", dataset, "--batch-sizes", str(batch_size), "--wide-rows", str(wide_rows),
+                "--overhead-steps", str(steps)] + (["--paper-residual"] if paper_residual else [])
+    peer_cmd = [str(PEER_PY), str(BENCH / "peers" / "fuxictr_deepfm.py"), "--data", str(data), "--seed", "2019",
+                "--model", peer, "--batch-size", str(batch_size), "--duel-steps", str(steps),
+                "--work", str(work / f"duel_{dataset}_{model}")]
+    if (data / "features.json").exists():
+        peer_cmd += ["--features", str(data / "features.json")]
+    procs = {}
+    for side, cmd in (("recsys", ours_cmd), ("fuxictr", peer_cmd)):
+        err = open(work / f"duel_{dataset}_{model}_{side}.log", "w")
+        procs[side] = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=err, text=True)
+
+    def read_value(side: str, want_ready: bool = False):
+        for line in procs[side].stdout:
+            line = line.strip()
+            if want_ready and line == "ready":
+                return None
+            if not want_ready:
+                try:
+                    return float(line)
+                except ValueError:
+                    continue
+        raise SystemExit(f"duel: the {side} worker ended early (see {work}/duel_{dataset}_{model}_{side}.log)")
+
+    try:
+        for side in procs:
+            read_value(side, want_ready=True)
+        times: dict[str, list[float]] = {"recsys": [], "fuxictr": []}
+        for r in range(rounds + 1):  # round 0 warms both up
+            for side in ("recsys", "fuxictr"):
+                procs[side].stdin.write("go\n")
+                procs[side].stdin.flush()
+                t = read_value(side)
+                if r:
+                    times[side].append(t)
+    finally:
+        for p in procs.values():
+            try:
+                p.stdin.write("stop\n")
+                p.stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass
+        for p in procs.values():
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    ours, theirs = statistics.median(times["recsys"]), statistics.median(times["fuxictr"])
+    return {"recsys_compute_samples_per_s": batch_size / ours, "fuxictr_compute_samples_per_s": batch_size / theirs,
+            "ratio": statistics.median(b / a for a, b in zip(times["recsys"], times["fuxictr"])),
+            "recsys_s_per_step": times["recsys"], "fuxictr_s_per_step": times["fuxictr"],
+            "steps": steps, "rounds": rounds}
+
+
+def overhead(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool,
+             steps: int = 8, rounds: int = 3) -> dict:
+    """Ours, in this process: per-step time on in-memory batches (compute only) vs drawing them
+    from the training DataLoader (end to end), alternated; see the module docstring."""
+    dm, step = build_ours(model, dataset, batch_size, wide_rows, paper_residual)
     steps = min(steps, len(dm.train_dataloader()))
 
     def loader_only() -> float:
@@ -376,8 +463,40 @@ def main() -> None:
     ap.add_argument("--overhead-only", action="store_true", help="only the data-path overhead")
     ap.add_argument("--overhead-rounds", type=int, default=3)
     ap.add_argument("--overhead-steps", type=int, default=8, help="training steps per round and part")
+    ap.add_argument("--duel", action="store_true",
+                    help="only compute-only ours vs FuxiCTR, both as workers stepping in turn (fine-grained pairing)")
+    ap.add_argument("--duel-rounds", type=int, default=5)
+    ap.add_argument("--duel-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="ctr_models", help="result file stem under experiments/bench/results")
     args = ap.parse_args()
+    if args.duel_worker:
+        return duel_worker_ours(args.models[0], args.datasets[0], args.batch_sizes[0], args.wide_rows,
+                                args.paper_residual, args.overhead_steps)
+    if args.duel:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        res = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "duel": {}}
+        lines = ["| data set | model | batch | recsys compute samples/s | FuxiCTR compute samples/s | ratio (median of rounds) |",
+                 "|---|---|---|---|---|---|"]
+        with tempfile.TemporaryDirectory(prefix="recsys-duel-") as tmp:
+            work = Path(tmp)
+            for dataset in args.datasets:
+                data = (write_splits(work / "ml100k") if dataset == "ml100k"
+                        else write_table_splits(dataset, work / dataset, args.wide_rows))
+                for model in args.models:
+                    if MODELS[model] is None:
+                        continue
+                    for bs in args.batch_sizes:
+                        d = duel(model, dataset, data, bs, args.wide_rows, args.paper_residual, args.overhead_steps,
+                                 args.duel_rounds, work)
+                        res["duel"][f"{dataset} / {model} / {bs}"] = d
+                        lines.append(f"| {dataset} | {model} | {bs} | {d['recsys_compute_samples_per_s']:,.0f} | "
+                                     f"{d['fuxictr_compute_samples_per_s']:,.0f} | {d['ratio']:.2f}x |")
+                        print(lines[-1], flush=True)
+                        (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=2))
+                        (RESULTS / f"{args.out}.md").write_text(
+                            f"compute only, alternated per round ({args.overhead_steps} steps x {args.duel_rounds} "
+                            f"rounds), started {res['started']}\n\n" + "\n".join(lines) + "\n")
+        return
 
     if not (args.no_peer or args.overhead_only) and not (BENCH / ".venv-peers" / ".peers-installed").exists():
         print("setting up the peer venv (FuxiCTR) ...", flush=True)

@@ -632,6 +632,29 @@ def feature_cols(spec: dict) -> list[dict]:
     return cols
 
 
+def duel_worker(model, train_gen, steps: int) -> dict:
+    """Hold ``steps`` training batches in memory, print ``ready``, then for every ``go`` line on
+    stdin run those steps (``train_step``: forward, loss, backward, clip, Adam) and print the
+    seconds per step; ``stop`` ends. The other side (ours) does the same in its own venv."""
+    held = []
+    for batch in train_gen:
+        held.append(batch)
+        if len(held) == steps:
+            break
+    model.train()
+    if not hasattr(model, "_max_gradient_norm"):  # BaseModel.fit sets it (its default: 10)
+        model._max_gradient_norm = 10.0
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        t0 = time.perf_counter()
+        for batch in held:
+            model.train_step(batch)
+        print(f"{(time.perf_counter() - t0) / len(held):.6f}", flush=True)
+    return {}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, type=Path,
@@ -655,6 +678,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--features", type=Path, default=None,
                     help="a flat table instead of ml100k-ctr: JSON {dataset_id, categorical: [...], "
                          "numeric: [...], label}; no sequences, no long-tail AUC")
+    ap.add_argument("--duel-steps", type=int, default=0,
+                    help="no fit: serve compute-only timings of this many held batches (see duel_worker)")
     ap.add_argument("--verbose", action="store_true", help="FuxiCTR's tqdm bars")
     args = ap.parse_args(argv)
     table = json.loads(args.features.read_text()) if args.features else None
@@ -743,6 +768,8 @@ def main(argv=None) -> dict:
 
         t1 = time.perf_counter()
         train_gen, valid_gen = RankDataLoader(feature_map, stage="train", **params)
+        if args.duel_steps:  # compute-only steps on demand (ctr_models.py --duel drives it)
+            return duel_worker(model, train_gen, args.duel_steps)
         model.fit(train_gen, validation_data=valid_gen, **params)
         train_s = time.perf_counter() - t1
         epochs = model._epoch_index + 1
