@@ -169,3 +169,24 @@ def test_the_architecture_map_names_every_floor(doc):
     for name in FLOORS:
         if name not in ("recsys", "cli"):
             assert f"{name}" in text, f"{doc} does not mention {name}"
+
+
+def test_one_auc_implementation():
+    """Every AUC recsys logs or reports comes from recsys.metrics: no module imports another
+    library's AUC (torchmetrics' auroc, scikit-learn's roc_auc_score) or defines its own."""
+    offenders = []
+    for module, path in MODULES.items():
+        if module == "recsys.metrics":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            else:
+                continue
+            offenders += [f"{module}:{node.lineno} {n}" for n in names
+                          if "auroc" in n.lower() or "roc_auc" in n.lower().replace("recsys.metrics.roc_auc", "")]
+    assert not offenders, offenders

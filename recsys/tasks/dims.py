@@ -46,13 +46,14 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from torchmetrics.classification import BinaryAUROC
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
+from recsys.metrics import roc_auc
 from recsys.models.dnis import DimsResult, SoftSelection, find_embedding, prune_to_budget
 from recsys.models.base import RankingModel
+from recsys.tasks.distributed import all_gather_rows
 from recsys.models.embedding import NumericEmbedding
 
 __all__ = ["DimensionSearchTask"]
@@ -113,7 +114,7 @@ class DimensionSearchTask(L.LightningModule):
         self.embedding_path, embedding = find_embedding(self.model)
         self.selection = SoftSelection(embedding, self.embedding_path, features, freq_blocks=freq_blocks,
                                        dim_block=dim_block)
-        self.val_auc = BinaryAUROC(thresholds=None)
+        self._val_rows: list[torch.Tensor] = []  # [n, 2] (logit, label) blocks of this epoch
         self.history: list[dict[str, Any]] = []  # one entry per validation epoch
         self._alpha_loader = None
         self._alpha_iter: Iterator | None = None
@@ -217,20 +218,23 @@ class DimensionSearchTask(L.LightningModule):
     # ------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val_sum.zero_()
+        self._val_rows = []
 
     def validation_step(self, batch, batch_idx):
         out = self(batch)
         _, bce = self._loss(out, batch)
         self._val_sum += torch.tensor([bce.item() * len(batch), len(batch)], dtype=torch.float64)
-        self.val_auc.update(out.logits.detach(), batch.labels.long())
+        self._val_rows.append(torch.stack([out.logits.detach().double(), batch.labels.double()], dim=1))
 
     def _state(self) -> dict:
         return copy.deepcopy({k: v.detach().cpu() for k, v in self.state_dict().items()})
 
     def on_validation_epoch_end(self) -> None:
         loss = float(self._val_sum[0] / max(float(self._val_sum[1]), 1.0))
-        auc = float(self.val_auc.compute()) if self.val_auc.update_count else float("nan")
-        self.val_auc.reset()
+        rows, self._val_rows = self._val_rows, []
+        # every rank's rows (one all_gather in DDP, on every rank), AUC from recsys.metrics
+        both = all_gather_rows(torch.cat(rows)) if rows else None
+        auc = roc_auc(both[:, 1].cpu().numpy(), both[:, 0].cpu().numpy()) if both is not None and len(both) else float("nan")
         self.log("val/loss", loss)
         self.log("val/auc", auc)
         if self.trainer.sanity_checking:

@@ -2,7 +2,7 @@
 
 Loss = BCE(logits, labels) + sum of the model's ``aux_losses`` (each already weighted by the
 model). Logged per split (``train/``, ``val/``, ``test/``): ``loss`` (BCE + aux), ``logloss``
-(BCE alone), ``auc`` (exact ROC AUC over the whole epoch, torchmetrics' exact mode) and, for
+(BCE alone), ``auc`` (exact ROC AUC over the whole epoch, recsys.metrics.roc_auc, the reports' implementation) and, for
 training, ``samples_per_s``.
 
 The model is given as a *factory* in YAML (jsonargparse turns ``class_path`` + ``init_args``
@@ -33,11 +33,11 @@ from typing import Any, Callable, Literal
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import binary_auroc
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys.data.preprocess import FeatureEncoder
 from recsys.errors import RecsysError
+from recsys.metrics import roc_auc
 from recsys.models.base import RankingModel, build_model
 from recsys.tasks.distributed import all_gather_rows, all_reduce_max, all_reduce_sum, process_group_ready
 
@@ -227,7 +227,9 @@ class RankingTask(L.LightningModule):
         local = torch.cat(scores) if scores else torch.zeros(0, 2, device=self.device)
         both = all_gather_rows(local) if dist else local  # [N, 2]: logit, label of every rank's rows
         if len(both):
-            out["auc"] = float(binary_auroc(both[:, 0], both[:, 1].long(), thresholds=None))
+            # recsys.metrics' exact AUC, the one the reports use (NaN when the rows hold one class)
+            rows = both.detach().double().cpu().numpy()
+            out["auc"] = roc_auc(rows[:, 1], rows[:, 0])
         out.update(extra or {})
         prefix = split
         for k, v in out.items():
