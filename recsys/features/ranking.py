@@ -131,7 +131,7 @@ import polars as pl
 from recsys.errors import ConfigError, DataError
 from recsys.features.counting import _BatchLabels, _Column, _PermutedStream, count_batches
 from recsys.features.quality import QualityThresholds, quality_report
-from recsys.features.significance import ADJUSTMENTS, benjamini_hochberg, g_test_p_value, holm
+from recsys.features.significance import ADJUSTMENTS, _log_factorial, benjamini_hochberg, g_test_p_value, holm
 from recsys.schema import Schema
 
 __all__ = [
@@ -183,23 +183,6 @@ def mutual_info_from_counts(table: np.ndarray) -> float:
     if n <= 0:
         return 0.0
     return _mi_from_sums(_xlogx_sum(t), _xlogx_sum(t.sum(1)), _xlogx_sum(t.sum(0)), n)
-
-
-_LF_SMALL = np.array([math.lgamma(i + 1.0) for i in range(128)])
-
-
-def _log_factorial(x: np.ndarray) -> np.ndarray:
-    """``log(x!)`` for integer arrays: a table below 128, Stirling's series above (error < 1e-15)."""
-    x = np.asarray(x, dtype=np.int64)
-    out = np.empty(x.shape, dtype=np.float64)
-    small = x < 128
-    out[small] = _LF_SMALL[x[small]]
-    z = x[~small].astype(np.float64) + 1.0
-    iz = 1.0 / z
-    iz2 = iz * iz
-    out[~small] = ((z - 0.5) * np.log(z) - z + 0.5 * math.log(2 * math.pi)
-                   + iz * (1 / 12 - iz2 * (1 / 360 - iz2 * (1 / 1260 - iz2 / 1680))))
-    return out
 
 
 def _unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
