@@ -131,7 +131,7 @@ import polars as pl
 from recsys.errors import ConfigError, DataError
 from recsys.features.counting import _BatchLabels, _Column, _PermutedStream, count_batches
 from recsys.features.quality import QualityThresholds, quality_report
-from recsys.features.significance import ADJUSTMENTS, _log_factorial, benjamini_hochberg, g_test_p_value, holm
+from recsys.features.significance import ADJUSTMENTS, _log_factorial, _unique_counts, benjamini_hochberg, g_test_p_value, holm
 from recsys.schema import Schema
 
 __all__ = [
@@ -183,16 +183,6 @@ def mutual_info_from_counts(table: np.ndarray) -> float:
     if n <= 0:
         return 0.0
     return _mi_from_sums(_xlogx_sum(t), _xlogx_sum(t.sum(1)), _xlogx_sum(t.sum(0)), n)
-
-
-def _unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(x, return_counts=True)`` of non-negative integers (a bincount when the range is small)."""
-    top = int(x.max()) if x.size else 0
-    if top <= 4 * x.size + 1024:
-        c = np.bincount(x, minlength=top + 1)
-        v = np.flatnonzero(c)
-        return v.astype(x.dtype), c[v]
-    return np.unique(x, return_counts=True)
 
 
 def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:

@@ -131,7 +131,7 @@ def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(x, return_counts=True)`` of positive integers, by bincount when their range is small."""
+    """``np.unique(x, return_counts=True)`` of non-negative integers, by bincount when their range is small."""
     top = int(x.max()) if x.size else 0
     if top <= 4 * x.size + 1024:
         c = np.bincount(x, minlength=top + 1)
