@@ -79,17 +79,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def _canonical(self, args: Sequence[str]) -> list[str]:
         known = self._option_string_actions
-        out: list[str] = []
-        for i, a in enumerate(args):
-            if a == "--":
-                out += list(args[i:])
-                break
-            if a.startswith("--") and len(a) > 2:
-                key, eq, value = a.partition("=")
-                if key not in known and _other_spelling(key) in known:
-                    a = _other_spelling(key) + eq + value
-            out.append(a)
-        return out
+
+        def declared(key: str) -> str:
+            return _other_spelling(key) if key not in known and _other_spelling(key) in known else key
+
+        return _rename_options(args, declared)
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's
         args = sys.argv[1:] if args is None else list(args)
@@ -98,14 +92,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def canonical_flags(argv: Sequence[str]) -> list[str]:
     """Lightning-CLI argv with ``-`` in option names written ``_`` (values untouched)."""
+    return _rename_options(argv, lambda key: "--" + key[2:].replace("-", "_"))
+
+
+def _rename_options(args: Sequence[str], rename) -> list[str]:
+    """``args`` with every long option's name (``--key`` or ``--key=value``) passed through
+    ``rename``; values and everything after a bare ``--`` untouched."""
     out: list[str] = []
-    for i, a in enumerate(argv):
+    for i, a in enumerate(args):
         if a == "--":
-            out += list(argv[i:])
+            out += list(args[i:])
             break
         if a.startswith("--") and len(a) > 2:
             key, eq, value = a.partition("=")
-            a = "--" + key[2:].replace("-", "_") + eq + value
+            a = rename(key) + eq + value
         out.append(a)
     return out
 
