@@ -421,3 +421,28 @@ def test_torchrun_two_nodes_on_localhost_match_the_lightning_launched_run(deepfm
     for split in ("valid", "test"):
         for key in ("auc", "logloss"):
             assert m[split][key] == pytest.approx(launched[split][key], abs=1e-4), (split, key, m[split], launched[split])
+
+
+def test_gloo_process_group_is_destroyed_at_exit(tmp_path):
+    """Lightning destroys only NCCL groups at exit; a gloo group left to interpreter teardown can
+    abort a finished run (exit -6, "terminate called without an active exception"). The
+    strategy's atexit hook destroys it first: a hook registered before it (so run after it) sees
+    no group any more."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import atexit\n"
+        "import torch.distributed as dist\n"
+        "atexit.register(lambda: print('initialized at exit:', dist.is_initialized(), flush=True))\n"
+        "import pytorch_lightning as L\n"
+        "from recsys.tasks.distributed import ShardedDDPStrategy\n"
+        "trainer = L.Trainer(strategy=ShardedDDPStrategy(), devices=1, accelerator='cpu', logger=False,\n"
+        "                    enable_progress_bar=False)\n"
+        "trainer.strategy.setup_environment()\n"
+        "print('backend:', dist.get_backend(), flush=True)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("MASTER_PORT", None)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "backend: gloo" in proc.stdout
+    assert "initialized at exit: False" in proc.stdout, proc.stdout

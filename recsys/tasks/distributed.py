@@ -170,6 +170,33 @@ def _drop_in_backward(params) -> None:
                 delattr(p, attr)
 
 
+_DESTROY_REGISTERED = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group (every backend) if one is still initialised."""
+    import signal
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl+C must not cut the teardown short
+    try:
+        dist.destroy_process_group()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _register_destroy_at_exit() -> None:
+    global _DESTROY_REGISTERED
+    if not _DESTROY_REGISTERED:
+        import atexit
+
+        atexit.register(destroy_process_group_at_exit)
+        _DESTROY_REGISTERED = True
+
+
 class ShardedDDPStrategy(DDPStrategy):
     """DDP for the dense part + TorchRec sharding (planner-chosen) for the embedding tables.
 
@@ -221,6 +248,15 @@ class ShardedDDPStrategy(DDPStrategy):
                                    override=True)
 
     # ------------------------------------------------------------------ setup
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        # Lightning destroys the process group at exit for NCCL only. A gloo group left to the
+        # interpreter's teardown can abort the process ("terminate called without an active
+        # exception", exit -6) while gloo's worker threads still hold work items (seen on a loaded
+        # CI machine after a run that had finished and written metrics.json). Destroy it in an
+        # atexit hook, while the interpreter is whole; a no-op if it is already gone.
+        _register_destroy_at_exit()
+
     def setup(self, trainer) -> None:
         from pytorch_lightning.trainer.states import TrainerFn
 
