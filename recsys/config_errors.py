@@ -50,6 +50,7 @@ def parse_or_explain(parser, args, parse: Callable, subcommand: str | None = Non
     error becomes one :class:`ConfigError` (see :func:`explain`)."""
     for p in _parsers(parser):
         p.exit_on_error = False
+    check_empty_top_keys(parser, args)
     try:
         parse(parser, args)
     except argparse.ArgumentError as e:
@@ -57,6 +58,37 @@ def parse_or_explain(parser, args, parse: Callable, subcommand: str | None = Non
         if found is not None:
             raise found from None
         raise explain(str(e), parser, args) from None
+
+
+def check_empty_top_keys(parser, args) -> None:
+    """Refuse a misspelled top-level key whose value is empty (``trainr: {}`` or ``trainr:``) in a
+    ``--config`` file. jsonargparse reports an unknown key only through its leaves, so an empty
+    block has none and would be ignored without a word; keys with values are left to it."""
+    if not isinstance(args, (list, tuple)):
+        return
+    sub = _subcommand(args)
+    valid_top = sorted({k.split(".")[0] for k in _parser_keys(parser, sub)})
+    if not valid_top:
+        return
+    subcommands = set(getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}) or {})
+    files = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in args if isinstance(a, str) and a.startswith("--config=")]
+    import yaml
+
+    for f in files:
+        try:
+            with open(f) as fh:
+                cfg = yaml.safe_load(fh)
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports unreadable files itself
+        if not isinstance(cfg, dict):
+            continue
+        for key, value in cfg.items():
+            if value in (None, {}, []) and str(key) not in valid_top and str(key) not in subcommands:
+                hint = _suggest(str(key), valid_top)
+                raise ConfigError("unknown top-level key with an empty value" + (f"; {hint}" if hint else ""),
+                                  where=f"{f}: {key}",
+                                  fix=f"remove it or use one of the top-level keys: {_listing(valid_top)}")
 
 
 def recsys_error_in(exc: BaseException) -> RecsysError | None:

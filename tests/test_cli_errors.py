@@ -194,6 +194,18 @@ def test_misspelled_key_names_it_and_suggests_the_closest(tmp_path, where, args,
     assert not (tmp_path / "runs").exists()
 
 
+
+@pytest.mark.parametrize("empty", ["{}", ""])
+def test_misspelled_empty_top_level_key_is_refused(tmp_path, empty):
+    """`trainr: {}` has no leaves for jsonargparse to reject: without the check it is ignored."""
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text() + f"trainr: {empty}\n")
+    before = snapshot(tmp_path)
+    res = recsys(["fit", "--config", str(cfg)], tmp_path)
+    line = one_error(res)
+    assert "trainr" in line and "did you mean 'trainer'" in line and cfg.name in line
+    assert snapshot(tmp_path) == before
+
 # ------------------------------------------------------------------- 8: output paths
 @pytest.mark.slow
 def test_predict_out_directory_is_refused_before_scoring(trained, tmp_path):
