@@ -195,6 +195,7 @@ def test_misspelled_key_names_it_and_suggests_the_closest(tmp_path, where, args,
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("empty", ["{}", ""])
 def test_misspelled_empty_top_level_key_is_refused(tmp_path, empty):
     """`trainr: {}` has no leaves for jsonargparse to reject: without the check it is ignored."""
@@ -247,6 +248,29 @@ def test_refused_resume_keeps_the_runs_config(trained, tmp_path):
     assert "cannot resume" in line and "batch_size=64" in line and "32" in line
     assert (version / "config.yaml").read_bytes() == config_before
     assert snapshot(version) == before  # nor its metrics.csv, hparams.yaml or checkpoints
+
+
+@pytest.mark.slow
+def test_resume_refused_for_other_data_keeps_the_runs_metrics(tmp_path):
+    """Another number of training rows is found only once the data is loaded and the loop
+    restored (mid-epoch checkpoint), after the run folder's metrics.csv was set aside: it is put back."""
+    cfg = write_config(tmp_path, data={"batch_size": 16})
+    # stopped mid-epoch (step 3 of 12) with a checkpoint of that step: a resumable, interrupted run
+    first = recsys(["fit", "--config", str(cfg), "--trainer.max_steps", "3", "--save_every_n_steps", "1",
+                    "--test_after_fit", "false", "--trainer.log_every_n_steps", "1"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    version = tmp_path / "runs" / "run" / "version_0"
+    metrics_before = (version / "metrics.csv").read_bytes()
+    config_before = (version / "config.yaml").read_bytes()
+    fewer = tmp_path / "fewer.parquet"
+    pl.read_parquet(tmp_path / "d.parquet").head(200).write_parquet(fewer)
+    res = recsys(["fit", "--config", str(cfg), "--ckpt_path", "last", "--trainer.max_steps", "6",
+                  "--data.init_args.dataset", str(fewer)], tmp_path)
+    line = one_error(res, short=False)
+    assert "cannot resume" in line and "n=" in line
+    assert (version / "metrics.csv").read_bytes() == metrics_before
+    assert not list(version.glob("metrics.part-*.csv"))
+    assert (version / "config.yaml").read_bytes() == config_before
 
 
 # ------------------------------------------------------------- 9: data too small to rank

@@ -126,7 +126,7 @@ class ExperimentCLI(LightningCLI):
             return
         if self.subcommand == "fit":
             if cfg.get("ckpt_path") == "last":
-                _resolve_last(cfg)
+                self._kept_metrics = _resolve_last(cfg)
             elif cfg.get("ckpt_path") and Path(cfg.ckpt_path).exists():
                 check_resume_sampler(cfg.ckpt_path, cfg)
             return
@@ -143,6 +143,20 @@ class ExperimentCLI(LightningCLI):
         ckpt = cfg.get("ckpt_path")
         if ckpt and ckpt not in ("best", "last", "hpc") and not cfg.data.init_args.get("features_from"):
             cfg.data.init_args.features_from = ckpt
+
+    _kept_metrics: tuple[Path, Path] | None = None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            # a resume refused after the data loaded (e.g. another number of training rows) or a
+            # run that failed before logging anything: put the run's metrics.csv back where it was
+            if self._kept_metrics is not None:
+                old, part = self._kept_metrics
+                if part.is_file() and not old.exists() and _launcher_rank() == 0:
+                    os.replace(part, old)
+            raise
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads --ckpt_path here (weights_only=True) to merge its hyperparameters
@@ -307,11 +321,13 @@ def check_resume_sampler(ckpt_path: str | Path, cfg) -> None:
                                     "start a new run without --ckpt_path")
 
 
-def _resolve_last(cfg) -> None:
+def _resolve_last(cfg) -> tuple[Path, Path] | None:
     """``fit --ckpt_path last``: the newest ``last*.ckpt`` (file, or directory of a sharded run)
     under the config's log directory; the resumed run logs into the same ``version_N``
     directory (its old ``metrics.csv`` is kept as ``metrics.part-K.csv``), so its checkpoint
-    callbacks continue their own history. Nothing found: Lightning trains from scratch."""
+    callbacks continue their own history. Nothing found: Lightning trains from scratch.
+    Returns ``(metrics.csv, metrics.part-K.csv)`` when it moved one (so a run that fails before
+    writing new metrics can move it back), else None."""
     init, root = _logger_root(cfg)
     default_root = Path(cfg.trainer.get("default_root_dir") or Path.cwd() / "lightning_logs")
     found: list[Path] = []
@@ -321,15 +337,16 @@ def _resolve_last(cfg) -> None:
             if found:
                 break
     if not found:
-        return
+        return None
     newest = max(found, key=lambda p: p.stat().st_mtime)
+    kept = None
     cfg.ckpt_path = str(newest)
     check_resume_sampler(newest, cfg)  # before the run folder is touched
     if init is not None and root is not None and init.get("version") is None:
         try:
             version_dir = newest.relative_to(root).parts[0]
         except ValueError:
-            return
+            return None
         if (root / version_dir).is_dir():
             init.version = version_dir
             # CSVLogger warns that "previous log files in this directory will be deleted": it
@@ -342,9 +359,11 @@ def _resolve_last(cfg) -> None:
                 k = 1
                 while (root / version_dir / f"metrics.part-{k}.csv").exists():
                     k += 1
-                os.replace(old, root / version_dir / f"metrics.part-{k}.csv")
+                kept = (old, root / version_dir / f"metrics.part-{k}.csv")
+                os.replace(*kept)
     if _launcher_rank() == 0:
         print(f"recsys: resuming from {newest}")
+    return kept
 
 
 def data_rates(datamodule, split: str) -> dict | None:
