@@ -134,3 +134,81 @@ def test_in_backward_embedding_optimizer_updates_tables_outside_dense_optimizer(
     hist = {i for ids in _rows(batch, dm.features.schema.sequence_fields[0].name) for i in ids}
     untouched[list(hist)] = False
     assert not changed[untouched].any()  # row-wise: other rows untouched
+
+
+def _logits_and_grads(model, batch):
+    model.zero_grad()
+    logits = model(batch).logits
+    (logits * torch.linspace(-1, 1, len(batch))).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("cls", [DNN, DeepFM])
+def test_fused_lookup_equals_the_collections_forward(dm, batch, cls, monkeypatch):
+    # the tiny schema mixes single-valued fields with lists (multi-hot, pooled history sharing
+    # item_id's table); one table 3 wide makes a second width group (projected back for DeepFM)
+    torch.manual_seed(0)
+    tables = dm.features.schema.tables
+    model = cls(dm.features, embedding_dim=4, hidden_units=[8], dims={tables[1]: 3}, init_std=0.1)
+    emb = model.embedding
+    assert len(emb._groups) == 2 and emb._list_bag_keys
+    assert emb._fused_bags(batch.sparse) is not None  # the fused path is what runs
+    fused, fused_grads = _logits_and_grads(model, batch)
+    monkeypatch.setattr(FeatureEmbedding, "fused_lookup", False)
+    assert emb._fused_bags(batch.sparse) is None
+    plain, plain_grads = _logits_and_grads(model, batch)
+    assert torch.equal(fused, plain)  # same weights: the same logits, bit for bit
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, g in plain_grads.items():  # the same gradient terms, summed in another order
+        assert (fused_grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+
+
+def test_fused_block_is_the_stack_of_an_all_single_valued_table(monkeypatch):
+    from recsys.data import CTRDataModule
+
+    wide = CTRDataModule(dataset="synthetic-wide", dataset_options={"n_rows": 1500}, batch_size=64)
+    wide.setup("fit")
+    b = next(iter(wide.train_dataloader()))
+    torch.manual_seed(0)
+    model = DeepFM(wide.features, embedding_dim=4, hidden_units=[8], init_std=0.1)
+    out = model.embedding(b)
+    assert out.block is not None and out.block.shape == (len(b), len(model.embedding.pooled_names), 4)
+    torch.testing.assert_close(out.stack()[:, :out.block.shape[1]], torch.stack(list(out.pooled.values()), 1))
+    assert model.first_order.emb(b).concat().shape == (len(b), len(model.first_order.emb.pooled_names))
+    out.pooled["c00"] = out.pooled["c00"] + 1.0  # a replaced field: stack() must not reuse the block
+    assert torch.equal(out.stack()[:, 2], out.pooled["c00"]) and list(out.pooled)[2] == "c00"
+    fused, fused_grads = _logits_and_grads(model, b)
+    monkeypatch.setattr(FeatureEmbedding, "fused_lookup", False)
+    plain, plain_grads = _logits_and_grads(model, b)
+    assert torch.equal(fused, plain)
+    for name, g in plain_grads.items():
+        assert (fused_grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+
+
+def test_single_valued_field_with_other_than_one_id_falls_back_to_the_collection(dm, batch):
+    from torchrec import KeyedJaggedTensor
+
+    from recsys.data.batch import Batch
+
+    kjt = batch.sparse
+    keys, n = kjt.keys(), len(batch)
+    lengths = kjt.lengths().clone().view(len(keys), n)
+    k = keys.index("item_id")
+    lengths[k, 0], lengths[k, 1] = 2, 0  # row 0 holds two item ids, row 1 none (same total)
+    odd = Batch(dense=batch.dense, labels=batch.labels,
+                sparse=KeyedJaggedTensor(keys=keys, values=kjt.values(), lengths=lengths.flatten()))
+    emb = FeatureEmbedding(dm.features, embedding_dim=4, init_std=0.1)
+    assert emb._fused_bags(odd.sparse) is None
+    out = emb(odd)
+    table = dict(emb.named_parameters())["ebc.embedding_bags.item_id.weight"]
+    ids = odd.sparse["item_id"].values()
+    torch.testing.assert_close(out.pooled["item_id"][0], table[ids[:2]].mean(0))
+    assert torch.all(out.pooled["item_id"][1] == 0)
+
+
+def test_fused_gather_gradient():
+    from recsys.models.embedding import _Gather
+
+    w = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([0, 6, 6, 2, 0, 0])  # repeated ids: their gradients add up
+    assert torch.autograd.gradcheck(lambda w: _Gather.apply(w, idx), (w,))
