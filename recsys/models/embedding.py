@@ -134,8 +134,10 @@ class EmbeddingOutput:
         b = self.block
         if b is None or len(self.pooled) != b.shape[1]:
             return None
+        ptr, step = b.data_ptr(), b.stride(1) * b.element_size()
+        shape, stride = (b.shape[0], b.shape[2]), (b.stride(0), b.stride(2))
         for i, v in enumerate(self.pooled.values()):
-            if v.data_ptr() != b[:, i].data_ptr() or v.shape != b[:, i].shape or v.stride() != b[:, i].stride():
+            if v.data_ptr() != ptr + i * step or v.shape != shape or v.stride() != stride:
                 return None
         return b
 
@@ -307,8 +309,9 @@ class FeatureEmbedding(nn.Module):
         if not bool((lengths[self._single_idx] == 1).all()):
             return None
         values = kjt.values()
-        starts = torch.zeros(self._n_keys + 1, dtype=torch.int64)
-        torch.cumsum(lengths.sum(dim=1), 0, out=starts[1:])
+        per_key = lengths.sum(dim=1)
+        ends = per_key.cumsum(0)
+        starts = ends - per_key                        # [K] first value of each key
         bags = self.ebc.embedding_bags
         pooled: dict[str, torch.Tensor] = {}
         block = None
@@ -322,7 +325,7 @@ class FeatureEmbedding(nn.Module):
             block = e
         for k in self._list_bag_keys:
             i = self._key_index[k]
-            lo, hi = int(starts[i]), int(starts[i + 1])
+            lo, hi = int(starts[i]), int(ends[i])
             bag = bags[self.table_of[k]]
             row_of = torch.repeat_interleave(rows, lengths[i], output_size=hi - lo)
             pooled[k] = _BagPool.apply(bag.weight, values[lo:hi], row_of, lengths[i], bag.mode == "mean")
