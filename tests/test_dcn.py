@@ -90,7 +90,8 @@ def test_structures_wire_cross_and_dnn(dm, batch, structure, low_rank):
                                            ({"low_rank": -1}, "low_rank"),
                                            ({"low_rank": 4, "n_experts": 0}, "n_experts"),
                                            ({"hidden_units": []}, "hidden_units"),
-                                           ({"mlp_init": "he"}, "mlp_init")])
+                                           ({"mlp_init": "he"}, "mlp_init"),
+                                           ({"numeric_init": "he"}, "numeric_init")])
 def test_bad_config_fails_at_construction(dm, kwargs, match):
     with pytest.raises(ValueError, match=match):
         DCNv2(dm.features, **{**SMALL, **kwargs})
@@ -106,6 +107,23 @@ def test_xavier_init_and_config_rebuild(dm, batch):
     rebuilt = build_model(model.config, dm.features).eval()
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt(batch).logits, model(batch).logits)
+
+
+def test_numeric_init_xavier_draws_the_numeric_vectors_as_a_linear_1_to_d(dm):
+    """``numeric_init="xavier"``: the numeric fields' vectors have FuxiCTR's ``Linear(1, D)``
+    Xavier-normal scale, std sqrt(2 / (1 + D)); the id tables keep ``init_std``; the default
+    draws the numeric vectors as the id tables."""
+    d = 32
+    torch.manual_seed(0)
+    default = DCNv2(dm.features, embedding_dim=d, hidden_units=[8], init_std=1e-3)
+    torch.manual_seed(0)
+    xav = DCNv2(dm.features, embedding_dim=d, hidden_units=[8], init_std=1e-3, numeric_init="xavier")
+    v_default, v_xav = default.embedding.numeric.weight, xav.embedding.numeric.weight
+    assert v_xav.numel() >= 2 * d  # the synthetic data has numeric fields
+    assert v_default.std().item() == pytest.approx(1e-3, rel=0.3)
+    assert v_xav.std().item() == pytest.approx((2 / (1 + d)) ** 0.5, rel=0.3)
+    ids = [p for n, p in xav.embedding.named_parameters() if "numeric" not in n]
+    assert ids and all(p.std().item() < 5e-3 for p in ids if p.numel() > 10)
 
 
 N_ROWS = 20_000

@@ -126,12 +126,17 @@ class DCNv2(RankingModel):
             full-rank cross layers' Linear init (FuxiCTR initialises every Linear Xavier-normal).
         dims: table -> width overrides (projected to D).
         init_std: std of the N(0, std^2) embedding init.
+        numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
+            them as the id tables, N(0, init_std^2); ``xavier`` Xavier-normal as a ``Linear(1, D)``,
+            std ``sqrt(2 / (1 + D))`` (FuxiCTR embeds a numeric field with ``nn.Linear(1, D)``,
+            which its ``reset_parameters`` draws Xavier-normal like every Linear).
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, structure: str = "parallel",
                  cross_layers: int = 3, low_rank: int = 0, n_experts: int = 4,
                  hidden_units: Sequence[int] = (256, 128), dropout: float = 0.0, batch_norm: bool = False,
-                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4):
+                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4,
+                 numeric_init: str = "embedding"):
         super().__init__()
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
@@ -146,9 +151,14 @@ class DCNv2(RankingModel):
                              "(or use structure='cross_only')")
         if mlp_init not in ("torch", "xavier"):
             raise ValueError(f"unknown mlp_init {mlp_init!r}; use 'xavier' or 'torch'")
+        if numeric_init not in ("embedding", "xavier"):
+            raise ValueError(f"unknown numeric_init {numeric_init!r}; use 'embedding' or 'xavier'")
         self.structure = structure
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
                                           project_to=embedding_dim, init_std=init_std, embed_numeric=True)
+        if numeric_init == "xavier" and self.embedding.numeric is not None:
+            with torch.no_grad():  # each field's v [D] as the weight [D, 1] of a Linear(1, D)
+                self.embedding.numeric.weight.normal_(0.0, (2.0 / (1 + embedding_dim)) ** 0.5)
         dim = len(self.embedding.field_names) * embedding_dim
         self.cross = (CrossNetworkMix(dim, cross_layers, low_rank, n_experts) if low_rank
                       else CrossNetwork(dim, cross_layers))
