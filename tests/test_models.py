@@ -116,6 +116,21 @@ def test_deepfm_wide_part_sums_list_field_weights(dm, batch):
     assert build_model(legacy, dm.features).first_order.emb.pooling[seq] == "mean"
 
 
+@pytest.mark.parametrize("threshold, decays", [(None, True), (1e-6, False)])
+def test_plateau_threshold_sets_the_smallest_auc_gain_that_counts(dm, threshold, decays):
+    """FuxiCTR decays the rate only when valid AUC gains < 1e-6; ReduceLROnPlateau's default
+    needs a 1e-4 relative gain, so a gain of 5e-5 at AUC 0.9 decays with it, not with 1e-6."""
+    task = RankingTask(model=lambda f: DeepFM(f, embedding_dim=4, hidden_units=[8]), features=dm.features,
+                       lr=1e-3, plateau_factor=0.1, plateau_threshold=threshold)
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    sched.step(0.9)
+    sched.step(0.90005)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 if decays else 1e-3)
+    sched.step(0.90005)  # no gain at all: both decay
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 if decays else 1e-4)
+
+
 def test_in_backward_embedding_optimizer_updates_tables_outside_dense_optimizer(dm, batch):
     task = RankingTask(model=lambda f: DeepFM(f, embedding_dim=4, hidden_units=[8]), features=dm.features,
                        embedding_optimizer="rowwise_adagrad", embedding_lr=0.5)
