@@ -129,7 +129,7 @@ def test_3mr_prefers_informative_over_its_noisy_duplicate():
     ea, eb = rng.normal(0, 1.0, 8), rng.normal(0, 0.6, 8)
     y = (rng.random(n) < 1 / (1 + np.exp(-(ea[a] + eb[b])))).astype(np.int8)
     df = pl.DataFrame({"a": a, "a_dup": dup, "b": b, "noise": rng.integers(0, 50, n), "y": y})
-    mic = _rank(df).ranking_["feature"].to_list()
+    mic = _rank(df, heuristic="mi-cardinality").ranking_["feature"].to_list()
     assert mic[:3] == ["a", "a_dup", "b"]  # relevance alone keeps the duplicate second
     r = _rank(df, heuristic="3mr")
     order = r.ranking_["feature"].to_list()
@@ -137,6 +137,48 @@ def test_3mr_prefers_informative_over_its_noisy_duplicate():
     assert r.redundancy_ is not None and r.redundancy_.height == 4
     red = dict(zip(r.redundancy_["feature"], r.redundancy_["a"]))
     assert red["a_dup"] > 0.5 and abs(red["noise"]) < 0.01
+
+
+def test_default_ranks_the_independent_column_above_copies(monkeypatch):
+    """The default (mi-redundancy): with an informative column ``a``, two copies of it (its values
+    as strings, shifted) and a 90% copy, and a weaker independent ``b``, the top 2 are ``a`` and
+    ``b``; relevance alone (the former default) puts the copies before ``b``. Dense pairs are
+    judged by the conditional MI, sparse ones by the share of the entropy the chosen column
+    determines (``u``: 2,000 values, ~10 rows each, against an independent ``v`` and a copy)."""
+    import recsys.features.ranking as ranking
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    a, b = rng.integers(0, 6, n), rng.integers(0, 6, n)
+    near = np.where(rng.random(n) < 0.9, a, rng.integers(0, 6, n))
+    ea, eb = np.linspace(-1.5, 1.5, 6), np.linspace(-0.6, 0.6, 6)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(ea[a] + eb[b])))).astype(np.int8)
+    df = pl.DataFrame({"a": a, "a_copy": a.astype(str), "a_shift": a + 10, "a_near": near, "b": b,
+                       "noise": rng.integers(0, 50, n), "y": y})
+    old = _rank(df, heuristic="mi-cardinality").ranking_["feature"].to_list()
+    assert old.index("b") > max(old.index(c) for c in ("a_copy", "a_shift", "a_near"))
+    r = _rank(df)
+    assert r.heuristic == "mi-redundancy"
+    assert r.ranking_["feature"].to_list()[:2] == ["a", "b"]
+    for copy in ("a_copy", "a_shift", "a_near"):
+        row = _row(r, copy)
+        assert row["redundant_with"] == "a" and row["redundancy"] > 0.95 and row["score"] < 0.05 * row["mi_corrected"]
+    assert _row(r, "b")["score"] == _row(r, "b")["mi_corrected"]  # independent of a: nothing taken off
+    assert set(r.selected()) == {"a", "a_copy", "a_shift", "a_near", "b"}  # selection: significance, unchanged
+    # rows' codes kept from the counting pass, or re-read when they would not fit: the same order
+    monkeypatch.setattr(ranking, "_KEEP_CODES_BYTES", 0)
+    again = _rank(df).ranking_
+    assert again["feature"].equals(r.ranking_["feature"]) and np.allclose(again["score"], r.ranking_["score"])
+    # pair statistics on a sample of the rows (big data): the same top 2
+    monkeypatch.setattr(ranking, "_REDUNDANCY_ROWS", 8_000)
+    assert _rank(df).ranking_["feature"].to_list()[:2] == ["a", "b"]
+    # sparse pairs: a copy of a 2,000-value column, and an independent 2,000-value column
+    u, v = rng.integers(0, 2_000, n), rng.integers(0, 2_000, n)
+    eu = rng.normal(0, 1.5, 2_000)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(eu[u] + eu[v])))).astype(np.int8)
+    r = _rank(pl.DataFrame({"u": u, "u_copy": u * 7 + 1, "v": v, "y": y}))
+    assert r.ranking_["feature"].to_list()[1] == "v" and _row(r, "u_copy")["redundancy"] > 0.95
+    assert _row(r, "v")["redundancy"] < 0.2
 
 
 def test_pair_score_finds_xor_interaction():

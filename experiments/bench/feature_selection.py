@@ -11,8 +11,10 @@ Tables (built-in data sets; each ranking sees the **train** split only):
     30,000: 24k train rows; 16 categoricals + user/item + 4 numerics carry planted signal).
 
 Rankings of the table's schema fields:
-  * recsys ``mi-cardinality`` (the default), ``3mr`` (pairs over all fields) and plain ``mi``
-    (:class:`recsys.features.FeatureRanker` with the table's schema, default settings);
+  * recsys ``mi-redundancy`` (the default since issue 21: relevance with redundant fields pushed
+    down), ``mi-cardinality`` (the former default: relevance only), ``3mr`` (pairs over all
+    fields) and plain ``mi`` (:class:`recsys.features.FeatureRanker` with the table's schema,
+    default settings);
   * outrank 0.97.5 (``--heuristic MI-numba-randomized``, all rows: ``--subsampling 1``), run from
     its own venv (``experiments/bench/.venv-outrank``) on the train rows written as outrank's
     ``csv-raw`` layout, as ``rank_features.py`` does (list fields joined with ``;``);
@@ -31,7 +33,8 @@ The same field set is fitted once per seed, whichever rankings chose it.
 Reported: test AUC (mean over seeds, and std) by table, k and ranking; the normalized area under
 the AUC-vs-k curve (trapezoids over the k points 2, 4, 8, all placed at equal spacing, divided by
 the width: a weighted mean AUC); the goal check of the issue (recsys's default >= outrank at every
-k, and above random / plain MI at k = 2 and 4). Writes ``experiments/bench/results/
+k, and above random / plain MI at k = 2 and 4). ``--cache FILE`` keeps fits between runs (a new
+ranking method then fits only the field sets no other method chose). Writes ``experiments/bench/results/
 feature_selection.{json,md}``.
 """
 
@@ -60,7 +63,8 @@ TABLES = {
     "adult": ("adult", "deepfm_adult.yaml", []),
     "wide": ("synthetic-wide", "deepfm_adult.yaml", ["--data.init_args.dataset", "synthetic-wide"]),
 }
-METHODS = ("mi-cardinality", "3mr", "mi", "outrank", "random")
+METHODS = ("mi-redundancy", "mi-cardinality", "3mr", "mi", "outrank", "random")
+DEFAULT = "mi-redundancy"  # recsys's default heuristic, the one the goal check is about
 
 
 def env() -> dict[str, str]:
@@ -161,6 +165,35 @@ def fit(table: str, fields: list[str] | None, seed: int, work: Path, name: str, 
             "wall_s": time.perf_counter() - t}
 
 
+class _Cache:
+    """Fits kept on disk between runs (``--cache``): re-running with another ranking method fits
+    only the field sets not seen before. The key is the table, the sorted field set (``None``: all),
+    the seed, the epochs and the data set options; the file is re-read before each write, so runs
+    in parallel processes share it."""
+
+    def __init__(self, path: str | None, table: str, max_epochs: int, opts: dict):
+        self.path = Path(path) if path else None
+        self.prefix = f"{table}|{max_epochs}|{json.dumps(opts, sort_keys=True)}"
+
+    def _key(self, fields: list[str] | None, seed: int) -> str:
+        return f"{self.prefix}|{','.join(sorted(fields)) if fields is not None else '*'}|{seed}"
+
+    def _load(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path is not None and self.path.exists() else {}
+
+    def get(self, fields: list[str] | None, seed: int) -> dict | None:
+        return self._load().get(self._key(fields, seed))
+
+    def put(self, fields: list[str] | None, seed: int, result: dict) -> None:
+        if self.path is None:
+            return
+        data = self._load()
+        data[self._key(fields, seed)] = result
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path)
+
+
 def area(aucs: list[float]) -> float:
     """Normalized trapezoid area of AUC over equally spaced k points (a weighted mean)."""
     if len(aucs) == 1:
@@ -184,6 +217,9 @@ def main() -> None:
     ap.add_argument("--subprocess", action="store_true",
                     help="each fit in its own `recsys fit` process (default: the same command in this process)")
     ap.add_argument("--out", default=str(RESULTS / "feature_selection"), help="results prefix (.json/.md)")
+    ap.add_argument("--cache", default=None, metavar="JSON",
+                    help="a fit cache shared by runs: (table, field set, seed, epochs, rows) -> metrics; fits found "
+                         "there are not redone (delete it after changing the model code)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only write the report of earlier runs' JSON files (e.g. tables run in separate processes)")
     args = ap.parse_args()
@@ -223,6 +259,7 @@ def main() -> None:
                     orders[m], rank_s[m] = rank_recsys(train, schema, m)
                 print(f"[{table}] {m}: {orders[m]} ({rank_s[m]:.1f} s)", flush=True)
             cache: dict[tuple, dict] = {}
+            disk = _Cache(args.cache, table, args.max_epochs, opts)
             fits: dict[str, dict[str, list[dict]]] = {m: {} for m in methods}
             table_ks = [k for k in ks if k < len(fields)] + [len(fields)]
             for k in table_ks:
@@ -231,10 +268,13 @@ def main() -> None:
                     fits[m][str(k)] = []
                     for seed in seeds:
                         key = (frozenset(chosen), seed)
+                        if key not in cache and (hit := disk.get(chosen if k < len(fields) else None, seed)):
+                            cache[key] = hit
                         if key not in cache:
                             name = f"{table}_k{k}_{m}_s{seed}"
                             cache[key] = fit(table, None if k == len(fields) else chosen, seed, work, name,
                                              args.max_epochs, opts, not args.subprocess)
+                            disk.put(chosen if k < len(fields) else None, seed, cache[key])
                             print(f"[{table}] k={k} {m} seed {seed}: test AUC {cache[key]['test_auc']:.4f} "
                                   f"({cache[key]['epochs']} epochs, {cache[key]['wall_s']:.0f} s)", flush=True)
                         fits[m][str(k)].append({**cache[key], "fields": chosen})
@@ -271,7 +311,7 @@ def report(results: dict, methods: list[str]) -> str:
             lines.append(f"- {m} order: {', '.join(t['orders'][m])}")
         checks = []
         small = [k for k in ks if k <= 4]
-        d = "mi-cardinality"
+        d = DEFAULT if DEFAULT in methods else "mi-cardinality"
         mean = lambda m, k: s[m][str(k)]["mean"]  # noqa: E731
         if "outrank" in methods:
             ok = all(mean(d, k) >= mean("outrank", k) for k in ks)

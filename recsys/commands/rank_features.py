@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="label column (default: the schema's label, else 'label')")
     p.add_argument("--schema", default=None, help="schema YAML: which columns are features, of which kind")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--heuristic", default="mi-cardinality", choices=HEURISTICS)
+    p.add_argument("--heuristic", default="mi-redundancy", choices=HEURISTICS,
+                   help="mi-redundancy (default): relevance with redundant features pushed down; mi-cardinality: "
+                        "relevance only (chance-corrected MI); mi: plain MI; 3mr: OutRank's 3MR")
     p.add_argument("--correction", default="permutation", choices=CORRECTIONS,
                    help="chance MI subtracted: mean over label permutations, or the closed-form expectation")
     p.add_argument("--permutations", type=int, default=5, help="label permutations for the chance MI (default 5)")

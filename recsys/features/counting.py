@@ -425,7 +425,11 @@ class _Column:
     separator: str | None = None
     boundaries: np.ndarray | None = None
 
-    def start(self, count_dtype: type) -> None:
+    def start(self, count_dtype: type, keep: np.ndarray | None = None) -> None:
+        """Reset the counts; with ``keep`` (ascending row numbers) also keep those rows' dense codes
+        (``codes``: int32, in row order; the redundancy step of ``mi-redundancy`` reads them)."""
+        self.keep = keep
+        self.codes: np.ndarray | None = np.empty(keep.size, np.int32) if keep is not None else None
         self.coder: _Coder | None = None
         self.dtype = count_dtype  # int32 while the data has < 2**31 rows
         self.card = 0
@@ -523,6 +527,9 @@ class _Column:
             self.coder = _Coder(two_keys=k2 is not None)
         codes, new_pos = self.coder.encode(k1, k2, valid)
         card = self.coder.card
+        if self.codes is not None:  # (a batch's codes never change later: new values get new codes)
+            lo, hi = np.searchsorted(self.keep, [row0, row0 + codes.size])
+            self.codes[lo:hi] = codes[self.keep[lo:hi] - row0]
         self._ensure(card)
         if new_pos.size:
             self._first[self.card:card] = row0 + new_pos
