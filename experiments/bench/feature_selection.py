@@ -220,6 +220,9 @@ def main() -> None:
     ap.add_argument("--cache", default=None, metavar="JSON",
                     help="a fit cache shared by runs: (table, field set, seed, epochs, rows) -> metrics; fits found "
                          "there are not redone (delete it after changing the model code)")
+    ap.add_argument("--orders", nargs="+", default=None, metavar="JSON",
+                    help="take the rankings of these earlier runs' results (per table and method, e.g. outrank's, "
+                         "which takes minutes) instead of ranking again; methods they lack are ranked")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only write the report of earlier runs' JSON files (e.g. tables run in separate processes)")
     args = ap.parse_args()
@@ -250,8 +253,16 @@ def main() -> None:
             train = frame.filter(pl.col("split") == "train")
             fields = [f.name for f in schema.fields]
             orders, rank_s = {}, {}
+            earlier = {}
+            for path in args.orders or []:
+                got = json.loads(Path(path).read_text())["tables"].get(table)
+                if got is not None:
+                    earlier.update({m: (got["orders"][m], got["rank_s"][m]) for m in got["orders"]})
             for m in methods:
-                if m == "outrank":
+                if m in earlier:
+                    orders[m], rank_s[m] = earlier[m]
+                    print(f"[{table}] {m}: the order of an earlier run (--orders)", flush=True)
+                elif m == "outrank":
                     orders[m], rank_s[m] = rank_outrank(train, schema, work / table)
                 elif m == "random":
                     orders[m], rank_s[m] = [fields[i] for i in np.random.default_rng(0).permutation(len(fields))], 0.0
