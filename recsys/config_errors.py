@@ -60,6 +60,29 @@ def parse_or_explain(parser, args, parse: Callable, subcommand: str | None = Non
         raise explain(str(e), parser, args) from None
 
 
+def read_config_file(path, *, require_model: bool = False) -> dict:
+    """An experiment config YAML file as a dict; a missing file, invalid YAML or a document that
+    is not a mapping (or, with ``require_model``, has no ``model`` entry) is a one-line
+    :class:`ConfigError` naming the file. (One reader for ``fit(path)``, ``tune`` and ``export``.)"""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    example = "experiments/deepfm_ml100k.yaml"
+    if not path.is_file():
+        raise ConfigError("config file not found", where=str(path), fix=f"pass an existing config, e.g. {example}")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", where=str(path)) from None
+    if not isinstance(cfg, dict) or (require_model and "model" not in cfg):
+        raise ConfigError("not an experiment config (" + ("no 'model' entry" if isinstance(cfg, dict) else
+                                                           "not a mapping") + ")", where=str(path),
+                          fix=f"pass a config that `recsys fit --config` runs, e.g. {example}")
+    return cfg
+
+
 def check_empty_top_keys(parser, args) -> None:
     """Refuse a misspelled top-level key whose value is empty (``trainr: {}`` or ``trainr:``) in a
     ``--config`` file. jsonargparse reports an unknown key only through its leaves, so an empty

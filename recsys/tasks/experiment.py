@@ -480,20 +480,11 @@ def _config_dict(config: Mapping[str, Any] | str | Path) -> dict:
     """A config as a plain dict: a mapping (deep-copied, so the caller's stays untouched) or a YAML file."""
     import copy
 
-    import yaml
+    from recsys.config_errors import read_config_file
 
     if isinstance(config, Mapping):
         return copy.deepcopy(dict(config))
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError("config file not found", where=str(path), fix="pass experiments/<name>.yaml")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", where=str(path)) from None
-    if not isinstance(cfg, dict):
-        raise ConfigError("not an experiment config (not a mapping)", where=str(path))
-    return cfg
+    return read_config_file(config)
 
 
 def _args(subcommand: str | None, config: Mapping[str, Any] | str | Path, overrides: Sequence[str]):

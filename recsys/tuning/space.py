@@ -411,15 +411,8 @@ def get_dotted(cfg: dict, key: str, default: Any = None) -> Any:
 
 
 def load_config(path: str | Path) -> dict:
-    """Read an experiment config YAML as a dict (ConfigError if missing or malformed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config file not found", where=str(path), fix="pass --config experiments/<name>.yaml")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", where=str(path)) from None
-    if not isinstance(cfg, dict) or "model" not in cfg:
-        raise ConfigError("not an experiment config (no 'model' entry)", where=str(path),
-                          fix="pass a config that `recsys fit --config` runs, e.g. experiments/deepfm_ml100k.yaml")
-    return cfg
+    """Read an experiment config YAML as a dict (ConfigError if missing or malformed, or without
+    a ``model`` entry)."""
+    from recsys.config_errors import read_config_file
+
+    return read_config_file(path, require_model=True)
