@@ -140,6 +140,11 @@ def test_study_completes_prunes_and_exports(study_run):
     fields = ran["data"]["init_args"]["fields"]
     assert fields[:2] == ["user_id", "item_id"] and len(fields) == 2 + t0.params["features.top_n"]
     assert len(ranked) >= len(fields)
+    header = (study_dir / "ranking.csv").read_text().splitlines()[0].split(",")
+    assert "redundant_with" in header  # ranking: auto is the default ranking, mi-redundancy
+    names = [line.split(",")[header.index("feature")] for line in ranked]
+    top = [n for n in names if n not in ("user_id", "item_id")][:t0.params["features.top_n"]]
+    assert set(fields[2:]) == set(top)
     # each trial ran in its own directory
     assert len({t.user_attrs["run_dir"] for t in trials}) == 6
     # exports
