@@ -306,7 +306,9 @@ def test_cli_schema_and_errors(tmp_path: Path, capsys):
     out = tmp_path / "o"
     assert recsys_main(["rank-features", "--data", str(data), "--schema", str(schema), "--out", str(out),
                         "--no-progress"]) == 0
-    assert pl.read_csv(out / "ranking.csv")["feature"].to_list()[0] == "feat_a"
+    ranked = pl.read_csv(out / "ranking.csv")
+    assert ranked["feature"].to_list()[0] == "feat_a"
+    assert "redundant_with" in ranked.columns and "| redundancy | redundant_with |" in (out / "summary.md").read_text()
     # a failing run leaves nothing behind
     bad_out = tmp_path / "bad"
     assert recsys_main(["rank-features", "--data", str(data), "--label", "nope", "--out", str(bad_out)]) == 2

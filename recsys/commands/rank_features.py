@@ -305,6 +305,7 @@ def _summary(ranker: FeatureRanker, selected: list[str], data: str, heatmap: boo
              f"Selected ({len(selected)}): " + ", ".join(f"`{s}`" for s in selected), "",
              "![scores](scores.png)", ""]
     cols = ["rank", "feature", "kind", "score", "mi", "chance_mi_mean", "emi", "z", "p_adjusted", "cardinality", "coverage"]
+    cols += [c for c in ("redundancy", "redundant_with") if c in ranker.ranking_.columns]  # mi-redundancy
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in ranker.ranking_.select(cols).iter_rows():
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
