@@ -7,7 +7,13 @@ statistic is the G-test's ``G = 2 N I`` (``I``: plug-in MI in nats). Its p-value
 
 * ``chi2`` -- the G-test's chi-square with ``(r - 1)(C - 1)`` degrees of freedom (``r`` values
   with rows, ``C`` classes) where its approximation holds: Cochran's rule, every expected cell
-  count ``a_i b_j / N >= 1`` and at least 80% of them ``>= 5``.
+  count ``a_i b_j / N >= 1`` and at least 80% of them ``>= 5``. ``G`` is first divided by
+  ``q = max(1, 2 N EMI / df)``: the ratio of its exact mean under the permutation model to the
+  chi-square's (Williams' correction, with the exact mean in place of his series). With many
+  values of modest counts the plain G-test is liberal: its mean exceeds ``df`` by about
+  ``df (sum_j N / b_j - 1) / (6 n)`` (``n`` rows per value), 3% at 20 rows per value and a 30/70
+  label -- 8 standard deviations for a 50,000-value noise column over 1M rows, which the plain
+  test "selected" with p = 6e-17.
 * ``moments`` -- elsewhere (sparse tables: many values with few rows each) for binary labels: a
   scaled chi-square ``c * chi2(nu)`` with the permutation distribution's mean and variance. The
   mean is exact: ``2 N EMI`` (the expected mutual information). The variance treats the values'
@@ -249,9 +255,10 @@ def g_test_p_value(mi: float, a: np.ndarray, b: np.ndarray, emi: float,
     if a.size < 2 or b.size < 2:
         return 1.0, "chi2"
     g = 2.0 * n * mi
-    if cochran_holds(a, b):
-        return chi2_sf(g, (a.size - 1) * (b.size - 1)), "chi2"
     mean = 2.0 * n * emi
+    if cochran_holds(a, b):
+        df = (a.size - 1) * (b.size - 1)
+        return chi2_sf(g / max(1.0, mean / df), df), "chi2"
     if b.size == 2:
         return _scaled_chi2_sf(g, mean, _binary_null_variance(a, int(b[1]), n)), "moments"
     return _scaled_chi2_sf(g, mean, _permutation_null_variance(a, b, draws, seed)), "permutation"
