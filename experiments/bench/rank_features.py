@@ -12,7 +12,8 @@ columns up to ~630k distinct values, Zipf, missing), the 40 features and ``label
 ``<dir>/data.csv``; ``tags`` joined with ``;``, missing values empty).
 
 Methods, each a separate process on the same data:
-  * ours, ``recsys rank-features`` (default ``mi-cardinality``, permutation correction, all rows),
+  * ours, ``recsys rank-features`` (its default heuristic: ``mi-redundancy`` since issue 21,
+    ``mi-cardinality`` before; permutation correction, all rows),
     on the parquet file and on the CSV file, without pairs (``--pair-top-k 0``: scores against the
     label only, like outrank's ``--target_ranking_only``) and, on parquet, with the default pairs
     (top 20: pair table, redundancy heatmap);
