@@ -306,7 +306,8 @@ class FeatureEmbedding(nn.Module):
             return None
         b = kjt.stride()
         lengths = kjt.lengths().view(self._n_keys, b)
-        if not bool((lengths[self._single_idx] == 1).all()):
+        dev = lengths.device  # the index tensors below are built on the CPU; moved where a batch lives
+        if not bool((lengths[self._single_idx.to(dev)] == 1).all()):
             return None
         values = kjt.values()
         per_key = lengths.sum(dim=1)
@@ -315,9 +316,9 @@ class FeatureEmbedding(nn.Module):
         bags = self.ebc.embedding_bags
         pooled: dict[str, torch.Tensor] = {}
         block = None
-        rows = torch.arange(b, dtype=torch.int64)
+        rows = torch.arange(b, dtype=torch.int64, device=dev)
         for names, idx, tables, row0 in self._groups:
-            ids = values[starts[idx].unsqueeze(1) + rows] + row0.unsqueeze(1)            # [F_g, B]
+            ids = values[starts[idx.to(dev)].unsqueeze(1) + rows] + row0.to(dev).unsqueeze(1)  # [F_g, B]
             weight = bags[tables[0]].weight if len(tables) == 1 else torch.cat([bags[t].weight for t in tables])
             e = _Gather.apply(weight, ids.t().reshape(-1)).view(b, len(names), -1)   # [B, F_g, D]
             for i, n in enumerate(names):
