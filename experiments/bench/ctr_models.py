@@ -401,6 +401,11 @@ def run_peer(model: str, seed: int, data: Path, work: Path, batch_size: int, max
             "test_auc_long_tail": r.get("test_auc_long_tail"),
             "epochs": r["epochs"], "samples_per_s": r["train_samples_per_s"],
             "compute_samples_per_s": r.get("compute_samples_per_s"), "init_fix": r.get("init_fix"),
+            # its training time without the validation passes inside fit (ours excludes validation)
+            "train_seconds": r.get("train_seconds"), "eval_seconds_in_fit": r.get("eval_seconds_in_fit"),
+            "samples_per_s_without_eval": (r["train_rows"] * r["epochs"] / (r["train_seconds"] - r["eval_seconds_in_fit"])
+                                           if r.get("train_seconds") and r.get("eval_seconds_in_fit") is not None
+                                           and r["train_seconds"] > r["eval_seconds_in_fit"] else None),
             "wall_s": wall, "peak_rss_mib": rss}
 
 
