@@ -9,7 +9,13 @@ as ``rank_features_profile.py`` writes it). Each repeat runs ``FeatureRanker(lab
 fresh process: CPU seconds (user + sys, all threads), wall, peak RSS, the heuristic and the top 9.
 Prints the medians and the CPU ratio after / before. On a shared machine quote CPU seconds.
 Issue 21 (``mi-redundancy`` replacing ``mi-cardinality``), 2026-12-07, load 10-30: median CPU
-4.80 s before, 5.28 s after, ratio 1.10; peak RSS 991 -> 1008 MiB.
+4.80 s before, 5.28 s after, ratio 1.10; peak RSS 991 -> 1008 MiB (again on the final code:
+4.75 s vs 5.22 s, 1.10).
+
+``--ids-worst-case``: instead, in this checkout, ``mi-cardinality`` vs ``mi-redundancy`` on a
+generated 1M-row table of 20 *informative* integer id columns (1,000 to 50,000 values, additive
+effects): every column passes the selection test, so the redundancy step orders 20 candidates
+whose pairs are all sparse -- its most expensive case (2026-12-07: 0.53 s vs 1.58 s CPU).
 """
 
 from __future__ import annotations
@@ -37,11 +43,17 @@ print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c, "heuris
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--before", required=True, help="checkout (repository root) of the baseline")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--ids-worst-case", action="store_true",
+                    help="mi-cardinality vs mi-redundancy in this checkout on 20 informative id columns (see above)")
+    ap.add_argument("--before", default=None, help="checkout (repository root) of the baseline")
     ap.add_argument("--after", default=".", help="checkout of the change (default: this one)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.ids_worst_case:
+        return ids_worst_case(args.repeats)
+    if not args.data or not args.before:
+        ap.error("--data and --before are needed (or --ids-worst-case)")
     trees = {"before": str(Path(args.before).resolve()), "after": str(Path(args.after).resolve())}
     res: dict[str, list[dict]] = {k: [] for k in trees}
     for i in range(args.repeats):
@@ -57,6 +69,39 @@ def main() -> None:
     print(f"median CPU before {med['before']['cpu_s']:.2f} s, after {med['after']['cpu_s']:.2f} s, ratio after/before "
           f"{med['after']['cpu_s'] / med['before']['cpu_s']:.3f}; peak RSS {med['before']['peak_rss_mib']:.0f} -> "
           f"{med['after']['peak_rss_mib']:.0f} MiB")
+
+
+def ids_worst_case(repeats: int) -> None:
+    import resource
+
+    import numpy as np
+    import polars as pl
+
+    from recsys.features import FeatureRanker
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    cols, logit = {}, np.zeros(n)
+    for j in range(20):
+        card = (1_000, 5_000, 20_000, 50_000)[j % 4]
+        c = rng.integers(0, card, n)
+        logit += rng.normal(0, 0.5, card)[c]
+        cols[f"id{j}"] = c
+    cols["label"] = (rng.random(n) < 1 / (1 + np.exp(-(logit - 1)))).astype(np.int8)
+    df = pl.DataFrame(cols)
+    res: dict[str, list[float]] = {"mi-cardinality": [], "mi-redundancy": []}
+    for _ in range(repeats):
+        for h in res:
+            c = cpu()
+            r = FeatureRanker(label="label", heuristic=h).fit(df)
+            res[h].append(cpu() - c)
+            print(h, f"CPU {res[h][-1]:.2f} s, {len(r.selected())} selected", flush=True)
+    a, b = (statistics.median(v) for v in res.values())
+    print(f"median CPU mi-cardinality {a:.2f} s, mi-redundancy {b:.2f} s, ratio {b / a:.2f}")
 
 
 if __name__ == "__main__":

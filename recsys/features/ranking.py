@@ -45,26 +45,29 @@ Heuristics (``heuristic=``):
   - the chance-corrected conditional MI ``I(f; y | s) = [I(f (+) s; y) - EMI(f (+) s)] -
     [I(s; y) - EMI(s)]`` (``f (+) s``: the pair's combination, ``EMI``: the closed-form chance MI)
     where it can be estimated: the pair's values average at least 5 rows of the rarest class, or
-    the pair has at most twice the values of its finer column (one is about a function of the
-    other: a copy, a coarsening). 0 for a copy or a function of ``s``;
+    at least 1 when the pair has at most twice the values of its finer column (one is about a
+    function of the other: a copy, a coarsening). 0 for a copy or a function of ``s``;
   - else (a sparse pair, e.g. two ids whose combination is almost unique per row, where the
     plug-in conditional MI is meaningless) ``relevance(f) * (1 - share)``, with ``share = max(0,
-    I(f; s) - I(f; s o pi)) / H(f)`` the part of f's entropy that ``s`` determines beyond chance
-    (``pi``: one seeded row permutation).
+    I(f; s) - EMI(f, s)) / H(f)`` the part of f's entropy that ``s`` determines beyond chance.
 
   ``ranking_`` gains ``redundancy`` (``1 - score / relevance``: the share of the feature's
   relevance the chosen features already carry) and ``redundant_with`` (the chosen feature that
   takes the most). Lazy greedy: a candidate's score only falls as the chosen set grows, so a pair
   is counted only when its candidate could be the next pick. The pair statistics use every row up
   to 262,144 rows, else a seeded sample of that many (the rows' codes are kept from the counting
-  pass, no second read). **Why it is the default** (issue 21, ``experiments/bench/
+  pass, no second read); a pair of two many-valued columns (more than 2**22 possible value pairs)
+  is first counted on a seeded sub-sample of 65,536 of those rows and judged there when it is
+  sparse. **Why it is the default** (issue 21, ``experiments/bench/
   feature_selection.py``: DeepFM on the top-k fields, 3 seeds): relevance alone picks redundant
   fields at small k -- on Adult its top 2 are relationship and marital_status, two views of
   "married" (test AUC 0.782, below a random pair); ``mi-redundancy`` picks relationship and
   education (0.865) and is >= OutRank at every k on ml100k-ctr, Adult and the wide table; the
   table is in ``experiments/bench/README.md``. On the 1M x 40 benchmark data the default fit
-  costs 1.10x the CPU time of ``mi-cardinality`` (5.28 s vs 4.80 s, medians of 3 alternating
-  fresh processes; peak RSS +17 MiB).
+  costs 1.10x the CPU time of ``mi-cardinality`` (5.22 s vs 4.75 s, medians of 3 alternating
+  fresh processes; peak RSS +6 MiB). Its worst case is many significant many-valued columns:
+  20 informative id columns over 1M rows, 0.50 s -> 1.64 s CPU (``rank_features_compare.py
+  --ids-worst-case``).
 * ``3mr``: OutRank's extension of mRMR: greedy selection by
   ``relevance(f) - alpha * agg_{s in S} redundancy(s, f) + beta * agg_{s in S} relation(s, f)``
   with ``agg`` the median (``mean``/``sum`` configurable), where relevance is the corrected
@@ -179,8 +182,9 @@ AGGREGATIONS: tuple[str, ...] = ("median", "mean", "sum")
 MAX_CLASSES = 100
 _DENSE_LIMIT = 1 << 22  # pair keys below this are counted with bincount, above with a hash table
 _PAIR_CELL_ROWS = 5  # mi-redundancy: conditional MI where a pair's values average >= 5 rows of the rarest class
-#                     (or the pair has at most twice the values of its finer column: ~ a function of it)
+#                     (or >= 1 when the pair has at most twice the values of its finer column: see _estimable)
 _REDUNDANCY_ROWS = 1 << 18  # mi-redundancy's pair statistics: all rows up to this many, else a seeded sample
+_SPARSE_PAIR_ROWS = 1 << 16  # ... of which pairs of two many-valued columns use a seeded sub-sample of this many
 _KEEP_CODES_BYTES = 1 << 29  # mi-redundancy keeps those rows' codes from the counting pass up to this, else re-reads
 
 
@@ -943,7 +947,6 @@ class FeatureRanker:
         card = {f: int(codes[f].max()) + 1 for f in cand}
         marg = {f: np.bincount(codes[f], minlength=card[f]) for f in cand}
         s_one = {f: _xlogx_sum(marg[f]) for f in cand}
-        h = {f: entropy_from_counts(marg[f]) for f in cand}
         # I(s; y) - EMI(s) on the same rows (on all rows: the ranking's own figures)
         by_name = {r["feature"]: r for r in ranked}
         rel_s: dict[str, float] = {}
@@ -957,8 +960,29 @@ class FeatureRanker:
                     rel_s[s] = mi - expected_mutual_info(marg[s], class_counts)
             return rel_s[s]
 
-        perm = np.random.default_rng([int(self.seed), 0x12ED]).permutation(n)
-        shuffled: dict[str, np.ndarray] = {}
+        # pairs whose key space needs a hash count (both columns many-valued) are first counted on a
+        # seeded sub-sample of _SPARSE_PAIR_ROWS rows (a sort-speed count of ~12 ms per 262k rows)
+        sub = None if n <= _SPARSE_PAIR_ROWS else \
+            np.sort(np.random.default_rng([int(self.seed), 0x12ED]).choice(n, _SPARSE_PAIR_ROWS, replace=False))
+        small: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def sub_codes(f: str) -> tuple[np.ndarray, np.ndarray]:
+            """``f``'s codes on the sub-sample, made dense again, and their counts."""
+            if f not in small:
+                c = codes[f][sub]
+                present = np.bincount(c) > 0
+                c = (np.cumsum(present) - 1).astype(np.int32)[c]
+                small[f] = (c, np.bincount(c))
+            return small[f]
+
+        def share(joint: np.ndarray, ma: np.ndarray, mb: np.ndarray, f_counts: np.ndarray) -> float:
+            """The part of H(f) that s determines beyond chance: ``(I(f; s) - EMI(f, s)) / H(f)``
+            (``joint``: the pair's counts, ``ma`` / ``mb``: f's and s's)."""
+            rows = int(ma.sum())
+            mi = _mi_from_sums(_xlogx_sum(joint), _xlogx_sum(ma), _xlogx_sum(mb), rows)
+            hf = entropy_from_counts(f_counts)
+            return min(1.0, max(0.0, mi - expected_mutual_info(ma, mb)) / hf) if hf > 0 else 0.0
+
         known: dict[tuple[str, str], float] = {}
 
         def adds(f: str, s: str) -> float:
@@ -966,21 +990,22 @@ class FeatureRanker:
             pair's table is dense, else ``relevance(f) * (1 - share of H(f) determined by s)``."""
             if (f, s) in known:
                 return known[(f, s)]
-            key = codes[f].astype(np.int64) * card[s] + codes[s]
             size = card[f] * card[s]
+            if size > _DENSE_LIMIT and sub is not None:
+                (cf, mf), (cs, ms) = sub_codes(f), sub_codes(s)
+                key = cf.astype(np.int64) * ms.size + cs
+                joint = _counts(key, mf.size * ms.size)
+                if not _estimable(joint.size, sub.size, dense_rows, max(mf.size, ms.size)):  # sparse on the sub-sample
+                    known[(f, s)] = relevance[f] * (1.0 - share(joint, mf, ms, mf))
+                    return known[(f, s)]
+            key = codes[f].astype(np.int64) * card[s] + codes[s]
             joint = _counts(key, size)
-            if joint.size <= max(n / dense_rows, 2 * max(card[f], card[s])):
+            if _estimable(joint.size, n, dense_rows, max(card[f], card[s])):
                 s_joint = _xlogx_sum(joint)
                 with_y = _mi_from_sums(_xlogx_sum(_counts(key * C + y, size * C)), s_joint, s_y, n)
                 val = (with_y - expected_mutual_info(joint, class_counts)) - own(s)
             else:
-                if s not in shuffled:
-                    shuffled[s] = codes[s][perm]
-                base = key - codes[s]
-                mi = _mi_from_sums(_xlogx_sum(joint), s_one[f], s_one[s], n)
-                chance = _mi_from_sums(_xlogx_sum(_counts(base + shuffled[s], size)), s_one[f], s_one[s], n)
-                share = min(1.0, max(0.0, mi - chance) / h[f]) if h[f] > 0 else 0.0
-                val = relevance[f] * (1.0 - share)
+                val = relevance[f] * (1.0 - share(joint, marg[f], marg[s], marg[f]))
             known[(f, s)] = val
             return val
 
@@ -1100,6 +1125,15 @@ def _round_half_away(x: float) -> int:
     """Round to the nearest integer, halves away from zero (Rust's ``f64::round``, used by polars), x >= 0."""
     f = math.floor(x)
     return int(f) + 1 if x - f >= 0.5 else int(f)
+
+
+def _estimable(pair_values: int, rows: int, dense_rows: float, finer: int) -> bool:
+    """mi-redundancy: can the pair's conditional MI be estimated? Its values average at least
+    ``dense_rows`` rows (5 of the rarest class), or -- when the pair has at most twice the values of
+    its finer column (one is about a function of the other: a copy, a coarsening) -- at least a fifth
+    of that (1 row of the rarest class; a pair that is almost unique per row never qualifies)."""
+    per_value = rows / max(pair_values, 1)
+    return per_value >= dense_rows or (pair_values <= 2 * finer and per_value >= dense_rows / _PAIR_CELL_ROWS)
 
 
 def _counts(keys: np.ndarray, size: int) -> np.ndarray:
