@@ -286,3 +286,37 @@ def test_long_tail_histories_follow_the_power_law_and_carry_planted_interests():
         make_synthetic(n_rows=100, history_tail=-1.0)
     with pytest.raises(ConfigError, match="history_focus"):
         make_synthetic(n_rows=100, history_tail=1.0, history_focus=1.5)
+
+
+def test_history_per_row_plants_the_signal_in_the_rows_own_behaviours():
+    """history_per_row: the lengths stay per user, the behaviours are drawn per row, and the label
+    effect is exactly "the target's cluster appears among the row's behaviours" (recomputed from
+    the frame and the generator's item clusters), so a shorter history carries less signal."""
+    opts = dict(n_rows=20_000, n_users=1_000, n_items=60, n_clusters=5, seed=3, history_len=20,
+                history_tail=1.2, history_focus=0.9, history_effect=3.0)
+    d = make_synthetic(**opts, history_per_row=True)
+    f = d.frame.with_columns(pl.col("history").list.len().alias("_len"))
+    per_user = f.group_by("user_id").agg(pl.col("_len").n_unique().alias("_k"), pl.col("_len").first(),
+                                         pl.col("history").n_unique().alias("_h"), pl.len())
+    assert (per_user["_k"] == 1).all()  # the length is the user's
+    busy = per_user.filter((pl.col("len") >= 5) & (pl.col("_len") >= 2))
+    assert (busy["_h"] > 1).mean() > 0.9  # the behaviours are the row's
+    # the clusters: items sharing a cluster have the same planted effect; recover the cluster of each
+    # item from the generator (same structure seed) and recompute the hit flag from the frame
+    from recsys.data.datasets import synthetic as S
+
+    cluster = S._rng(3, "item_cluster").permutation(np.arange(60) % 5)
+    items = f["item_id"].to_numpy()
+    hit = np.array([bool(h) and (cluster[np.asarray(h)] == cluster[it]).any() for it, h in zip(items, f["history"].to_list())])
+    p, base = f["_p_true"].to_numpy(), make_synthetic(**{**opts, "history_effect": 0.0}, history_per_row=True).frame["_p_true"].to_numpy()
+    logit = np.log(p / (1 - p)) - np.log(base / (1 - base))  # the history term plus a shared intercept shift
+    shift = logit[~hit].mean()
+    assert 0.2 < hit.mean() < 0.8
+    np.testing.assert_allclose(logit[~hit], shift, atol=1e-6)
+    np.testing.assert_allclose(logit[hit], shift + 3.0, atol=1e-6)
+    assert (f["_len"].to_numpy()[hit] > 0).all()
+    # default unchanged by the new option's presence; same seed, same frame
+    assert make_synthetic(**opts, history_per_row=True).frame.equals(d.frame)
+    assert not make_synthetic(**opts).frame["history"].equals(d.frame["history"])
+    with pytest.raises(ConfigError, match="history_per_row"):
+        make_synthetic(n_rows=100, history_per_row=True)

@@ -196,6 +196,12 @@ class SyntheticConfig:
             and the label effect is ``history_effect`` when the target item's cluster is one of
             the user's interests. A model that reads interests from few behaviours can show it.
         history_focus: with ``history_tail``: probability that a behaviour is an interest item.
+        history_per_row: with ``history_tail``: each row has interests of its own (its
+            ``user_clusters`` clusters drawn per row, like a session) and draws its own behaviours
+            from them (the user's power-law length kept), and the label effect is
+            ``history_effect`` when the target item's cluster **appears among the row's
+            behaviours**. The user id then cannot stand in for the history, and cutting the
+            history (``recsys report --history-cap K``) removes signal: AUC rises with K.
         effect_scale: multiplies every effect (the overall signal strength).
         base_rate: mean click probability (the intercept ``b`` is solved for it).
         start_time, time_span_s: timestamps are integer seconds, uniform in
@@ -228,6 +234,7 @@ class SyntheticConfig:
     history_effect: float = 4.0
     history_tail: float = 0.0
     history_focus: float = 0.9
+    history_per_row: bool = False
     effect_scale: float = 1.0
     base_rate: float = 0.3
     start_time: int = 1_700_000_000
@@ -272,6 +279,9 @@ class SyntheticConfig:
             raise bad("history_tail", f"must be >= 0 (0: the history is the user's earlier rows), got {self.history_tail!r}")
         if not 0.0 <= self.history_focus <= 1.0:
             raise bad("history_focus", f"must be in [0, 1], got {self.history_focus!r}")
+        if self.history_per_row and not (self.history_tail > 0 and self.history_len > 0):
+            raise bad("history_per_row", "needs history_tail > 0 and history_len > 0 (the long-tail histories "
+                      f"it draws per row), got history_tail={self.history_tail!r}, history_len={self.history_len!r}")
         if self.user_clusters < 1:
             raise bad("user_clusters", f"must be >= 1, got {self.user_clusters!r}")
         reserved = {"user_id", "item_id", "timestamp", "label", "split", "_p_true", "history", "tags"}
@@ -532,18 +542,30 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         n_u = np.sort(r.choice(L + 1, size=cfg.n_users, p=w / w.sum()))[::-1]     # longest first
         activity = np.bincount(users, minlength=cfg.n_users)
         n_u = n_u[np.argsort(np.argsort(-activity, kind="stable"), kind="stable")]  # most active: longest
-        owner = np.repeat(np.arange(cfg.n_users), n_u)
-        c = user_pref[owner, r.integers(0, cfg.user_clusters, owner.size)]
-        within = np.minimum((r.random(owner.size) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
-        behaviours = np.where(r.random(owner.size) < cfg.history_focus, by_cluster[cl_start[c] + within],
-                              _draw(r, cfg.n_items, owner.size, cfg.item_zipf))
-        u_start = np.cumsum(n_u) - n_u
         length = n_u[users]
         total = int(length.sum())
         flat_row = np.repeat(np.arange(n), length)
-        flat_pos = np.repeat(u_start[users] - (np.cumsum(length) - length), length) + np.arange(total)
-        cols["history"] = _list_column("history", flat_row, behaviours[flat_pos], n)
-        interest = (user_pref[users] == item_cluster[items][:, None]).any(axis=1)
+        if cfg.history_per_row:
+            # per row: its own interests (a session's), behaviours drawn from them; the label effect
+            # is whether the target's cluster appears among the row's behaviours
+            row_pref = r.integers(0, cfg.n_clusters, (n, cfg.user_clusters))
+            c = row_pref[flat_row, r.integers(0, cfg.user_clusters, total)]
+            within = np.minimum((r.random(total) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
+            hist_items = np.where(r.random(total) < cfg.history_focus, by_cluster[cl_start[c] + within],
+                                  _draw(r, cfg.n_items, total, cfg.item_zipf))
+            same = item_cluster[hist_items] == item_cluster[items][flat_row]
+            interest = np.bincount(flat_row, weights=same, minlength=n) > 0
+        else:
+            owner = np.repeat(np.arange(cfg.n_users), n_u)
+            c = user_pref[owner, r.integers(0, cfg.user_clusters, owner.size)]
+            within = np.minimum((r.random(owner.size) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
+            behaviours = np.where(r.random(owner.size) < cfg.history_focus, by_cluster[cl_start[c] + within],
+                                  _draw(r, cfg.n_items, owner.size, cfg.item_zipf))
+            u_start = np.cumsum(n_u) - n_u
+            flat_pos = np.repeat(u_start[users] - (np.cumsum(length) - length), length) + np.arange(total)
+            hist_items = behaviours[flat_pos]
+            interest = (user_pref[users] == item_cluster[items][:, None]).any(axis=1)
+        cols["history"] = _list_column("history", flat_row, hist_items, n)
         logit += cfg.history_effect * scale * interest
         fields.append(FieldSpec("history", "sequence", max_len=L, shares="item_id"))
         role("history", cfg.history_effect)
