@@ -265,6 +265,19 @@ def test_attention_init_xavier_sets_every_attention_and_output_linear(dm):
         AutoInt(dm.features, attention_init="he")
 
 
+def test_default_inits_are_the_measured_ones(dm):
+    """Defaults from experiments/bench/init_defaults.py (valid AUC, ml100k-ctr and Adult): plain
+    AutoInt draws its attention and output layers Xavier (zero biases), AutoInt+ keeps PyTorch's."""
+    torch.manual_seed(0)
+    plain, plus = AutoInt(dm.features, embedding_dim=8, head_dim=4), AutoIntPlus(dm.features, embedding_dim=8, head_dim=4)
+    assert torch.count_nonzero(plain.output.bias) == 0 and torch.count_nonzero(plus.output.bias) == 1
+    xavier, torch_std = (2.0 / (8 + 8)) ** 0.5, 1.0 / (3 * 8) ** 0.5   # W_Q/K/V [8, 8] each
+    assert plain.interacting[0].qkv.weight.std().item() == pytest.approx(xavier, rel=0.2)
+    assert plus.interacting[0].qkv.weight.std().item() == pytest.approx(torch_std, rel=0.2)
+    assert plain.config["init_args"]["attention_init"] == "xavier"
+    assert plus.config["init_args"]["attention_init"] == plus.config["init_args"]["mlp_init"] == "torch"
+
+
 def test_per_field_widths_are_projected(dm, batch):
     tables = dm.features.schema.tables
     model = AutoInt(dm.features, embedding_dim=8, head_dim=4, dims={tables[0]: 3, tables[1]: 12})

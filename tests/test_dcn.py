@@ -100,8 +100,11 @@ def test_bad_config_fails_at_construction(dm, kwargs, match):
 
 def test_xavier_init_and_config_rebuild(dm, batch):
     torch.manual_seed(0)
-    model = DCNv2(dm.features, mlp_init="xavier", low_rank=0, **SMALL).eval()
+    model = DCNv2(dm.features, low_rank=0, **SMALL).eval()  # Xavier is the default (init_defaults.py)
     assert all((lin.bias == 0).all() for lin in model.cross.layers) and (model.out.bias == 0).all()
+    assert model.config["init_args"]["mlp_init"] == "xavier"
+    torch_init = DCNv2(dm.features, low_rank=0, mlp_init="torch", **SMALL)
+    assert all(torch.count_nonzero(lin.bias) > 0 for lin in torch_init.cross.layers)
     assert model.config["class_path"] == "recsys.models.dcn.DCNv2"
     json.dumps(model.config)
     rebuilt = build_model(model.config, dm.features).eval()
