@@ -352,7 +352,8 @@ def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dat
     if max_epochs:
         extra += ["--trainer.max_epochs", str(max_epochs)]
     metrics, wall = fit_ml100k(model, seed, work, name, extra)
-    tail = (long_tail_auc_ours(model, metrics["best_checkpoint"], work / f"{name}_scores.parquet", data)
+    tail = (long_tail_auc_ours(model, metrics["best_checkpoint"], work / f"{name}_scores.parquet", data,
+                               model_overrides(model, paper_residual))
             if dataset == "ml100k" else None)
     return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
             "test_auc_long_tail": tail,
@@ -361,16 +362,17 @@ def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dat
             "peak_rss_mib": metrics["peak_rss_mib"]}
 
 
-def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path) -> float:
+def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path, overrides: list[str] = ()) -> float:
     """Test AUC on the long-tail rows: ``recsys predict`` of the best checkpoint on the test
-    split, joined to the split file by (user_id, item_id, timestamp)."""
+    split (with the fit's model ``overrides``, e.g. AutoInt's ``residual``), joined to the split
+    file by (user_id, item_id, timestamp)."""
     import polars as pl
 
     from recsys.metrics import roc_auc
 
     cmd = [str(OUR_BIN), "predict", "--config", str(ROOT / "experiments" / f"{model}_ml100k.yaml"),
            "--ckpt_path", ckpt, "--predict_out", str(out), "--trainer.enable_progress_bar", "false",
-           "--trainer.logger", "false", "--trainer.default_root_dir", str(out.with_suffix(""))]
+           "--trainer.logger", "false", "--trainer.default_root_dir", str(out.with_suffix("")), *overrides]
     res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"recsys predict failed ({model}):\n{res.stderr[-3000:]}")
