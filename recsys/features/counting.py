@@ -46,6 +46,10 @@ _LUT_PER_VALUE = 4  # ...or this many per distinct value (+ per row of the batch
 _CHUNK = 1 << 21  # rows per weighted bincount: sums of 31-bit row hashes stay below 2**53 (exact)
 _PATTERN_MAX = 1 << 12  # joint label patterns counted in one bincount when C**(K+1) is at most this
 _PATTERN_CELLS = 1 << 20  # ... and distinct values x patterns is at most this
+_DISTINCT_SHARE = 1 / 64  # string batches without missing values and with at most this share of distinct
+                          # values: polars dedupes first (measured: more distinct values or missing ones, slower)
+_DISTINCT_PROBE = 4096  # (the first batch: judged by the distinct values among its first rows)
+_DISTINCT_MIN_ROWS = 4096  # (smaller batches: the hash coder directly)
 
 
 class _HashTable:
@@ -124,13 +128,19 @@ class _HashTable:
             # free slots wanted by several keys: the last such row wins, the others probe on
             rows = np.arange(idx.size)
             np.maximum.at(col, s, rows)
-            win = np.flatnonzero(col[s] == rows)
+            won = col[s] == rows
+            win = np.flatnonzero(won)
             sw = s[win]
             t[sw, 0] = k1[win]
             if w == 2:
                 t[sw, 1] = k2[win]
             col[sw] = _CLAIMED if fill is None else fill[win]
             self.used += win.size
+            out[idx[win]] = sw  # (a winner's probe would find its key right there: only the others probe on)
+            todo = np.flatnonzero(~won)
+            idx, s, k1 = idx[todo], s[todo], k1[todo]
+            k2 = k2[todo] if k2 is not None else None
+            fill = fill[todo] if fill is not None else None
         return out
 
 
@@ -500,6 +510,29 @@ class _Column:
         k2 = v.hash(_SEED2).to_numpy().view(np.int64)
         return k1, k2, valid, v
 
+    def _encode_distinct(self, k1: np.ndarray, k2: np.ndarray, valid: np.ndarray | None,
+                         values: pl.Series | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """A string column with few distinct values in this batch: the batch deduplicated by polars
+        (first rows of its distinct values, batch-local categorical ids), then only those values
+        coded by the running dictionary. The same codes as ``coder.encode`` of every row (values keep
+        their order of first appearance). None: not a string batch without missing values, or too
+        many distinct values (``_DISTINCT_SHARE``): then ``coder.encode`` of every row."""
+        m = k1.size
+        if (values is None or values.dtype != pl.String or self.kind == "multi_hot" or valid is not None
+                or m < _DISTINCT_MIN_ROWS):
+            return None
+        if self.coder.card > m * _DISTINCT_SHARE or (
+                self.coder.card == 0 and values.head(_DISTINCT_PROBE).n_unique() > _DISTINCT_PROBE // 4):
+            return None  # many values: the full-batch hash coder is cheaper than deduplicating first
+        first = values.arg_unique().to_numpy().astype(np.int64)  # ascending: first row of each distinct value
+        if first.size > m * _DISTINCT_SHARE:
+            return None
+        loc = values.cast(pl.Categorical).to_physical().to_numpy()  # batch-local id of each row's value
+        inv = np.empty(int(loc.max()) + 1, np.int64)
+        inv[loc[first]] = np.arange(first.size)
+        dcodes, dnew = self.coder.encode(k1[first], k2[first], None)
+        return dcodes[inv[loc]], first[dnew]
+
     def _ensure(self, card: int) -> None:
         """Room for ``card`` values in the per-value arrays (grown x1.5, new parts zero)."""
         if card <= self._cap:
@@ -525,7 +558,8 @@ class _Column:
         k1, k2, valid, values = self.keys(s)
         if self.coder is None:
             self.coder = _Coder(two_keys=k2 is not None)
-        codes, new_pos = self.coder.encode(k1, k2, valid)
+        coded = self._encode_distinct(k1, k2, valid, values) if k2 is not None else None
+        codes, new_pos = coded if coded is not None else self.coder.encode(k1, k2, valid)
         card = self.coder.card
         if self.codes is not None:  # (a batch's codes never change later: new values get new codes)
             lo, hi = np.searchsorted(self.keep, [row0, row0 + codes.size])
