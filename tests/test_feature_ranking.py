@@ -500,3 +500,60 @@ def test_counting_and_quality_do_not_import_the_ranker():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in imported if m and m.startswith("recsys.features.ranking")}, mod.__name__
+
+
+def test_deduplicated_string_batches_count_like_every_row(monkeypatch):
+    """Issue 18.5: low-cardinality string batches are deduplicated by polars before the running
+    dictionary (``_Column._encode_distinct``). Against brute force, with batches where it applies and
+    batches where it must not (missing values, declared placeholders, many values, values first seen
+    in a later batch), the counts, codes and values are those of coding every row."""
+    from recsys.features import counting
+    from recsys.features.counting import _PermutedStream
+    from recsys.schema import Schema
+
+    used = []
+    orig = counting._Column._encode_distinct
+
+    def spy(self, *a):
+        out = orig(self, *a)
+        used.append((self.name, out is not None))
+        return out
+
+    monkeypatch.setattr(counting._Column, "_encode_distinct", spy)
+    rng = np.random.default_rng(11)
+    n, bs = 3 * 8_192, 8_192
+    late = np.where(np.arange(n) < bs, rng.integers(0, 3, n), rng.integers(0, 40, n))  # new values in batch 2+
+    grow = np.where(np.arange(n) < bs, rng.integers(0, 20, n), rng.integers(0, 10**6, n))  # few -> many values
+    df = pl.DataFrame({
+        "few": [f"f{v}" for v in rng.integers(0, 6, n)],
+        "late": [f"l{v}" for v in late],
+        "grow": [f"g{v}" for v in grow],
+        "hi": [f"h{v}" for v in rng.integers(0, n, n)],
+        "null_late": [None if i >= 2 * bs and i % 7 == 0 else f"n{i % 13}" for i in range(n)],
+        "placeholder": ["?" if i % 11 == 0 else f"p{v}" for i, v in enumerate(rng.integers(0, 4, n))],
+        "y": rng.integers(0, 2, n),
+    })
+    schema = Schema.from_dict({"label": "y", "missing_values": ["?"],
+                               "fields": [{"name": c, "kind": "categorical"} for c in df.columns[:-1]]})
+    r = FeatureRanker(label="y", schema=schema, batch_size=bs, n_permutations=3, seed=3, n_threads=1).fit(df)
+    y = df["y"].to_list()
+    stream = _PermutedStream(np.bincount(y), 3, 3)
+    perms = np.concatenate([stream.next(min(bs, n - i)) for i in range(0, n, bs)], axis=1)
+    for name in df.columns[:-1]:
+        c = r._cols[name]
+        keys = [None if v == "?" else v for v in df[name].to_list()]
+        order, table, perm = _brute_force_counts(keys, y, perms, 2)
+        assert c.values.to_list() == order, name
+        assert np.array_equal(c.table, table), name
+        for k in range(3):
+            assert np.array_equal(c.perm[k], perm[k][:, 1:]), name
+        assert c.null_index == (order.index(None) if None in order else None), name
+    took = {k: [u for c, u in used if c == k] for k in df.columns[:-1]}
+    assert took["few"] == [True, True, True] and took["late"] == [True, True, True]
+    assert took["grow"][0] and not any(took["grow"][1:])  # one batch of few values, then too many
+    assert not any(took["hi"]) and not any(took["placeholder"])
+    assert took["null_late"] == [True, True, False]
+    # the whole ranking is the one of the plain coder
+    monkeypatch.setattr(counting._Column, "_encode_distinct", lambda self, *a: None)
+    plain = FeatureRanker(label="y", schema=schema, batch_size=bs, n_permutations=3, seed=3, n_threads=1).fit(df)
+    assert r.ranking_.equals(plain.ranking_)
