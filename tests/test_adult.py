@@ -120,15 +120,21 @@ def test_recsys_fit_on_adult_through_the_cli(tmp_path, raw_file):
     assert metrics["test"]["auc"] > 0.85  # one epoch of a tiny DeepFM; logistic regression reaches ~0.90
 
 
+# the DCN-v2 recipes reproduce FuxiCTR's own stopping rule (a gain > 1e-6 counts) for the
+# same-settings comparison in experiments/bench/README.md ("DCN-v2"); still no 1e-7 crawl
+FUXICTR_MARGIN = {"dcn_v2_adult.yaml": 1e-6, "dcn_v2_ml100k.yaml": 1e-6}
+
+
 def test_every_shipped_early_stopping_ignores_tiny_gains():
-    """A 1e-7 rise in validation AUC is not an improvement: every shipped EarlyStopping has min_delta >= 1e-4."""
+    """A 1e-7 rise in validation AUC is not an improvement: every shipped EarlyStopping has
+    min_delta >= 1e-4 (the FuxiCTR-parity DCN-v2 recipes: FuxiCTR's 1e-6)."""
     found = 0
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         for cb in (cfg.get("trainer") or {}).get("callbacks") or []:
             if cb["class_path"].endswith("EarlyStopping"):
                 found += 1
-                assert cb["init_args"].get("min_delta", 0) >= 1e-4, path.name
+                assert cb["init_args"].get("min_delta", 0) >= FUXICTR_MARGIN.get(path.name, 1e-4), path.name
     assert found >= 15
 
 
