@@ -8,6 +8,9 @@ as ``rank_features_profile.py`` writes it). Each repeat runs ``FeatureRanker(lab
 (the ``recsys rank-features`` default) once with each checkout's ``recsys`` first on the path, in a
 fresh process: CPU seconds (user + sys, all threads), wall, peak RSS, the heuristic and the top 9.
 Prints the medians and the CPU ratio after / before. On a shared machine quote CPU seconds.
+``--single-thread``: both fits with ``n_threads=1`` and ``POLARS_MAX_THREADS=1`` (steadier CPU figures).
+Issue 18 item 5 (the coder's insert and string-batch dedupe), 2026-12-07, single thread, load 8-15:
+4.85 s before, 4.63 s after (0.955; again 4.46 vs 4.09 s, 0.915); default threads 4.94 vs 4.83 s (0.979, noisier).
 Issue 21 (``mi-redundancy`` replacing ``mi-cardinality``), 2026-12-07, load 10-30: median CPU
 4.80 s before, 5.28 s after, ratio 1.10; peak RSS 991 -> 1008 MiB (again on the final code:
 4.75 s vs 5.22 s, 1.10).
@@ -34,7 +37,8 @@ from recsys.features import FeatureRanker
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF); return r.ru_utime + r.ru_stime
 t, c = time.perf_counter(), cpu()
-r = FeatureRanker(label="label").fit(sys.argv[1])
+kw = {"n_threads": int(sys.argv[2])} if len(sys.argv) > 2 else {}
+r = FeatureRanker(label="label", **kw).fit(sys.argv[1])
 print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c, "heuristic": r.heuristic,
                   "top": r.ranking_["feature"].to_list()[:9],
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -49,6 +53,8 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="checkout (repository root) of the baseline")
     ap.add_argument("--after", default=".", help="checkout of the change (default: this one)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--single-thread", action="store_true",
+                    help="n_threads=1 and POLARS_MAX_THREADS=1 in both (less noisy CPU figures than the default's two threads)")
     args = ap.parse_args()
     if args.ids_worst_case:
         return ids_worst_case(args.repeats)
@@ -59,7 +65,11 @@ def main() -> None:
     for i in range(args.repeats):
         for k, tree in trees.items():  # cwd and PYTHONPATH: that checkout's recsys wins
             env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-            out = subprocess.run([sys.executable, "-c", FIT, str(Path(args.data).resolve())], env=env, cwd=tree,
+            extra = []
+            if args.single_thread:
+                env["POLARS_MAX_THREADS"] = "1"
+                extra = ["1"]
+            out = subprocess.run([sys.executable, "-c", FIT, str(Path(args.data).resolve()), *extra], env=env, cwd=tree,
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             res[k].append(r)
