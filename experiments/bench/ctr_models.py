@@ -212,19 +212,10 @@ def duel_worker_ours(model: str, dataset: str, batch_size: int, wide_rows: int, 
                      steps: int) -> None:
     """Our side of ``--duel``: as ``peers/fuxictr_deepfm.py --duel-steps`` (ready / go / seconds)."""
     dm, step = build_ours(model, dataset, batch_size, wide_rows, paper_residual)
-    held = []
-    for batch in dm.train_dataloader():
-        held.append(batch)
-        if len(held) == steps:
-            break
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        t0 = time.perf_counter()
-        for batch in held:
-            step(batch)
-        print(f"{(time.perf_counter() - t0) / len(held):.6f}", flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    from duel_protocol import serve_held_steps
+
+    serve_held_steps(dm.train_dataloader(), steps, step)
 
 
 def duel(model: str, dataset: str, data: Path, batch_size: int, wide_rows: int, paper_residual: bool,

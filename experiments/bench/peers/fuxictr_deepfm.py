@@ -635,23 +635,13 @@ def feature_cols(spec: dict) -> list[dict]:
 def duel_worker(model, train_gen, steps: int) -> dict:
     """Hold ``steps`` training batches in memory, print ``ready``, then for every ``go`` line on
     stdin run those steps (``train_step``: forward, loss, backward, clip, Adam) and print the
-    seconds per step; ``stop`` ends. The other side (ours) does the same in its own venv."""
-    held = []
-    for batch in train_gen:
-        held.append(batch)
-        if len(held) == steps:
-            break
+    seconds per step; ``stop`` ends (duel_protocol.py: the same loop as our side's)."""
+    from duel_protocol import serve_held_steps
+
     model.train()
     if not hasattr(model, "_max_gradient_norm"):  # BaseModel.fit sets it (its default: 10)
         model._max_gradient_norm = 10.0
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
-        t0 = time.perf_counter()
-        for batch in held:
-            model.train_step(batch)
-        print(f"{(time.perf_counter() - t0) / len(held):.6f}", flush=True)
+    serve_held_steps(train_gen, steps, model.train_step)
     return {}
 
 
