@@ -334,19 +334,23 @@ class FeatureEmbedding(nn.Module):
 
     def forward(self, batch) -> EmbeddingOutput:
         kjt: KeyedJaggedTensor = batch.sparse
+        out = EmbeddingOutput()
         fused = self._fused_bags(kjt) if self.ec is None else None
         if fused is not None:
-            pooled, block = fused
-            out = EmbeddingOutput()
-            for name in self.pooled_names:
-                out.pooled[name] = self._proj(name, pooled[name])
-            out.block = block
-            if self.numeric is not None:
-                out.numeric = self.numeric(batch.dense)
-            return out
+            pooled, out.block = fused
+        else:
+            pooled = self._collection_lookup(kjt, out)
+        for name in self.pooled_names:
+            out.pooled[name] = self._proj(name, pooled[name])
+        if self.numeric is not None:
+            out.numeric = self.numeric(batch.dense)
+        return out
+
+    def _collection_lookup(self, kjt: KeyedJaggedTensor, out: EmbeddingOutput) -> dict[str, torch.Tensor]:
+        """The collections' own forward: returns the pooled fields (field -> ``[B, D_f]``, before
+        projection) and puts the unpooled sequences into ``out.sequences``."""
         if not self._identity:
             kjt = kjt.permute(self._permute)
-        out = EmbeddingOutput()
         if self.ebc is not None and self.ec is not None:
             bag_kjt, seq_kjt = kjt.split([len(self.bag_keys), len(self.seq_keys)])
         else:
@@ -368,11 +372,7 @@ class FeatureEmbedding(nn.Module):
                     out.sequences[name] = (self._proj(name, dense), mask)
                 else:
                     pooled[name] = _pool_jagged(jt.values(), jt.lengths(), self.pooling[name])
-        for name in self.pooled_names:
-            out.pooled[name] = self._proj(name, pooled[name])
-        if self.numeric is not None:
-            out.numeric = self.numeric(batch.dense)
-        return out
+        return pooled
 
 
 def _pool_jagged(values: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:

@@ -170,9 +170,6 @@ def _drop_in_backward(params) -> None:
                 delattr(p, attr)
 
 
-_DESTROY_REGISTERED = False
-
-
 def destroy_process_group_at_exit() -> None:
     """Destroy the default process group (every backend) if one is still initialised."""
     import signal
@@ -186,15 +183,6 @@ def destroy_process_group_at_exit() -> None:
         dist.destroy_process_group()
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _register_destroy_at_exit() -> None:
-    global _DESTROY_REGISTERED
-    if not _DESTROY_REGISTERED:
-        import atexit
-
-        atexit.register(destroy_process_group_at_exit)
-        _DESTROY_REGISTERED = True
 
 
 class ShardedDDPStrategy(DDPStrategy):
@@ -255,7 +243,10 @@ class ShardedDDPStrategy(DDPStrategy):
         # exception", exit -6) while gloo's worker threads still hold work items (seen on a loaded
         # CI machine after a run that had finished and written metrics.json). Destroy it in an
         # atexit hook, while the interpreter is whole; a no-op if it is already gone.
-        _register_destroy_at_exit()
+        import atexit
+
+        atexit.unregister(destroy_process_group_at_exit)  # once per process, however many setups
+        atexit.register(destroy_process_group_at_exit)
 
     def setup(self, trainer) -> None:
         from pytorch_lightning.trainer.states import TrainerFn
