@@ -52,6 +52,13 @@ _DISTINCT_PROBE = 4096  # (the first batch: judged by the distinct values among 
 _DISTINCT_MIN_ROWS = 4096  # (smaller batches: the hash coder directly)
 
 
+def keep_rows(dest: np.ndarray, keep: np.ndarray, row0: int, batch: np.ndarray) -> None:
+    """Copy into ``dest`` (one slot per kept row) the values of ``batch`` (rows ``row0..``) at the
+    kept rows ``keep`` (ascending row numbers of the whole data) that fall in this batch."""
+    lo, hi = np.searchsorted(keep, [row0, row0 + batch.size])
+    dest[lo:hi] = batch[keep[lo:hi] - row0]
+
+
 class _HashTable:
     """Open addressing with linear probing, vectorized with numpy: keys of one or two int64 words,
     an int64 value per key (``_EMPTY``: free). Rows ``[k1, (k2), value]`` of one int64 array."""
@@ -562,8 +569,7 @@ class _Column:
         codes, new_pos = coded if coded is not None else self.coder.encode(k1, k2, valid)
         card = self.coder.card
         if self.codes is not None:  # (a batch's codes never change later: new values get new codes)
-            lo, hi = np.searchsorted(self.keep, [row0, row0 + codes.size])
-            self.codes[lo:hi] = codes[self.keep[lo:hi] - row0]
+            keep_rows(self.codes, self.keep, row0, codes)
         self._ensure(card)
         if new_pos.size:
             self._first[self.card:card] = row0 + new_pos

@@ -162,7 +162,7 @@ import numpy as np
 import polars as pl
 
 from recsys.errors import ConfigError, DataError
-from recsys.features.counting import _BatchLabels, _Column, _PermutedStream, count_batches
+from recsys.features.counting import _BatchLabels, _Column, _PermutedStream, count_batches, keep_rows
 from recsys.features.quality import QualityThresholds, quality_report
 from recsys.features.significance import ADJUSTMENTS, _log_factorial, _unique_counts, benjamini_hochberg, g_test_p_value, holm
 from recsys.schema import Schema
@@ -678,8 +678,7 @@ class FeatureRanker:
         def labels(b: pl.DataFrame, row0: int) -> _BatchLabels:
             y = b.select(pl.col(label).alias("v")).join(inp.label_map, on="v", how="left", maintain_order="left")["y"]
             if self._y_kept is not None:
-                lo, hi = np.searchsorted(keep, [row0, row0 + b.height])
-                self._y_kept[lo:hi] = y.to_numpy()[keep[lo:hi] - row0]
+                keep_rows(self._y_kept, keep, row0, y.to_numpy())
             lab = _BatchLabels(y.to_numpy(), perm.next(b.height), C, np.arange(row0, row0 + b.height))
             lab.prepare()
             return lab
@@ -938,9 +937,7 @@ class FeatureRanker:
             codes, y = {f: v[rows] for f, v in codes.items()}, y[rows]
         n, C = y.size, len(inp.class_counts)
         if n < self.n_rows_:  # a sample of the rows: its own marginals, codes made dense again
-            for f in cand:
-                seen_ = np.bincount(codes[f]) > 0
-                codes[f] = (np.cumsum(seen_) - 1).astype(np.int32)[codes[f]]
+            codes = {f: _dense_again(codes[f]) for f in cand}
         class_counts = np.bincount(y, minlength=C)
         s_y = _xlogx_sum(class_counts)
         dense_rows = _PAIR_CELL_ROWS / (float(class_counts[class_counts > 0].min()) / n)  # rows per pair value
@@ -969,9 +966,7 @@ class FeatureRanker:
         def sub_codes(f: str) -> tuple[np.ndarray, np.ndarray]:
             """``f``'s codes on the sub-sample, made dense again, and their counts."""
             if f not in small:
-                c = codes[f][sub]
-                present = np.bincount(c) > 0
-                c = (np.cumsum(present) - 1).astype(np.int32)[c]
+                c = _dense_again(codes[f][sub])
                 small[f] = (c, np.bincount(c))
             return small[f]
 
@@ -1136,6 +1131,12 @@ def _estimable(pair_values: int, rows: int, dense_rows: float, finer: int) -> bo
     return per_value >= dense_rows or (pair_values <= 2 * finer and per_value >= dense_rows / _PAIR_CELL_ROWS)
 
 
+def _dense_again(codes: np.ndarray) -> np.ndarray:
+    """Codes of a subset of the rows renumbered ``0..k-1`` over the values present (order kept), int32."""
+    present = np.bincount(codes) > 0
+    return (np.cumsum(present) - 1).astype(np.int32)[codes]
+
+
 def _counts(keys: np.ndarray, size: int) -> np.ndarray:
     """The positive counts of integer keys in ``[0, size)`` (in no particular order)."""
     if size <= _DENSE_LIMIT:
@@ -1146,11 +1147,7 @@ def _counts(keys: np.ndarray, size: int) -> np.ndarray:
 
 def _count_sums(keys: np.ndarray, size: int) -> tuple[float, int]:
     """``(sum n log n, number of distinct keys)`` of integer keys in ``[0, size)``."""
-    if size <= _DENSE_LIMIT:
-        c = np.bincount(keys, minlength=size)
-        c = c[c > 0]
-    else:
-        c = pl.Series(keys).value_counts(sort=False)["count"].to_numpy()
+    c = _counts(keys, size)
     return _xlogx_sum(c), int(c.size)
 
 
