@@ -545,22 +545,24 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
         length = n_u[users]
         total = int(length.sum())
         flat_row = np.repeat(np.arange(n), length)
+
+        def behaviours_of(c: np.ndarray) -> np.ndarray:
+            """One behaviour per entry of ``c`` (a cluster): with probability ``history_focus`` an
+            item of that cluster, else a popularity draw."""
+            within = np.minimum((r.random(c.size) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
+            return np.where(r.random(c.size) < cfg.history_focus, by_cluster[cl_start[c] + within],
+                            _draw(r, cfg.n_items, c.size, cfg.item_zipf))
+
         if cfg.history_per_row:
             # per row: its own interests (a session's), behaviours drawn from them; the label effect
             # is whether the target's cluster appears among the row's behaviours
             row_pref = r.integers(0, cfg.n_clusters, (n, cfg.user_clusters))
-            c = row_pref[flat_row, r.integers(0, cfg.user_clusters, total)]
-            within = np.minimum((r.random(total) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
-            hist_items = np.where(r.random(total) < cfg.history_focus, by_cluster[cl_start[c] + within],
-                                  _draw(r, cfg.n_items, total, cfg.item_zipf))
+            hist_items = behaviours_of(row_pref[flat_row, r.integers(0, cfg.user_clusters, total)])
             same = item_cluster[hist_items] == item_cluster[items][flat_row]
             interest = np.bincount(flat_row, weights=same, minlength=n) > 0
         else:
             owner = np.repeat(np.arange(cfg.n_users), n_u)
-            c = user_pref[owner, r.integers(0, cfg.user_clusters, owner.size)]
-            within = np.minimum((r.random(owner.size) * cl_size[c]).astype(np.int64), cl_size[c] - 1)
-            behaviours = np.where(r.random(owner.size) < cfg.history_focus, by_cluster[cl_start[c] + within],
-                                  _draw(r, cfg.n_items, owner.size, cfg.item_zipf))
+            behaviours = behaviours_of(user_pref[owner, r.integers(0, cfg.user_clusters, owner.size)])
             u_start = np.cumsum(n_u) - n_u
             flat_pos = np.repeat(u_start[users] - (np.cumsum(length) - length), length) + np.arange(total)
             hist_items = behaviours[flat_pos]
