@@ -194,7 +194,6 @@ def test_misspelled_key_names_it_and_suggests_the_closest(tmp_path, where, args,
     assert not (tmp_path / "runs").exists()
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("empty", ["{}", ""])
 def test_misspelled_empty_top_level_key_is_refused(tmp_path, empty):
@@ -206,6 +205,7 @@ def test_misspelled_empty_top_level_key_is_refused(tmp_path, empty):
     line = one_error(res)
     assert "trainr" in line and "did you mean 'trainer'" in line and cfg.name in line
     assert snapshot(tmp_path) == before
+
 
 # ------------------------------------------------------------------- 8: output paths
 @pytest.mark.slow

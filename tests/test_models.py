@@ -158,6 +158,19 @@ def _logits_and_grads(model, batch):
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _assert_fused_equals_collections(model, batch, monkeypatch) -> None:
+    """Logits and gradients with the fused lookup, then (``fused_lookup`` off) with the
+    collections' own forward: the same logits bit for bit, the same gradient terms summed in
+    another order."""
+    fused, fused_grads = _logits_and_grads(model, batch)
+    monkeypatch.setattr(FeatureEmbedding, "fused_lookup", False)
+    plain, plain_grads = _logits_and_grads(model, batch)
+    assert torch.equal(fused, plain)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, g in plain_grads.items():
+        assert (fused_grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+
+
 @pytest.mark.parametrize("cls", [DNN, DeepFM])
 def test_fused_lookup_equals_the_collections_forward(dm, batch, cls, monkeypatch):
     # the tiny schema mixes single-valued fields with lists (multi-hot, pooled history sharing
@@ -168,14 +181,8 @@ def test_fused_lookup_equals_the_collections_forward(dm, batch, cls, monkeypatch
     emb = model.embedding
     assert len(emb._groups) == 2 and emb._list_bag_keys
     assert emb._fused_bags(batch.sparse) is not None  # the fused path is what runs
-    fused, fused_grads = _logits_and_grads(model, batch)
-    monkeypatch.setattr(FeatureEmbedding, "fused_lookup", False)
+    _assert_fused_equals_collections(model, batch, monkeypatch)
     assert emb._fused_bags(batch.sparse) is None
-    plain, plain_grads = _logits_and_grads(model, batch)
-    assert torch.equal(fused, plain)  # same weights: the same logits, bit for bit
-    assert fused_grads.keys() == plain_grads.keys()
-    for name, g in plain_grads.items():  # the same gradient terms, summed in another order
-        assert (fused_grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
 
 
 def test_fused_block_is_the_stack_of_an_all_single_valued_table(monkeypatch):
@@ -192,12 +199,7 @@ def test_fused_block_is_the_stack_of_an_all_single_valued_table(monkeypatch):
     assert model.first_order.emb(b).concat().shape == (len(b), len(model.first_order.emb.pooled_names))
     out.pooled["c00"] = out.pooled["c00"] + 1.0  # a replaced field: stack() must not reuse the block
     assert torch.equal(out.stack()[:, 2], out.pooled["c00"]) and list(out.pooled)[2] == "c00"
-    fused, fused_grads = _logits_and_grads(model, b)
-    monkeypatch.setattr(FeatureEmbedding, "fused_lookup", False)
-    plain, plain_grads = _logits_and_grads(model, b)
-    assert torch.equal(fused, plain)
-    for name, g in plain_grads.items():
-        assert (fused_grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+    _assert_fused_equals_collections(model, b, monkeypatch)
 
 
 def test_single_valued_field_with_other_than_one_id_falls_back_to_the_collection(dm, batch):
