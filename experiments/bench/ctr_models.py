@@ -51,6 +51,7 @@ interrupted run keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -294,11 +295,7 @@ def overhead(model: str, dataset: str, batch_size: int, wide_rows: int, paper_re
             next(it)
         return (time.perf_counter() - t0) / steps
 
-    held = []
-    for batch in dm.train_dataloader():
-        held.append(batch)
-        if len(held) == steps:
-            break
+    held = list(itertools.islice(dm.train_dataloader(), steps))
 
     def compute_only() -> float:
         t0 = time.perf_counter()

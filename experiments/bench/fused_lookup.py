@@ -16,6 +16,7 @@ and gradients (to float rounding) on the first batch.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -65,11 +66,7 @@ def main() -> None:
         for model in args.models:
             dm, step = ctr_models.build_ours(model, dataset, args.batch, args.wide_rows, False)
             net = step.net
-            held = []
-            for b in dm.train_dataloader():
-                held.append(b)
-                if len(held) == args.steps:
-                    break
+            held = list(itertools.islice(dm.train_dataloader(), args.steps))
             gdiff = check_same(net, held[0])
             embs = [m for m in net.modules() if isinstance(m, FeatureEmbedding)]
 
