@@ -187,11 +187,12 @@ class _Cache:
     def put(self, fields: list[str] | None, seed: int, result: dict) -> None:
         if self.path is None:
             return
+        from recsys.utils import atomic_path
+
         data = self._load()
         data[self._key(fields, seed)] = result
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
 
 
 def area(aucs: list[float]) -> float:
