@@ -423,3 +423,28 @@ def test_variant_options_are_checked_at_construction(dm, kwargs, match):
         return
     with pytest.raises(ValueError, match=match):
         AWMoE(dm.features, **SMALL, **kwargs)
+
+
+def test_longtail_bench_trains_only_the_longer_moe_arms_longer(tmp_path):
+    """experiments/bench/aw_moe_longtail.py: the ``moe_pat5*`` arms are MoE with early-stopping
+    patience 5 (and lr 1e-3 for ``_lr1e3``) on the rowtail recipe; every other setting, and the
+    plain ``moe`` arm, as before (patience 2, lr 0.003)."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
+    import aw_moe_longtail as lt
+
+    def load(variant):
+        cfg = yaml.safe_load(lt._config("rowtail", variant, 2019, 20, tmp_path).read_text())
+        stop = [cb for cb in cfg["trainer"]["callbacks"] if cb["class_path"].endswith("EarlyStopping")]
+        return cfg, stop[0]["init_args"]["patience"], cfg["model"]["init_args"]["lr"]
+
+    base, pat, lr = load("moe")
+    assert (pat, lr, base["trainer"]["max_epochs"]) == (2, lt.LONGTAIL_LR, 20)
+    for variant, want in (("moe_pat5", (5, lt.LONGTAIL_LR)), ("moe_pat5_lr1e3", (5, 0.001))):
+        cfg, pat, lr = load(variant)
+        assert (pat, lr) == want
+        assert cfg["model"]["init_args"]["model"] == base["model"]["init_args"]["model"]
+        assert cfg["data"] == base["data"]

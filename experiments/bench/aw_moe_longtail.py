@@ -61,6 +61,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "nce_keep10_nouser": ("aw_moe", {"cl_weight": 0.01, "mask_keep": 10, "exclude_same_user": True}),
     # mask rate 0.9 (users with ~10% of their behaviours left), InfoNCE
     "nce_rate09": ("aw_moe", {"cl_weight": 0.01, "mask_rate": 0.9}),
+    # MoE trained longer (issue 19, third session): on rowtail MoE early-stopped after 3 epochs (best
+    # valid AUC at epoch 1) while nce_rate09 trained 5-6; is the gap training length?
+    "moe_pat5": ("moe", {}),
+    "moe_pat5_lr1e3": ("moe", {}),
+}
+# name -> training overrides: early-stopping patience, learning rate
+TRAIN: dict[str, dict] = {
+    "moe_pat5": {"patience": 5},
+    "moe_pat5_lr1e3": {"patience": 5, "lr": 0.001},
 }
 
 
@@ -95,6 +104,13 @@ def _config(data: str, variant: str, seed: int, max_epochs: int, root: Path) -> 
     else:
         cfg["data"]["init_args"]["seed"] = seed
     model.update(overrides)
+    train = TRAIN.get(variant, {})
+    if "patience" in train:
+        for cb in cfg["trainer"]["callbacks"]:
+            if cb["class_path"].endswith("EarlyStopping"):
+                cb["init_args"]["patience"] = train["patience"]
+    if "lr" in train:
+        cfg["model"]["init_args"]["lr"] = train["lr"]
     path = root / f"{run}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -115,34 +131,34 @@ def run_one(data: str, variant: str, seed: int, max_epochs: int) -> dict:
         metrics = json.loads(sorted((root / run).glob("version_*/metrics.json"))[-1].read_text())
         s = B._score("A", Path(metrics["best_checkpoint"]), "test", None, CAPS)
         return {"data": data, "variant": variant, "seed": seed, "max_epochs": max_epochs,
-                "overrides": VARIANTS[variant][1], "fit_s": round(fit_s, 1),
+                "overrides": VARIANTS[variant][1], "train": TRAIN.get(variant, {}), "fit_s": round(fit_s, 1),
                 "valid_auc": (metrics.get("valid") or {}).get("auc"), "epochs": metrics.get("epochs_trained"), "test_auc": M.roc_auc(s.labels, s.probs),
                 "cap_auc": {str(k): M.roc_auc(s.labels, s.capped[k]) for k in CAPS}, "rows": int(s.labels.size)}
 
 
-def _done() -> set[tuple[str, str, int]]:
+def _done() -> set[tuple[str, str, int, int]]:
     if not OUT.exists():
         return set()
-    return {(r["data"], r["variant"], r["seed"]) for r in map(json.loads, OUT.read_text().splitlines()) if r}
+    return {(r["data"], r["variant"], r["seed"], r["max_epochs"]) for r in map(json.loads, OUT.read_text().splitlines()) if r}
 
 
 def table() -> str:
     rows = [json.loads(x) for x in OUT.read_text().splitlines() if x] if OUT.exists() else []
     out = []
-    for data in ("ml100k", "longtail", "rowtail"):
-        sub = [r for r in rows if r["data"] == data]
-        if not sub:
-            continue
-        out += [f"\n**{data}** (test AUC, mean over seeds; caps: each row's history cut to its last K behaviours)\n",
-                "| variant | seeds | overall | " + " | ".join(f"K={k}" for k in CAPS) + " |",
-                "|---|---|---|" + "---|" * len(CAPS)]
+    for data, max_epochs in sorted({(r["data"], r["max_epochs"]) for r in rows}):
+        sub = [r for r in rows if (r["data"], r["max_epochs"]) == (data, max_epochs)]
+        out += [f"\n**{data}**, at most {max_epochs} epochs (test AUC, mean over seeds; caps: each row's history "
+                "cut to its last K behaviours; epochs trained: mean)\n",
+                "| variant | seeds | overall | " + " | ".join(f"K={k}" for k in CAPS) + " | epochs |",
+                "|---|---|---|" + "---|" * len(CAPS) + "---|"]
         for v in VARIANTS:
             rs = [r for r in sub if r["variant"] == v]
             if not rs:
                 continue
             mean = lambda xs: statistics.fmean(xs)  # noqa: E731
             out.append(f"| {v} | {len(rs)} | {mean([r['test_auc'] for r in rs]):.4f} | "
-                       + " | ".join(f"{mean([r['cap_auc'][str(k)] for r in rs]):.4f}" for k in CAPS) + " |")
+                       + " | ".join(f"{mean([r['cap_auc'][str(k)] for r in rs]):.4f}" for k in CAPS)
+                       + f" | {mean([r['epochs'] for r in rs]):.1f} |")
     return "\n".join(out)
 
 
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # seed-major: a partial sweep has every variant of the first seeds
         for data in args.data:
             for v in args.variants:
-                if (data, v, seed) in _done():
+                if (data, v, seed, args.max_epochs) in _done():
                     continue
                 r = run_one(data, v, seed, args.max_epochs)
                 with OUT.open("a") as f:

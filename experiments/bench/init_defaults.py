@@ -1,10 +1,17 @@
 """Library default init (issue 19 item 4): PyTorch's Linear init vs Xavier-normal (FuxiCTR's), per
-model, on ml100k-ctr and Adult, 3 seeds each.
+model, on ml100k-ctr and a second data set, 3 seeds each.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python experiments/bench/init_defaults.py \\
         [--models autoint autoint_plus deepfm moe dcn_v2] [--datasets ml100k adult] \\
         [--seeds 2019 2020 2021] [--max-epochs 6]
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python experiments/bench/init_defaults.py \\
+        --models aw_moe sdim din --datasets ml100k rowtail
     .venv/bin/python experiments/bench/init_defaults.py --table     # the table of what has run
+
+The behaviour-sequence models (AW-MoE, SDIM, DIN) need a history, which Adult does not have: their
+second data set is the synthetic long-tail set ``rowtail`` of ``aw_moe_longtail.py`` (per-row
+interests planted in a power-law number of behaviours), with that script's recipe (batch 256, lr
+0.003 constant, embedding init std 0.01). For them a default is set only where both data sets agree.
 
 Each run is ``recsys fit --config experiments/<model>_ml100k.yaml`` (on Adult with the data set
 swapped, as ``ctr_models.py`` does; batch 1024 on both), with every init option of the model set
@@ -43,8 +50,27 @@ INIT_OPTIONS = {
     "deepfm": ("mlp_init",),
     "moe": ("mlp_init",),
     "dcn_v2": ("mlp_init",),
+    # the behaviour-sequence models (issue 19, third session): their only init option
+    "aw_moe": ("mlp_init",),
+    "sdim": ("mlp_init",),
+    "din": ("mlp_init",),
 }
-DATASETS = ("ml100k", "adult")
+DATASETS = ("ml100k", "adult", "rowtail")
+# models without a history cannot use rowtail; models that need one cannot use Adult
+SEQUENCE_MODELS = ("aw_moe", "sdim", "din")
+
+
+def model_datasets(model: str) -> tuple[str, str]:
+    return ("ml100k", "rowtail") if model in SEQUENCE_MODELS else ("ml100k", "adult")
+
+
+def rowtail_overrides() -> list[str]:
+    """CLI overrides that swap an ml100k config to aw_moe_longtail.py's ``rowtail`` set and recipe."""
+    import aw_moe_longtail as lt
+
+    return ["--data.init_args.dataset", "synthetic", "--data.init_args.dataset_options", json.dumps(lt.ROWTAIL),
+            "--data.init_args.batch_size", str(lt.LONGTAIL_BATCH), "--model.init_args.lr", str(lt.LONGTAIL_LR),
+            "--model.init_args.plateau_factor", "null", "--model.init_args.model.init_args.init_std", "0.01"]
 
 
 def done_runs() -> dict[tuple, dict]:
@@ -55,8 +81,9 @@ def done_runs() -> dict[tuple, dict]:
 
 
 def run_one(model: str, dataset: str, arm: str, seed: int, max_epochs: int, work: Path) -> dict:
-    extra = ["--data.init_args.batch_size", "1024", *ctr_models.data_overrides(dataset, ctr_models.WIDE_ROWS),
-             "--trainer.max_epochs", str(max_epochs)]
+    data = (rowtail_overrides() if dataset == "rowtail"
+            else ["--data.init_args.batch_size", "1024", *ctr_models.data_overrides(dataset, ctr_models.WIDE_ROWS)])
+    extra = [*data, "--trainer.max_epochs", str(max_epochs)]
     for opt in INIT_OPTIONS[model]:
         extra += [f"--model.init_args.model.init_args.{opt}", arm]
     name = f"{dataset}_{model}_{arm}_s{seed}"
@@ -74,7 +101,7 @@ def table(max_epochs: int) -> str:
     decisions = []
     for model in INIT_OPTIONS:
         gains = {}
-        for dataset in DATASETS:
+        for dataset in model_datasets(model):
             cell = {arm: {r["seed"]: r for r in runs if (r["model"], r["dataset"], r["init"]) == (model, dataset, arm)}
                     for arm in ARMS}
             seeds = sorted(set(cell["torch"]) & set(cell["xavier"]))
@@ -88,12 +115,14 @@ def table(max_epochs: int) -> str:
             lines.append(f"| {model} | {dataset} | {len(seeds)} | {mean[('torch', 'valid_auc')]:.4f} | "
                          f"{mean[('xavier', 'valid_auc')]:.4f} | {dv:+.4f} | {mean[('torch', 'test_auc')]:.4f} | "
                          f"{mean[('xavier', 'test_auc')]:.4f} | {dt:+.4f} |")
-        if len(gains) == len(DATASETS):
+        if len(gains) == 2:
             signs = {g > 0 for g, _ in gains.values()}
             total = sum(g for g, _ in gains.values())
             pick = "xavier" if total > 0 else "torch"
             how = ("better on both" if len(signs) == 1 else
                    f"data sets disagree; larger mean gain ({total / len(gains):+.4f} valid AUC for xavier)")
+            if model in SEQUENCE_MODELS and len(signs) > 1:  # a default only where both agree
+                pick, how = "torch (unchanged)", f"data sets disagree (mean {total / len(gains):+.4f} for xavier)"
             decisions.append(f"- {model} ({', '.join(INIT_OPTIONS[model])}): **{pick}** ({how})")
     return "\n".join(lines + ["", "Default (valid AUC, 3-seed means):", *decisions])
 
@@ -116,6 +145,8 @@ def main() -> None:
         for seed in args.seeds:
             for dataset in args.datasets:
                 for model in args.models:
+                    if dataset not in model_datasets(model):
+                        continue
                     for arm in args.arms:
                         if (model, dataset, arm, seed, args.max_epochs) in done_runs():
                             continue
