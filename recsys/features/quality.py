@@ -148,7 +148,12 @@ def _top(a: np.ndarray, k: int) -> np.ndarray:
     without sorting everything."""
     if k <= 0 or a.size <= k:
         return np.argsort(-a, kind="stable")[:max(k, 0)]
-    kth = np.partition(a, a.size - k)[a.size - k]  # the k-th largest count
+    top = int(a.max())
+    if top <= 4 * a.size + 1024:  # the k-th largest count from the counts' histogram (no partial sort)
+        at_least = np.cumsum(np.bincount(a, minlength=top + 1)[::-1])  # at_least[j]: counts >= top - j
+        kth = top - int(np.searchsorted(at_least, k))
+    else:
+        kth = np.partition(a, a.size - k)[a.size - k]  # the k-th largest count
     above = np.flatnonzero(a > kth)
     tied = np.flatnonzero(a == kth)[: k - above.size]
     cand = np.concatenate([above, tied])

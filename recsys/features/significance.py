@@ -44,6 +44,7 @@ The per-column p-values are corrected for the number of columns tested: Holm's s
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -112,11 +113,13 @@ def _scaled_chi2_sf(g: float, mean: float, var: float) -> float:
 
 # ------------------------------------------------------------------------- null moments
 _LF_SMALL = np.array([math.lgamma(i + 1.0) for i in range(128)])
+_LF_TABLE_MAX = 1 << 22  # log(x!) for every x below this is kept in a table once an argument needs it (32 MiB at most)
+_lf_table = _LF_SMALL
+_lf_lock = threading.Lock()
 
 
-def _log_factorial(x: np.ndarray) -> np.ndarray:
-    """``log(x!)`` for integer arrays: a table below 128, Stirling's series above (error < 1e-15)."""
-    x = np.asarray(x, dtype=np.int64)
+def _log_factorial_formula(x: np.ndarray) -> np.ndarray:
+    """``log(x!)``: ``_LF_SMALL`` below 128, Stirling's series above (error < 1e-15)."""
     out = np.empty(x.shape, dtype=np.float64)
     small = x < 128
     out[small] = _LF_SMALL[x[small]]
@@ -126,6 +129,26 @@ def _log_factorial(x: np.ndarray) -> np.ndarray:
     out[~small] = ((z - 0.5) * np.log(z) - z + 0.5 * math.log(2 * math.pi)
                    + iz * (1 / 12 - iz2 * (1 / 360 - iz2 * (1 / 1260 - iz2 / 1680))))
     return out
+
+
+def _log_factorial(x: np.ndarray) -> np.ndarray:
+    """``log(x!)`` for integer arrays: a table below 128, Stirling's series above (error < 1e-15).
+
+    Arguments below ``_LF_TABLE_MAX`` are looked up in a table of the same values (built once, up
+    to the next power of two above the largest argument seen: the hypergeometric sums evaluate it
+    millions of times, ~1 ns a lookup against ~20 ns a series)."""
+    global _lf_table
+    x = np.asarray(x, dtype=np.int64)
+    top = int(x.max()) if x.size else 0
+    if top >= _LF_TABLE_MAX:
+        return _log_factorial_formula(x)
+    tab = _lf_table
+    if top >= tab.size:
+        with _lf_lock:
+            if top >= _lf_table.size:  # (elementwise: the same values as the formula gives)
+                _lf_table = _log_factorial_formula(np.arange(min(1 << top.bit_length(), _LF_TABLE_MAX), dtype=np.int64))
+            tab = _lf_table
+    return tab[x]
 
 
 def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
