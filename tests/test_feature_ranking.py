@@ -73,6 +73,25 @@ def test_expected_mi_matches_brute_force_permutations():
     assert np.allclose(_log_factorial(x), [math.lgamma(v + 1.0) for v in x], rtol=1e-14, atol=1e-12)
 
 
+def test_log_factorial_table_and_top_counts_equal_the_direct_ways():
+    """The log-factorial lookup table (grown as larger arguments come) holds exactly the series'
+    values, beyond it the series itself; the quality report's top counts (the k-th largest from the
+    counts' histogram) are those of a full stable sort."""
+    from recsys.features import significance
+    from recsys.features.quality import _top
+
+    rng = np.random.default_rng(0)
+    for top in (100, 5_000, 300_000, 1_500_000):
+        x = rng.integers(0, top, 20_000)
+        assert np.array_equal(_log_factorial(x), significance._log_factorial_formula(x))
+    big = np.array([5, significance._LF_TABLE_MAX, significance._LF_TABLE_MAX + 12_345])
+    assert np.array_equal(_log_factorial(big), significance._log_factorial_formula(big))
+    for _ in range(300):
+        a = rng.integers(0, rng.choice([2, 5, 100, 10**9]), rng.integers(1, 300))
+        k = int(rng.integers(0, 8))
+        assert np.array_equal(_top(a, k), np.argsort(-a, kind="stable")[:k])
+
+
 # ------------------------------------------------------------------------ the correction
 def _planted(n: int = 40_000, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)

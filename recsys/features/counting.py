@@ -378,6 +378,17 @@ def _bincount(codes: np.ndarray, weights: np.ndarray | None, size: int) -> np.nd
     return out
 
 
+def _unpack_add(dest: np.ndarray, packed: np.ndarray, width: int, skip: int) -> None:
+    """``dest[i] += field skip + i of packed`` (fields of ``width`` bits, the lowest first), row by
+    row through one buffer (no fields x values temporaries)."""
+    mask = (1 << width) - 1
+    t = np.empty_like(packed)
+    for i in range(dest.shape[0]):
+        np.right_shift(packed, width * (skip + i), out=t)
+        t &= mask
+        dest[i] += t
+
+
 _SEED1, _SEED2 = 0x2545F4914F6CDD1D, 0x5851F42D4C957F2D  # the two polars hashes of a non-integer value
 _SHORT_LIST = 16  # multi-hot rows up to this long are deduplicated by pairwise comparison
 
@@ -594,16 +605,17 @@ class _Column:
             w = self._width
             if w and (lab.n_fields + 1) * w <= 53:  # all in one pass if no value has >= 2**w rows here
                 (wt, _), = lab.packed(w, with_n=True)
-                f = (_bincount(codes, wt, card)[None, :] >> (w * np.arange(lab.n_fields + 1))[:, None]) & ((1 << w) - 1)
-                if int(f[0].sum()) == codes.size:
-                    n = f[0]
-                    cnt += f[1:]
+                packed = _bincount(codes, wt, card)
+                n = packed & ((1 << w) - 1)
+                if int(n.sum()) == codes.size:
+                    _unpack_add(cnt, packed, w, 1)
+                else:
+                    n = None
             if n is None:
                 n = np.bincount(codes, minlength=card)
                 w = max(1, int(n.max()).bit_length())
                 for wt, idx in lab.packed(w):
-                    f = (_bincount(codes, wt, card)[None, :] >> (w * np.arange(len(idx)))[:, None]) & ((1 << w) - 1)
-                    cnt[idx[0]:idx[-1] + 1] += f
+                    _unpack_add(cnt[idx[0]:idx[-1] + 1], _bincount(codes, wt, card), w, 0)
             n_acc += n
             w = int(n.max()).bit_length() + 1 if n.size else 1
             self._width = w if (lab.n_fields + 1) * w <= 53 else 0
