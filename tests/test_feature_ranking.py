@@ -453,6 +453,42 @@ def test_fast_counts_equal_brute_force(batch_size: int):
             assert got == order, name
 
 
+def test_coder_growing_first_codes_like_one_by_one(monkeypatch):
+    """The hash coder's grow-then-claim branch (a batch of mostly new values, e.g. an id column's
+    first batch) gives the codes of coding value by value (order of first appearance, missing
+    values a code of their own), one- and two-word keys, like the dedupe-then-grow branch."""
+    from recsys.features import counting
+
+    rng = np.random.default_rng(11)
+    vals = [rng.integers(0, 30_000, 20_000), rng.integers(0, 200_000, 20_000), rng.integers(0, 50, 20_000),
+            rng.integers(0, 400_000, 20_000)]
+    valid = [None, None, None, rng.random(20_000) > 0.2]
+    seen: dict = {}
+    want = []
+    for v, ok in zip(vals, valid):  # brute force: a dict in order of first appearance (None: missing)
+        keys = [int(x) if ok is None or ok[i] else None for i, x in enumerate(v)]
+        want.append([seen.setdefault(k, len(seen)) for k in keys])
+    calls = []
+    estimate = counting._estimated_distinct
+    monkeypatch.setattr(counting, "_estimated_distinct", lambda k: calls.append((estimate(k), k.size)) or calls[-1][0])
+
+    def codes(words: int) -> list[list[int]]:
+        coder = counting._Coder(two_keys=words == 2)
+        out = []
+        for v, ok in zip(vals, valid):
+            k1 = v * np.int64(0x9E3779B97F4A7C1)  # a wide range: the hash table, not the direct one
+            out.append(coder.encode(k1, (v ^ 0x5A5A) if words == 2 else None, ok)[0].tolist())
+        return out
+
+    for words in (1, 2):
+        calls.clear()
+        assert codes(words) == want
+        assert any(4 * new >= size for new, size in calls)  # the branch ran
+        monkeypatch.setattr(counting, "_GROW_FIRST_ROWS", 10**12)
+        assert codes(words) == want
+        monkeypatch.setattr(counting, "_GROW_FIRST_ROWS", 4096)
+
+
 def test_threads_do_not_change_results(tmp_path: Path):
     df = _planted(20_000).with_columns(pl.Series("s", [f"v{i % 997}" for i in range(20_000)]))
     one = _rank(df, n_threads=1, batch_size=3_000)

@@ -50,6 +50,7 @@ _DISTINCT_SHARE = 1 / 64  # string batches without missing values and with at mo
                           # values: polars dedupes first (measured: more distinct values or missing ones, slower)
 _DISTINCT_PROBE = 4096  # (the first batch: judged by the distinct values among its first rows)
 _DISTINCT_MIN_ROWS = 4096  # (smaller batches: the hash coder directly)
+_GROW_FIRST_ROWS = 4096  # hash coder: at least this many new rows, at least 1/4 of them new values -> grow, then claim
 
 
 def keep_rows(dest: np.ndarray, keep: np.ndarray, row0: int, batch: np.ndarray) -> None:
@@ -149,6 +150,11 @@ class _HashTable:
             k2 = k2[todo] if k2 is not None else None
             fill = fill[todo] if fill is not None else None
         return out
+
+
+def _estimated_distinct(k: np.ndarray) -> int:
+    """How many distinct values ``k`` holds, estimated (polars' HyperLogLog: within a few %, ~1 ms per 262,144)."""
+    return int(pl.Series(k).approx_n_unique())
 
 
 class _Coder:
@@ -272,9 +278,16 @@ class _Coder:
         mk2 = k2[miss] if k2 is not None else None
         pos = -2 - np.arange(miss.size)
         table = self.table
+        free = end[miss]
+        if 2 * (table.used + miss.size) > table.cap and miss.size >= _GROW_FIRST_ROWS:
+            new = _estimated_distinct(mk1)
+            if 4 * new >= miss.size:  # mostly new values (e.g. the first batch of an id-like column): grow first,
+                # to room for them as the other branch grows (and for every missing row), then claim in place
+                self._rehash(max(int(1.5 * (table.used + new)) + new, (2 * (table.used + miss.size)) // 3 + 1))
+                table, free = self.table, None
         if 2 * (table.used + miss.size) <= table.cap:
             # room even if every missing row were a distinct value: claim them in the table itself
-            ls = table.insert(mk1, mk2, free=end[miss])
+            ls = table.insert(mk1, mk2, free=free)
             v = table.t[:, self.w]
             np.maximum.at(v, ls, pos)  # claimed slots: -2 - (first position)
             first = np.flatnonzero(v[ls] == pos)
