@@ -121,6 +121,17 @@ def run_trainer_cli(argv: list[str], callbacks: list | None = None, allow_classe
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``recsys`` command; its exit code. From the command line (``argv`` None) a rank of
+    a multi-process run ends its process here, after its exit hooks (see
+    :func:`recsys.tasks.distributed.end_distributed_process`: gloo can abort the interpreter's
+    teardown)."""
+    code = _main(argv)
+    if argv is None and "recsys.tasks.distributed" in sys.modules:
+        sys.modules["recsys.tasks.distributed"].end_distributed_process(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     from recsys.console import quiet_libraries

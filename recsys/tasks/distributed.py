@@ -185,6 +185,55 @@ def destroy_process_group_at_exit() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+_took_part = False  # this process set up a process group (a rank of a multi-process run)
+
+
+def took_part_in_distributed_run() -> bool:
+    """This process was a rank of a multi-process run (a process group was set up here)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    return _took_part or bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
+def end_distributed_process(code: int) -> None:
+    """End a rank's process now with ``code``, after every exit hook but without the interpreter's
+    teardown; returns at once in a process that took no part in a multi-process run.
+
+    Why: gloo frees a finished collective's tensors on its own worker thread
+    (``pt_gloo_runloop``), and freeing a tensor that Python let go of takes the GIL. If that
+    thread asks for the GIL just before the interpreter starts finalizing, CPython ends the thread
+    with ``pthread_exit`` through a ``noexcept`` C++ frame and the whole process aborts:
+    "terminate called without an active exception", exit -6, after a run that had finished and
+    written everything. A run's last collective comes right before exit (Lightning's
+    ``Trainer.log_dir`` broadcasts the run folder), so this is a race every distributed run
+    takes at exit; a 2-process script that exits right after ``broadcast_object_list`` aborts in
+    about 1 run in 6 on a loaded 2-core machine (``tests/test_distributed.py`` has it).
+
+    What it does: wait for non-daemon threads and run the ``atexit`` hooks (the process group is
+    destroyed there, loggers flush), as a normal exit does, while the interpreter is still whole
+    and threads can take the GIL; flush stdout/stderr; then ``os._exit(code)``: the teardown in
+    which the race aborts never starts. Only the command line calls it (``recsys ...``,
+    ``python -m recsys.cli``), never the Python API.
+    """
+    import atexit
+    import sys
+    import threading
+
+    if not took_part_in_distributed_run():
+        return
+    for t in threading.enumerate():  # as the interpreter's own exit does first
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 - the documented exit hooks, run once, in order
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be written anyway
+            pass
+    os._exit(code)
+
+
 class ShardedDDPStrategy(DDPStrategy):
     """DDP for the dense part + TorchRec sharding (planner-chosen) for the embedding tables.
 
@@ -237,7 +286,9 @@ class ShardedDDPStrategy(DDPStrategy):
 
     # ------------------------------------------------------------------ setup
     def setup_distributed(self) -> None:
+        global _took_part
         super().setup_distributed()
+        _took_part = True
         # Lightning destroys the process group at exit for NCCL only. A gloo group left to the
         # interpreter's teardown can abort the process ("terminate called without an active
         # exception", exit -6) while gloo's worker threads still hold work items (seen on a loaded
