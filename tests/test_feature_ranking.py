@@ -489,6 +489,53 @@ def test_coder_growing_first_codes_like_one_by_one(monkeypatch):
         monkeypatch.setattr(counting, "_GROW_FIRST_ROWS", 4096)
 
 
+def test_numeric_columns_from_the_quantile_pass_count_like_reading_them_again(tmp_path: Path, monkeypatch):
+    """The counting pass takes numeric columns (NaN and null missing) from the quantile pass instead
+    of decoding them again, except a column a categorical field reads too: counts, values and the
+    ranking are those of reading every column in the batches."""
+    from recsys.features.ranking import FeatureRanker as Ranker
+    from recsys.schema import Schema
+
+    rng = np.random.default_rng(5)
+    n = 9_000
+    x = rng.normal(size=n)
+    x[rng.random(n) < 0.1] = np.nan
+    df = _planted(n).with_columns(pl.Series("x", x).set(pl.Series(rng.random(n) < 0.05), None),
+                                  pl.Series("z", rng.integers(0, 7, n).astype(np.float64)),
+                                  pl.Series("ts", rng.integers(0, 10**6, n)).cast(pl.Datetime("ms")))
+    path = tmp_path / "d.parquet"
+    df.write_parquet(path)
+    schema = Schema.from_dict({"label": "y", "fields": [
+        {"name": "x", "kind": "numeric"}, {"name": "z", "kind": "numeric"}, {"name": "z_cat", "column": "z",
+                                                                           "kind": "categorical"},
+        {"name": "ts", "kind": "numeric"}, {"name": "weak_3", "kind": "categorical"}]})
+    read = Ranker._read
+    taken = []
+
+    def spy(self, *a):
+        inp = read(self, *a)
+        taken.append(self._numeric_rows.columns if self._numeric_rows is not None else None)
+        return inp
+
+    monkeypatch.setattr(Ranker, "_read", spy)
+    fits = [Ranker(label="y", schema=schema, batch_size=2_000).fit(d) for d in (df, path)]
+    assert taken == [["x", "ts"], ["x", "ts"]]  # (z is read by z_cat as well)
+
+    def read_all(self, *a):
+        inp = read(self, *a)
+        self._numeric_rows = None
+        return inp
+
+    monkeypatch.setattr(Ranker, "_read", read_all)
+    base = Ranker(label="y", schema=schema, batch_size=2_000).fit(df)
+    for r in fits:
+        assert r.ranking_.equals(base.ranking_)
+        for name, c in base._cols.items():
+            assert np.array_equal(r._cols[name].table, c.table), name
+            assert all(np.array_equal(p, q) for p, q in zip(r._cols[name].perm, c.perm)), name
+            assert r._cols[name].values.equals(c.values), name
+
+
 def test_threads_do_not_change_results(tmp_path: Path):
     df = _planted(20_000).with_columns(pl.Series("s", [f"v{i % 997}" for i in range(20_000)]))
     one = _rank(df, n_threads=1, batch_size=3_000)

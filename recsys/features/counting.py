@@ -641,20 +641,25 @@ class _Column:
                     n_acc += t.sum(1)
         self._rh[:card] += _bincount(codes, lab.rh, card)
 
-    def finalize(self) -> None:
-        """Expose numpy arrays (values already in order of first appearance)."""
+    def finalize(self, fingerprint: bool = True) -> None:
+        """Expose numpy arrays (values already in order of first appearance). ``fingerprint``: also
+        the partition's fingerprint (else None; only columns with equal numbers of values can have
+        equal partitions, so the ranker asks for it only where another column has as many)."""
         card, C = self.card, self.n_classes
         self.values = pl.concat(self._values) if self._values else pl.Series("v", [], dtype=pl.Int32)
         self._values = []
         self.n = self._n[:card].astype(np.int64)
-        cnt = self._cnt[:, :card].T.astype(np.int64)
-        ys = cnt[:, :C - 1]
+        cnt = self._cnt[:, :card]  # field x value
+        ys = cnt[:C - 1].T.astype(np.int64)
         self.table = np.concatenate([(self.n - ys.sum(1))[:, None], ys], axis=1)
-        self.perm = [np.ascontiguousarray(cnt[:, (k + 1) * (C - 1):(k + 2) * (C - 1)]) for k in range(self.n_perm)]
-        h = hashlib.blake2b(digest_size=16)
-        h.update(self._first[:card].astype(np.int64).tobytes())
-        h.update(self._rh[:card].astype(np.int64).tobytes())
-        self.fingerprint = h.digest()
+        self.perm = [np.ascontiguousarray(cnt[(k + 1) * (C - 1):(k + 2) * (C - 1)].T.astype(np.int64))
+                     for k in range(self.n_perm)]
+        self.fingerprint = None
+        if fingerprint:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(self._first[:card].astype(np.int64).tobytes())
+            h.update(self._rh[:card].astype(np.int64).tobytes())
+            self.fingerprint = h.digest()
         self.null_index = self.coder.null_code if self.coder is not None else None
         self._n = self._cnt = self._first = self._rh = None
         self.coder = None
@@ -714,7 +719,11 @@ def count_batches(batches: Iterator[pl.DataFrame], cols: list[_Column], labels: 
     while b is not None:
         m = b.height
         if pool is not None:
-            todo = [pool.submit(c.update, b[c.source], lab, row0) for c in sorted(cols, key=lambda c: -c.card)]
+            # biggest first: by values so far; in the first batch list and string columns before the others
+            first_cost = {c.source: 0 if isinstance(b[c.source].dtype, pl.List) else 1 if b[c.source].dtype == pl.String
+                          else 2 for c in cols} if row0 == 0 else None
+            todo = [pool.submit(c.update, b[c.source], lab, row0)
+                    for c in sorted(cols, key=lambda c: (-c.card, first_cost[c.source] if first_cost else 0))]
             nb = next(it, None)
             nlab = labels(nb, row0 + m) if nb is not None else None
             for f in todo:

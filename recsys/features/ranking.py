@@ -655,6 +655,12 @@ class FeatureRanker:
         for c in cols:
             c.n_classes = C
         self._boundaries(lazy, numeric, numeric_frame)
+        # the counting pass takes the numeric columns from here rather than decoding them again (those
+        # that no categorical field reads as well: numbers, NaN as missing, are all a numeric field uses)
+        other = {c.source for c in cols if c.kind != "numeric"}
+        self._numeric_rows = None if numeric_frame is None else numeric_frame.select(
+            pl.col(f"__n{i}").alias(c.source) for i, c in enumerate(numeric)
+            if c.source not in other and c.source not in {d.source for d in numeric[:i]})
         del numeric_frame, got
         label_map = pl.DataFrame({"v": pl.Series(classes, dtype=lab_dtype), "y": np.arange(C, dtype=np.int8)})
         return _Input(frame=frame, where=where, label=label, cols=cols, classes=classes, class_counts=class_counts,
@@ -673,7 +679,9 @@ class FeatureRanker:
         for c in cols:
             c.start(count_dtype, keep)
         self._y_kept = np.empty(keep.size, np.int8) if keep is not None else None
-        sources = list(dict.fromkeys([c.source for c in cols] + [label]))
+        pre = self._numeric_rows  # (all rows of the numeric columns, or None)
+        self._numeric_rows = None
+        sources = list(dict.fromkeys([c.source for c in cols if pre is None or c.source not in pre.columns] + [label]))
 
         def labels(b: pl.DataFrame, row0: int) -> _BatchLabels:
             y = b.select(pl.col(label).alias("v")).join(inp.label_map, on="v", how="left", maintain_order="left")["y"]
@@ -686,7 +694,10 @@ class FeatureRanker:
         bar = self._bar(n, "counting")
         pool = self._pool(len(cols))
         try:
-            count_batches(self._batches(inp.frame, sources), cols, labels, pool, bar)
+            batches = self._batches(inp.frame, sources)
+            if pre is not None:
+                batches = _with_rows(batches, pre)
+            count_batches(batches, cols, labels, pool, bar)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -699,8 +710,12 @@ class FeatureRanker:
         h_y = entropy_from_counts(class_counts)
         s_y = _xlogx_sum(class_counts)
 
+        cards: dict[int, int] = {}
+        for c in inp.cols:
+            cards[c.card] = cards.get(c.card, 0) + 1
+
         def score(c: _Column) -> dict[str, Any]:
-            c.finalize()
+            c.finalize(fingerprint=cards[c.card] > 1)  # (the quality report's duplicate check)
             t = c.table
             a = c.n
             s_a = _xlogx_sum(a)
@@ -1120,6 +1135,14 @@ def _round_half_away(x: float) -> int:
     """Round to the nearest integer, halves away from zero (Rust's ``f64::round``, used by polars), x >= 0."""
     f = math.floor(x)
     return int(f) + 1 if x - f >= 0.5 else int(f)
+
+
+def _with_rows(batches: Iterator[pl.DataFrame], rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """Each batch with the same rows of ``rows`` (a frame of all rows) appended as columns."""
+    row0 = 0
+    for b in batches:
+        yield b.hstack(rows.slice(row0, b.height).get_columns())
+        row0 += b.height
 
 
 def _estimable(pair_values: int, rows: int, dense_rows: float, finer: int) -> bool:
