@@ -537,10 +537,17 @@ def test_numeric_columns_from_the_quantile_pass_count_like_reading_them_again(tm
 
 
 def test_threads_do_not_change_results(tmp_path: Path):
-    df = _planted(20_000).with_columns(pl.Series("s", [f"v{i % 997}" for i in range(20_000)]))
-    one = _rank(df, n_threads=1, batch_size=3_000)
-    two = _rank(df, n_threads=2, batch_size=3_000)
+    rng = np.random.default_rng(2)
+    n = 20_000
+    num = rng.normal(size=n)
+    num[rng.random(n) < 0.1] = np.nan
+    df = _planted(n).with_columns(pl.Series("s", [f"v{i % 997}" for i in range(n)]), pl.Series("num", num),
+                                  pl.Series("zeros", np.where(rng.random(n) < 0.7, 0.0, rng.exponential(size=n))),
+                                  pl.Series("ids", [f"u{v}" for v in rng.integers(0, 10**6, n)]))
+    one = _rank(df, n_threads=1, batch_size=5_000)
+    two = _rank(df, n_threads=2, batch_size=5_000)
     assert one.ranking_.equals(two.ranking_) and one.quality_ == two.quality_
+    assert list(one.quality_["columns"]["zeros"]["bin_boundaries"])[:2] == [np.nextafter(0.0, -1.0), 0.0]  # heavy value
 
 
 def test_read_table_lazy_and_no_torch_import(tmp_path: Path):

@@ -822,13 +822,13 @@ class FeatureRanker:
             return
         if cols is None:
             cols = self._numeric_query(lazy, numeric).collect()
-        for i, c in enumerate(numeric):
+        def one(i: int, c: _Column) -> None:
             s = cols.to_series(i)
             nulls = s.null_count()
             v = s.drop_nulls().to_numpy()
             if not v.size:
                 c.boundaries = np.array([], np.float64)
-                continue
+                return
             qs = np.linspace(0, 1, c.n_bins + 1)[1:-1]
             idx = [_round_half_away((v.size - 1.0) * float(q) + nulls) - nulls for q in qs]
             part = np.partition(v, sorted(set(idx)))
@@ -846,9 +846,18 @@ class FeatureRanker:
                     idx = [_round_half_away((rest.size - 1.0) * float(q)) for q in np.linspace(0, 1, k + 1)[1:-1]]
                     part = np.partition(rest, sorted(set(idx)))
                     bounds |= {float(part[j]) for j in idx}
-                del rest
             c.boundaries = np.array(sorted(bounds), np.float64)
-            del part, v, s
+
+        pool = self._pool(len(numeric))  # (the partial sorts release the GIL: columns in parallel threads)
+        try:
+            if pool is not None:
+                list(pool.map(one, range(len(numeric)), numeric))
+            else:
+                for i, c in enumerate(numeric):
+                    one(i, c)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         del cols
 
     def _bar(self, total: int, desc: str, unit: str = "rows"):
