@@ -73,6 +73,46 @@ def test_expected_mi_matches_brute_force_permutations():
     assert np.allclose(_log_factorial(x), [math.lgamma(v + 1.0) for v in x], rtol=1e-14, atol=1e-12)
 
 
+def test_expected_mutual_info_equals_the_term_by_term_sum_exactly():
+    """The EMI's table lookups and per-value precomputations change no float operation: the same
+    value, to the bit, as the term-by-term sum with log-factorials from the series."""
+    from recsys.features.significance import _log_factorial_formula as lf
+    from recsys.features.significance import _unique_counts
+
+    def reference(a, b):
+        a, b = a[a > 0], b[b > 0]
+        n = int(a.sum())
+        av, aw = _unique_counts(a)
+        bv, bw = _unique_counts(b)
+        lf_n = float(lf(np.array([n]))[0])
+        lf_av, lf_nav = lf(av), lf(n - av)
+        total = 0.0
+        for bj, wb in zip(bv.tolist(), bw.tolist()):
+            mean = av * (bj / n)
+            sd = np.sqrt(av * (bj / n) * ((n - av) / n) * ((n - bj) / max(n - 1, 1)))
+            lo = np.maximum(np.maximum(1, av + bj - n), np.floor(mean - 12 * sd - 2).astype(np.int64))
+            hi = np.minimum(np.minimum(av, bj), np.ceil(mean + 12 * sd + 2).astype(np.int64))
+            length = np.maximum(hi - lo + 1, 0)
+            m = int(length.sum())
+            if m == 0:
+                continue
+            idx = np.repeat(np.arange(av.size), length)
+            nij = (lo[idx] + np.arange(m) - (np.cumsum(length) - length)[idx]).astype(np.int64)
+            ai = av[idx]
+            log_p = (lf_av[idx] + lf_nav[idx] + float(lf(np.array([bj, n - bj])).sum()) - lf_n
+                     - lf(nij) - lf(ai - nij) - lf(bj - nij) - lf(n - ai - bj + nij))
+            term = nij / n * (math.log(n) + np.log(nij) - np.log(ai) - math.log(bj)) * np.exp(log_p)
+            total += wb * float(np.dot(aw[idx], term))
+        return max(total, 0.0)
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        a = rng.integers(1, rng.choice([3, 40, 1_000]), rng.integers(2, 150))
+        b = np.bincount(rng.integers(0, rng.integers(2, 30), int(a.sum())))
+        assert expected_mutual_info(a, b) == reference(a, b)
+        assert expected_mutual_info(b, a) == reference(b, a)
+
+
 def test_log_factorial_table_and_top_counts_equal_the_direct_ways():
     """The log-factorial lookup table (grown as larger arguments come) holds exactly the series'
     values, beyond it the series itself; the quality report's top counts (the k-th largest from the

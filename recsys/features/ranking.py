@@ -164,7 +164,7 @@ import polars as pl
 from recsys.errors import ConfigError, DataError
 from recsys.features.counting import _BatchLabels, _Column, _PermutedStream, count_batches, keep_rows
 from recsys.features.quality import QualityThresholds, quality_report
-from recsys.features.significance import ADJUSTMENTS, _log_factorial, _unique_counts, benjamini_hochberg, g_test_p_value, holm
+from recsys.features.significance import ADJUSTMENTS, _log_factorial, _log_factorial_upto, _unique_counts, benjamini_hochberg, g_test_p_value, holm
 from recsys.schema import Schema
 
 __all__ = [
@@ -245,7 +245,9 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
     av, aw = _unique_counts(a)
     bv, bw = _unique_counts(b)
     lf_n = float(_log_factorial(np.array([n]))[0])
-    lf_av, lf_nav = _log_factorial(av), _log_factorial(n - av)
+    lf = _log_factorial_upto(n)  # every argument below is in [0, n]
+    lf_a = lf(av) + lf(n - av)  # per a_i: log(a_i!) + log((n - a_i)!)
+    log_av = np.log(av)
     log_n = math.log(n)
     total = 0.0
     for bj, wb in zip(bv.tolist(), bw.tolist()):
@@ -262,12 +264,12 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
             continue
         idx = np.repeat(np.arange(av.size), length)
         start = np.cumsum(length) - length
-        nij = (lo[idx] + np.arange(m) - start[idx]).astype(np.int64)
+        nij = lo[idx] + np.arange(m) - start[idx]
         ai = av[idx]
-        log_p = (lf_av[idx] + lf_nav[idx] + float(_log_factorial(np.array([bj, n - bj])).sum()) - lf_n
-                 - _log_factorial(nij) - _log_factorial(ai - nij) - _log_factorial(bj - nij)
-                 - _log_factorial(n - ai - bj + nij))
-        term = nij / n * (log_n + np.log(nij) - np.log(ai) - math.log(bj)) * np.exp(log_p)
+        # (per a_i first, then per term: the same operations in the same order as term by term)
+        base = lf_a + float(_log_factorial(np.array([bj, n - bj])).sum()) - lf_n
+        log_p = base[idx] - lf(nij) - lf(ai - nij) - lf(bj - nij) - lf(n - ai - bj + nij)
+        term = nij / n * (log_n + np.log(nij) - log_av[idx] - math.log(bj)) * np.exp(log_p)
         total += wb * float(np.dot(aw[idx], term))
     return max(total, 0.0)
 

@@ -151,6 +151,14 @@ def _log_factorial(x: np.ndarray) -> np.ndarray:
     return tab[x]
 
 
+def _log_factorial_upto(n: int):
+    """``_log_factorial`` for arguments known to lie in ``[0, n]``: the table itself where it
+    covers ``n`` (no range check per call)."""
+    _log_factorial(np.array([n]))
+    tab = _lf_table
+    return tab.__getitem__ if n < tab.size else _log_factorial
+
+
 def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.zeros(np.broadcast(x, y).shape)
     pos = np.broadcast_to(x > 0, out.shape)
