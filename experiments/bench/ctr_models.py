@@ -16,6 +16,11 @@ embedded as ``x * v``, as ours). AutoInt / AutoInt+ run with ``residual: auto`` 
 (FuxiCTR's identity residual where the widths match; ``--paper-residual`` keeps the config's
 projection in every layer), so both sides train the same function.
 
+``--recipe fuxictr`` runs ours with FuxiCTR's training margins where our configs differ (a valid-AUC
+gain > 1e-6 counts for early stopping and the lr decay, gradient norm clipped at 10; the configs:
+min_delta 1e-4, ReduceLROnPlateau's relative 1e-4, no clip); the default ``config`` runs the
+configs as they ship.
+
 ``--max-epochs N`` caps both sides' epochs (speed runs on a busy machine); the AUCs are then
 those of the best of N epochs on both sides.
 
@@ -314,11 +319,47 @@ def overhead(model: str, dataset: str, batch_size: int, wide_rows: int, paper_re
             "steps": steps, "rounds": rounds}
 
 
-def fit_ml100k(config: str, seed: int, work: Path, name: str, overrides: list[str] = ()) -> tuple[dict, float]:
-    """``recsys fit --config experiments/<config>_ml100k.yaml`` with the seed (model and shuffling),
-    logs under ``work/name``, extra CLI ``overrides``; returns (its metrics.json, wall seconds).
+def config_path(config: str | Path) -> Path:
+    """``experiments/<config>_ml100k.yaml`` for a name; a ``Path`` is taken as it is."""
+    return config if isinstance(config, Path) else ROOT / "experiments" / f"{config}_ml100k.yaml"
+
+
+# FuxiCTR 2.3.10's training settings that our configs leave at our own defaults (BaseModel.fit /
+# checkpoint_and_earlystop): a valid-AUC gain > 1e-6 (absolute) counts as an improvement, for the
+# early stopping and for the lr x0.1 decay alike (ours: EarlyStopping min_delta 1e-4 and
+# ReduceLROnPlateau's relative 1e-4), and the gradient norm is clipped at 10 (ours: no clipping).
+# The DCN-v2 config carries them already (bench README, "DCN-v2").
+FUXICTR_MIN_DELTA = 1e-6
+FUXICTR_MAX_GRADIENT_NORM = 10.0
+
+
+def recipe_config(model: str, recipe: str, work: Path) -> str | Path:
+    """The config of ``model`` for ``--recipe``: ``config`` is ``experiments/<model>_ml100k.yaml``
+    as it ships; ``fuxictr`` a copy under ``work`` with FuxiCTR's stopping margin, lr-decay
+    margin and gradient clip (above). The model's own arguments are unchanged."""
+    if recipe == "config":
+        return model
+    import yaml
+
+    cfg = yaml.safe_load(config_path(model).read_text())
+    for cb in cfg["trainer"].get("callbacks", []):
+        if cb["class_path"].rsplit(".", 1)[-1] == "EarlyStopping":
+            cb.setdefault("init_args", {})["min_delta"] = FUXICTR_MIN_DELTA
+    cfg["trainer"]["gradient_clip_val"] = FUXICTR_MAX_GRADIENT_NORM
+    task = cfg["model"]["init_args"]
+    if task.get("plateau_factor") is not None:
+        task["plateau_threshold"] = FUXICTR_MIN_DELTA
+    out = work / f"{model}_fuxictr_recipe_ml100k.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def fit_ml100k(config: str | Path, seed: int, work: Path, name: str, overrides: list[str] = ()) -> tuple[dict, float]:
+    """``recsys fit --config experiments/<config>_ml100k.yaml`` (or the config file ``config``, a
+    ``Path``) with the seed (model and shuffling), logs under ``work/name``, extra CLI
+    ``overrides``; returns (its metrics.json, wall seconds).
     The peak RSS (MiB) of the fit is in the metrics under ``peak_rss_mib``."""
-    cmd = [str(OUR_BIN), "fit", "--config", str(ROOT / "experiments" / f"{config}_ml100k.yaml"),
+    cmd = [str(OUR_BIN), "fit", "--config", str(config_path(config)),
            "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
            "--trainer.enable_progress_bar", "false",
            "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
@@ -333,14 +374,16 @@ def fit_ml100k(config: str, seed: int, work: Path, name: str, overrides: list[st
 
 
 def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dataset: str = "ml100k",
-             wide_rows: int = WIDE_ROWS, max_epochs: int | None = None, paper_residual: bool = False) -> dict:
-    name = f"{dataset}_{model}_b{batch_size}_s{seed}"
+             wide_rows: int = WIDE_ROWS, max_epochs: int | None = None, paper_residual: bool = False,
+             recipe: str = "config") -> dict:
+    name = f"{dataset}_{model}_b{batch_size}_s{seed}" + ("" if recipe == "config" else f"_{recipe}")
+    config = recipe_config(model, recipe, work)
     extra = ["--data.init_args.batch_size", str(batch_size), *data_overrides(dataset, wide_rows),
              *model_overrides(model, paper_residual)]
     if max_epochs:
         extra += ["--trainer.max_epochs", str(max_epochs)]
-    metrics, wall = fit_ml100k(model, seed, work, name, extra)
-    tail = (long_tail_auc_ours(model, metrics["best_checkpoint"], work / f"{name}_scores.parquet", data,
+    metrics, wall = fit_ml100k(config, seed, work, name, extra)
+    tail = (long_tail_auc_ours(config, metrics["best_checkpoint"], work / f"{name}_scores.parquet", data,
                                model_overrides(model, paper_residual))
             if dataset == "ml100k" else None)
     return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
@@ -350,7 +393,7 @@ def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dat
             "peak_rss_mib": metrics["peak_rss_mib"]}
 
 
-def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path, overrides: list[str] = ()) -> float:
+def long_tail_auc_ours(model: str | Path, ckpt: str, out: Path, data: Path, overrides: list[str] = ()) -> float:
     """Test AUC on the long-tail rows: ``recsys predict`` of the best checkpoint on the test
     split (with the fit's model ``overrides``, e.g. AutoInt's ``residual``), joined to the split
     file by (user_id, item_id, timestamp)."""
@@ -358,7 +401,7 @@ def long_tail_auc_ours(model: str, ckpt: str, out: Path, data: Path, overrides: 
 
     from recsys.metrics import roc_auc
 
-    cmd = [str(OUR_BIN), "predict", "--config", str(ROOT / "experiments" / f"{model}_ml100k.yaml"),
+    cmd = [str(OUR_BIN), "predict", "--config", str(config_path(model)),
            "--ckpt_path", ckpt, "--predict_out", str(out), "--trainer.enable_progress_bar", "false",
            "--trainer.logger", "false", "--trainer.default_root_dir", str(out.with_suffix("")), *overrides]
     res = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True)
@@ -455,6 +498,9 @@ def main() -> None:
     ap.add_argument("--paper-residual", action="store_true",
                     help="AutoInt: keep the config's W_res projection in every layer (FuxiCTR: identity where widths match)")
     ap.add_argument("--no-peer", action="store_true", help="run ours only")
+    ap.add_argument("--recipe", choices=["config", "fuxictr"], default="config",
+                    help="ours: the config as it ships, or with FuxiCTR's stopping/lr-decay margin (1e-6) and "
+                         "gradient clip (10)")
     ap.add_argument("--overhead", action="store_true", help="also measure ours' data-path overhead (in-process)")
     ap.add_argument("--overhead-only", action="store_true", help="only the data-path overhead")
     ap.add_argument("--overhead-rounds", type=int, default=3)
@@ -500,12 +546,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict = {"seeds": args.seeds, "batch_sizes": args.batch_sizes, "datasets": args.datasets,
                      "max_epochs": args.max_epochs, "wide_rows": args.wide_rows,
-                     "paper_residual": args.paper_residual, "models": {}, "overhead": {},
+                     "paper_residual": args.paper_residual, "recipe": args.recipe, "models": {}, "overhead": {},
                      "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
     def save() -> None:
         header = (f"{', '.join(args.datasets)}; seeds {args.seeds}; OMP_NUM_THREADS=1; FuxiCTR 2.3.10 (ml100k: after "
                   f"the init fix); max epochs {args.max_epochs or 'early stopping'}; wide rows {args.wide_rows:,}; "
+                  f"our recipe: {args.recipe}; "
                   f"started {results['started']}\n\n")
         (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2))
         (RESULTS / f"{args.out}.md").write_text(header + table(results) + "\n")
@@ -539,7 +586,7 @@ def main() -> None:
                         key = f"{dataset} / {model} (batch {bs})"
                         got = rows.setdefault(key, {"recsys": [], "fuxictr": []})
                         r = run_ours(model, seed, work, bs, data[dataset], dataset, args.wide_rows, args.max_epochs,
-                                     args.paper_residual)
+                                     args.paper_residual, args.recipe)
                         got["recsys"].append(r)
                         print(f"[{key} seed {seed}] recsys  AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
                               f"samples/s  ({r['epochs']} epochs, peak RSS {r['peak_rss_mib'] or 0:,.0f} MiB)", flush=True)
