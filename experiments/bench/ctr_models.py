@@ -368,9 +368,24 @@ def fit_ml100k(config: str | Path, seed: int, work: Path, name: str, overrides: 
     rc, wall, rss = run_measured(cmd, log)
     if rc != 0:
         raise SystemExit(f"recsys fit failed ({name}):\n{log.read_text()[-3000:]}")
-    metrics = json.loads(sorted((work / name).glob("version_*/metrics.json"))[-1].read_text())
+    metrics_json = sorted((work / name).glob("version_*/metrics.json"))[-1]
+    metrics = json.loads(metrics_json.read_text())
     metrics["peak_rss_mib"] = rss
+    metrics["train"]["samples_per_s_all_epochs"] = rate_all_epochs(metrics_json.with_name("metrics.csv"))
     return metrics, wall
+
+
+def rate_all_epochs(metrics_csv: Path) -> float | None:
+    """Train rows / wall time of all training epochs together (the harmonic mean of the logged
+    per-epoch rates): FuxiCTR's figure is a whole-run one, ours' ``samples_per_s_median`` the median
+    epoch; this is ours over the whole run (validation still excluded)."""
+    import csv
+
+    if not metrics_csv.exists():
+        return None
+    with open(metrics_csv) as fh:
+        rates = [float(r["train/samples_per_s"]) for r in csv.DictReader(fh) if r.get("train/samples_per_s")]
+    return len(rates) / sum(1 / r for r in rates) if rates else None
 
 
 def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dataset: str = "ml100k",
@@ -389,7 +404,8 @@ def run_ours(model: str, seed: int, work: Path, batch_size: int, data: Path, dat
     return {"test_auc": metrics["test"]["auc"], "test_logloss": metrics["test"]["logloss"],
             "test_auc_long_tail": tail,
             "valid_auc": metrics["valid"]["auc"], "epochs": metrics["epochs_trained"],
-            "samples_per_s": metrics["train"]["samples_per_s_median"], "wall_s": wall,
+            "samples_per_s": metrics["train"]["samples_per_s_median"],
+            "samples_per_s_all_epochs": metrics["train"].get("samples_per_s_all_epochs"), "wall_s": wall,
             "peak_rss_mib": metrics["peak_rss_mib"]}
 
 
@@ -487,6 +503,73 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merged_table(paths: list[Path], epoch_logs: Path | None = None) -> str:
+    """Per-seed pairs and per-row summaries from result files of earlier runs (``--merge``).
+
+    Speed ratios pair ours with FuxiCTR of the same seed in the same file (they ran back to back);
+    FuxiCTR's AUC for an ours-only run (``--no-peer``, e.g. ``--recipe fuxictr``) is taken from
+    any file with that data set, model and seed. The runs of a file follow its ``seeds`` in order.
+    Ours over all epochs (:func:`rate_all_epochs`) comes from the run, or for files written before
+    it was recorded from ``epoch_logs/**/<data set>_<model>_b<batch>_s<seed>/version_*/metrics.csv``
+    (copies of the run's own logs)."""
+    ours: dict[tuple, dict] = {}
+    peer: dict[tuple, dict] = {}
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        recipe = res.get("recipe", "config")
+        for key, entry in res["models"].items():
+            dataset, model = key.split(" / ", 1)
+            model, bs = model.split(" (batch ")
+            for i, run in enumerate(entry.get("recsys", {}).get("runs", [])):
+                seed = run.get("seed", res["seeds"][i])
+                other = entry.get("fuxictr", {}).get("runs", [])
+                run = {**run, "pair": other[i] if i < len(other) else None}
+                if run.get("samples_per_s_all_epochs") is None and epoch_logs is not None:
+                    tag = "" if recipe == "config" else f"_{recipe}"
+                    logs = sorted(epoch_logs.glob(f"**/{dataset}_{model}_b{bs.rstrip(')')}_s{seed}{tag}/version_*/metrics.csv"))
+                    run["samples_per_s_all_epochs"] = rate_all_epochs(logs[-1]) if logs else None
+                ours[(dataset, model, recipe, seed)] = run
+            for i, run in enumerate(entry.get("fuxictr", {}).get("runs", [])):
+                peer.setdefault((dataset, model, run.get("seed", res["seeds"][i])), run)
+
+    def fmt(x, spec: str, unit: str = "") -> str:
+        return "" if x is None else format(x, spec) + unit
+
+    lines = ["| data set | model | our recipe | seed | recsys test AUC (epochs) | FuxiCTR test AUC (epochs) | "
+             "difference | recsys samples/s (median epoch) | recsys (all epochs) | FuxiCTR end to end | "
+             "FuxiCTR without its validation | ratio | ratio vs FuxiCTR without validation | "
+             "ratio, ours all epochs vs FuxiCTR without validation |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows: dict[tuple, list] = {}
+    for (dataset, model, recipe, seed), r in sorted(ours.items()):
+        f = r["pair"] or peer.get((dataset, model, seed))
+        same = r["pair"] is not None
+        wo = f.get("samples_per_s_without_eval") if same else None
+        allep = r.get("samples_per_s_all_epochs")
+        ratio = r["samples_per_s"] / f["samples_per_s"] if same else None
+        ratio_wo = r["samples_per_s"] / wo if wo else None
+        ratio_all = allep / wo if wo and allep else None
+        rows.setdefault((dataset, model, recipe), []).append(
+            (r["test_auc"], f["test_auc"] if f else None, ratio, ratio_wo, ratio_all))
+        lines.append(f"| {dataset} | {model} | {recipe} | {seed} | {r['test_auc']:.4f} ({r['epochs']}) | "
+                     + (f"{f['test_auc']:.4f} ({f['epochs']}) | {r['test_auc'] - f['test_auc']:+.4f} | " if f else "| | ")
+                     + f"{r['samples_per_s']:,.0f} | {fmt(allep, ',.0f')} | "
+                     + (f"{f['samples_per_s']:,.0f} | {fmt(wo, ',.0f')} | " if same else "| | ")
+                     + f"{fmt(ratio, '.2f', 'x')} | {fmt(ratio_wo, '.2f', 'x')} | {fmt(ratio_all, '.2f', 'x')} |")
+    lines += ["", "| data set | model | our recipe | seeds | recsys test AUC mean | FuxiCTR test AUC mean | difference "
+              "(seeds ours lower) | median paired ratio | vs FuxiCTR without validation | ours all epochs vs FuxiCTR "
+              "without validation |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, model, recipe), got in rows.items():
+        a = statistics.mean(g[0] for g in got)
+        fs = [g[1] for g in got if g[1] is not None]
+        b = statistics.mean(fs) if len(fs) == len(got) else None
+        lower = sum(g[0] < g[1] for g in got if g[1] is not None)
+        med = [[g[k] for g in got if g[k] is not None] for k in (2, 3, 4)]
+        lines.append(f"| {dataset} | {model} | {recipe} | {len(got)} | {a:.4f} | "
+                     + (f"{b:.4f} | {a - b:+.4f} ({lower} of {len(got)}) | " if b is not None else "| | ")
+                     + " | ".join(f"{statistics.median(m):.2f}x ({len(m)})" if m else "" for m in med) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -510,7 +593,14 @@ def main() -> None:
     ap.add_argument("--duel-rounds", type=int, default=5)
     ap.add_argument("--duel-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="ctr_models", help="result file stem under experiments/bench/results")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="only print per-seed pairs and summaries from these result files (no runs)")
+    ap.add_argument("--epoch-logs", type=Path, default=None,
+                    help="with --merge: copies of the runs' metrics.csv, for files without ours' all-epochs rate")
     args = ap.parse_args()
+    if args.merge:
+        print(merged_table(args.merge, args.epoch_logs))
+        return
     if args.duel_worker:
         return duel_worker_ours(args.models[0], args.datasets[0], args.batch_sizes[0], args.wide_rows,
                                 args.paper_residual, args.overhead_steps)
@@ -587,11 +677,13 @@ def main() -> None:
                         got = rows.setdefault(key, {"recsys": [], "fuxictr": []})
                         r = run_ours(model, seed, work, bs, data[dataset], dataset, args.wide_rows, args.max_epochs,
                                      args.paper_residual, args.recipe)
+                        r["seed"] = seed
                         got["recsys"].append(r)
                         print(f"[{key} seed {seed}] recsys  AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
                               f"samples/s  ({r['epochs']} epochs, peak RSS {r['peak_rss_mib'] or 0:,.0f} MiB)", flush=True)
                         if peer:
                             r = run_peer(peer, seed, data[dataset], work, bs, args.max_epochs)
+                            r["seed"] = seed
                             got["fuxictr"].append(r)
                             print(f"[{key} seed {seed}] FuxiCTR AUC {r['test_auc']:.4f}  {r['samples_per_s']:,.0f} "
                                   f"samples/s, without its validation {r['samples_per_s_without_eval'] or 0:,.0f}, "
