@@ -99,7 +99,12 @@ WIDE_ROWS = 225_000
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    """Both sides' environment: one intra-op thread; FuxiCTR's Ray workers at the niceness of the
+    process that starts them (``RAY_worker_niceness=0``; Ray's default raises a worker's niceness
+    by 15, so on a loaded, shared machine its data tasks, which are inside FuxiCTR's end-to-end
+    time, got a fraction of the CPU our single-process loader gets)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                RAY_worker_niceness=os.environ.get("RAY_worker_niceness", "0"))
 
 
 def write_splits(out: Path) -> Path:
