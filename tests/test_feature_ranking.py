@@ -576,6 +576,24 @@ def test_numeric_columns_from_the_quantile_pass_count_like_reading_them_again(tm
             assert r._cols[name].values.equals(c.values), name
 
 
+def test_duplicate_check_is_the_partition_over_all_batches():
+    """The fingerprint behind ``duplicate_of`` sees the whole partition, batch after batch: a
+    relabelled copy and a copy with missing values for one value are duplicates; a copy with two
+    rows swapped (same values, same value counts) is not."""
+    rng = np.random.default_rng(8)
+    n = 6_000
+    a = rng.integers(0, 5, n)
+    swapped = a.copy()
+    i = 4_321
+    j = int(np.flatnonzero(a != a[i])[-1])
+    swapped[[i, j]] = swapped[[j, i]]
+    df = pl.DataFrame({"a": a, "a_str": [f"s{v * 7}" for v in a], "a_swapped": swapped,
+                       "a_null": pl.Series(a).set(pl.Series(a == 3), None), "y": rng.integers(0, 2, n)})
+    q = FeatureRanker(label="y", batch_size=1_000).fit(df).quality_
+    assert sorted(q["flagged"]["duplicated"]) == ["a", "a_null", "a_str"]
+    assert q["columns"]["a_swapped"]["duplicate_of"] == []
+
+
 def test_threads_do_not_change_results(tmp_path: Path):
     rng = np.random.default_rng(2)
     n = 20_000

@@ -8,8 +8,9 @@ integer itself or, for strings, multi-hot sets and other types, by two independe
 permutations (:class:`_BatchLabels`): one bincount over ``code x joint label pattern`` for columns
 with few values, otherwise bincounts whose float64 weights pack the row count and the label
 indicators bit-field by bit-field (exact: every packed sum stays below ``2**53``). The running
-per-value arrays of a :class:`_Column` (count, label counts, permuted label counts, first row, sum
-of a 64-bit hash of its rows) grow as new values appear and are added to in place.
+per-value arrays of a :class:`_Column` (count, label counts, permuted label counts) grow as new
+values appear and are added to in place; two random linear hashes of the column's codes (row by
+row) fingerprint its partition of the rows.
 
 The label permutations are exact *global* permutations generated while streaming
 (:class:`_PermutedStream`). :func:`count_batches` runs the pass: columns in parallel threads,
@@ -19,7 +20,6 @@ the next batch read meanwhile. Nothing here scores or ranks: that is
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -28,13 +28,13 @@ import numpy as np
 import polars as pl
 
 # ---------------------------------------------------------------------------------- per column
-def _row_hash(rows: np.ndarray) -> np.ndarray:
-    """splitmix64 of the row numbers, top 31 bits (int64): sums over a value's rows fingerprint the partition."""
-    z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(33)).astype(np.int64)
+def _row_hashes(rows: np.ndarray) -> np.ndarray:
+    """2 x rows uint64: two independent splitmix64 hashes of the row numbers. ``hashes @ codes``
+    (mod 2**64), summed over the batches, fingerprints a column's partition of the rows: codes in
+    order of first appearance are equal row by row exactly for equal partitions, and two different
+    code vectors (differences below 2**31) give the same pair with probability below 2**-66."""
+    r = rows.astype(np.uint64)
+    return np.stack([_mix64(r + np.uint64(0x9E3779B97F4A7C15)), _mix64(r ^ np.uint64(0xD1B54A32D192ED03))])
 
 
 _EMPTY = -1  # hash table / lookup table: free slot
@@ -325,7 +325,7 @@ class _BatchLabels:
         self._ind = None
         self._packed: dict[tuple[int, bool], list[tuple[np.ndarray, list[int]]]] = {}
         self._lock = threading.Lock()
-        self.rh = _row_hash(rows).astype(np.float64)
+        self.rh = _row_hashes(rows)
 
     def prepare(self) -> None:
         """Compute what every column may use before the columns run in parallel."""
@@ -454,8 +454,8 @@ def _set_keys(lst: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
 @dataclass
 class _Column:
     """Streaming state of one feature: a running dictionary of its values (:class:`_Coder`) and, per
-    distinct value (by code, i.e. in order of first appearance): its row count, its label counts, its
-    permuted label counts, its first row and the sum of its rows' hashes (growable numpy arrays)."""
+    distinct value (by code, i.e. in order of first appearance): its row count, its label counts and
+    its permuted label counts (growable numpy arrays); and the partition's fingerprint."""
 
     name: str  # feature name (schema field name or column)
     source: str  # raw column
@@ -475,7 +475,8 @@ class _Column:
         self.dtype = count_dtype  # int32 while the data has < 2**31 rows
         self.card = 0
         self._cap = 0
-        self._n = self._cnt = self._first = self._rh = None
+        self._n = self._cnt = None
+        self._fp = np.zeros(2, np.uint64)  # (see _row_hashes)
         self._values: list[pl.Series] = []
         self._width = 0  # packing width that sufficed for the previous batch
 
@@ -580,8 +581,6 @@ class _Column:
         self._n = grow(self._n, self.dtype)
         # field x value; field k (C - 1) + c - 1: label vector k has class c
         self._cnt = grow(self._cnt, self.dtype, F)
-        self._first = grow(self._first, self.dtype)
-        self._rh = grow(self._rh, np.int64)
         self._cap = cap
 
     def update(self, s: pl.Series, lab: _BatchLabels, row0: int) -> None:
@@ -596,7 +595,6 @@ class _Column:
             keep_rows(self.codes, self.keep, row0, codes)
         self._ensure(card)
         if new_pos.size:
-            self._first[self.card:card] = row0 + new_pos
             if values is not None:
                 vals = values.gather(new_pos)
                 self._values.append(self.prepare(vals) if self.kind == "multi_hot" else vals)
@@ -639,12 +637,10 @@ class _Column:
                 cnt[k * (C - 1):(k + 1) * (C - 1)] += t[:, 1:].T
                 if k == 0:
                     n_acc += t.sum(1)
-        self._rh[:card] += _bincount(codes, lab.rh, card)
+        self._fp += lab.rh @ (codes.view(np.uint64) if codes.dtype == np.int64 else codes.astype(np.uint64))  # (mod 2**64)
 
-    def finalize(self, fingerprint: bool = True) -> None:
-        """Expose numpy arrays (values already in order of first appearance). ``fingerprint``: also
-        the partition's fingerprint (else None; only columns with equal numbers of values can have
-        equal partitions, so the ranker asks for it only where another column has as many)."""
+    def finalize(self) -> None:
+        """Expose numpy arrays (values already in order of first appearance) and the fingerprint."""
         card, C = self.card, self.n_classes
         self.values = pl.concat(self._values) if self._values else pl.Series("v", [], dtype=pl.Int32)
         self._values = []
@@ -654,14 +650,9 @@ class _Column:
         self.table = np.concatenate([(self.n - ys.sum(1))[:, None], ys], axis=1)
         self.perm = [np.ascontiguousarray(cnt[(k + 1) * (C - 1):(k + 2) * (C - 1)].T.astype(np.int64))
                      for k in range(self.n_perm)]
-        self.fingerprint = None
-        if fingerprint:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(self._first[:card].astype(np.int64).tobytes())
-            h.update(self._rh[:card].astype(np.int64).tobytes())
-            self.fingerprint = h.digest()
+        self.fingerprint = self._fp.tobytes()
         self.null_index = self.coder.null_code if self.coder is not None else None
-        self._n = self._cnt = self._first = self._rh = None
+        self._n = self._cnt = None
         self.coder = None
 
     def decode(self, idx: np.ndarray) -> list[Any]:

@@ -11,9 +11,9 @@ values with their shares, entropy, and flags:
   large and meaningless;
 * ``duplicate_of``: columns that induce the **same partition of the rows** up to relabelling
   (``"a"/"b"`` in one column where the other has ``1/2``, missing matched to a category like any
-  value). Detected from a 128-bit fingerprint of each column's classes (per distinct value: its first row and
-  the sum of a 64-bit hash of its rows), equal for equal partitions, distinct otherwise with
-  overwhelming probability;
+  value). Detected from a 128-bit fingerprint of each column's codes (values numbered in order of
+  first appearance: equal row by row exactly for equal partitions): two random linear hashes of
+  the code vector, equal for equal partitions, distinct otherwise with overwhelming probability;
 * ``placeholder``: values that usually stand for "missing" (``"?"``, ``""``, ``"NA"``,
   ``"N/A"``, ``"null"``, ``"none"``, ``"unknown"``, ``"-"``; compared stripped and
   case-insensitively; each holding at least 0.1% of the rows) cover more than ``placeholder`` (5%)

@@ -106,9 +106,9 @@ The codes are then counted with ``np.bincount`` against the label and its permut
 bincount over ``code x joint label pattern`` for columns with few values, otherwise bincounts whose
 float64 weights pack the row count and the label indicators bit-field by bit-field (exact: every
 packed sum stays below ``2**53``). The running per-value arrays (count, label counts, permuted
-label counts, first row, sum of a 64-bit hash of its rows) grow as new values appear and are
-added to in place. Memory grows with distinct values (about ``(3 + K (C - 1)) * 4 + 8`` bytes per
-distinct value and column for the counts, plus the dictionary, ~50 bytes, and the value itself),
+label counts) grow as new values appear and are added to in place. Memory grows with distinct
+values (about ``(1 + (K + 1) (C - 1)) * 4`` bytes per distinct value and column for the counts,
+plus the dictionary, ~50 bytes, and the value itself),
 not with rows; the batch itself adds ``batch_size`` rows of the input columns (two batches while
 the next one is read). Columns are counted in ``n_threads`` parallel threads.
 
@@ -712,12 +712,8 @@ class FeatureRanker:
         h_y = entropy_from_counts(class_counts)
         s_y = _xlogx_sum(class_counts)
 
-        cards: dict[int, int] = {}
-        for c in inp.cols:
-            cards[c.card] = cards.get(c.card, 0) + 1
-
         def score(c: _Column) -> dict[str, Any]:
-            c.finalize(fingerprint=cards[c.card] > 1)  # (the quality report's duplicate check)
+            c.finalize()
             t = c.table
             a = c.n
             s_a = _xlogx_sum(a)
