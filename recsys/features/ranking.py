@@ -185,6 +185,7 @@ _PAIR_CELL_ROWS = 5  # mi-redundancy: conditional MI where a pair's values avera
 #                     (or >= 1 when the pair has at most twice the values of its finer column: see _estimable)
 _REDUNDANCY_ROWS = 1 << 18  # mi-redundancy's pair statistics: all rows up to this many, else a seeded sample
 _SPARSE_PAIR_ROWS = 1 << 16  # ... of which pairs of two many-valued columns use a seeded sub-sample of this many
+_EMI_CHUNK = 1 << 16  # expected_mutual_info: terms evaluated together (several b_j's when each has few)
 _KEEP_CODES_BYTES = 1 << 29  # mi-redundancy keeps those rows' codes from the counting pass up to this, else re-reads
 
 
@@ -249,28 +250,45 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
     lf_a = lf(av) + lf(n - av)  # per a_i: log(a_i!) + log((n - a_i)!)
     log_av = np.log(av)
     log_n = math.log(n)
+    # per (b_j, a_i), as nb x na arrays: the support of n_ij (the hypergeometric mass beyond 12
+    # standard deviations is < 1e-30: those terms are skipped)
+    p = (bv / n)[:, None]
+    mean = av * p
+    sd = np.sqrt(av * p * ((n - av) / n) * ((n - bv) / max(n - 1, 1))[:, None])
+    lo = np.maximum(np.maximum(1, av + bv[:, None] - n), np.floor(mean - 12 * sd - 2).astype(np.int64))
+    hi = np.minimum(np.minimum(av, bv[:, None]), np.ceil(mean + 12 * sd + 2).astype(np.int64))
+    length = np.maximum(hi - lo + 1, 0)
+    per_b = length.sum(1).tolist()
+    base = (lf_a + (lf(bv) + lf(n - bv))[:, None]) - lf_n  # log(a_i! (n - a_i)! b_j! (n - b_j)! / n!)
+    log_b = [math.log(x) for x in bv.tolist()]
+    b_list, w_list = bv.tolist(), bw.tolist()
     total = 0.0
-    for bj, wb in zip(bv.tolist(), bw.tolist()):
-        lo = np.maximum(1, av + bj - n)
-        hi = np.minimum(av, bj)
-        # the hypergeometric mass beyond 12 standard deviations is < 1e-30: skip those terms
-        mean = av * (bj / n)
-        sd = np.sqrt(av * (bj / n) * ((n - av) / n) * ((n - bj) / max(n - 1, 1)))
-        lo = np.maximum(lo, np.floor(mean - 12 * sd - 2).astype(np.int64))
-        hi = np.minimum(hi, np.ceil(mean + 12 * sd + 2).astype(np.int64))
-        length = np.maximum(hi - lo + 1, 0)
-        m = int(length.sum())
-        if m == 0:
-            continue
-        idx = np.repeat(np.arange(av.size), length)
-        start = np.cumsum(length) - length
-        nij = lo[idx] + np.arange(m) - start[idx]
-        ai = av[idx]
-        # (per a_i first, then per term: the same operations in the same order as term by term)
-        base = lf_a + float(_log_factorial(np.array([bj, n - bj])).sum()) - lf_n
-        log_p = base[idx] - lf(nij) - lf(ai - nij) - lf(bj - nij) - lf(n - ai - bj + nij)
-        term = nij / n * (log_n + np.log(nij) - log_av[idx] - math.log(bj)) * np.exp(log_p)
-        total += wb * float(np.dot(aw[idx], term))
+    j = 0
+    while j < bv.size:  # the terms of consecutive b_j together, ~_EMI_CHUNK at a time (one b_j: all of its)
+        k, m = j + 1, per_b[j]
+        while k < bv.size and m + per_b[k] <= _EMI_CHUNK:
+            m += per_b[k]
+            k += 1
+        if m:
+            ln = length[j:k].ravel()
+            cell = np.repeat(np.arange(ln.size), ln)
+            nij = lo[j:k].ravel()[cell] + np.arange(m) - (np.cumsum(ln) - ln)[cell]
+            if k == j + 1:
+                i, bj, lb = cell, b_list[j], log_b[j]
+            else:
+                i, r = cell % av.size, cell // av.size + j
+                bj, lb = bv[r], np.array(log_b)[r]
+            ai = av[i]
+            # (term by term as the expected-MI sum reads, in the same order of operations)
+            log_p = base[j:k].ravel()[cell] - lf(nij) - lf(ai - nij) - lf(bj - nij) - lf(n - ai - bj + nij)
+            term = nij / n * (log_n + np.log(nij) - log_av[i] - lb) * np.exp(log_p)
+            w = aw[i]
+            e = 0
+            for q in range(j, k):  # each b_j's sum, in order
+                s_, e = e, e + per_b[q]
+                if e > s_:
+                    total += w_list[q] * float(np.dot(w[s_:e], term[s_:e]))
+        j = k
     return max(total, 0.0)
 
 
