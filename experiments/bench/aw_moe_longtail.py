@@ -159,7 +159,38 @@ def table() -> str:
             out.append(f"| {v} | {len(rs)} | {mean([r['test_auc'] for r in rs]):.4f} | "
                        + " | ".join(f"{mean([r['cap_auc'][str(k)] for r in rs]):.4f}" for k in CAPS)
                        + f" | {mean([r['epochs'] for r in rs]):.1f} |")
+        out += shipping_rule(sub)
     return "\n".join(out)
+
+
+def shipping_rule(rows: list[dict], cap: int = 3) -> list[str]:
+    """Issue 19 item 3 on one table (seeds every arm shares with MoE): the candidates are the AW-MoE
+    variants within 0.001 of MoE overall; the pick is the one with the best AUC at history cap
+    ``cap`` (read one-sided: a variant far above MoE overall is a candidate too); the bar is >= MoE - 0.001 overall and >= MoE + 0.002 at the cap (3-seed means)."""
+    moe = {r["seed"]: r for r in rows if r["variant"] == "moe"}
+    lines = []
+    for v in VARIANTS:
+        if VARIANTS[v][0] != "aw_moe":
+            continue
+        runs = {r["seed"]: r for r in rows if r["variant"] == v}
+        seeds = sorted(set(runs) & set(moe))
+        if not seeds:
+            continue
+        d_all = statistics.fmean(runs[s]["test_auc"] - moe[s]["test_auc"] for s in seeds)
+        d_cap = statistics.fmean(runs[s]["cap_auc"][str(cap)] - moe[s]["cap_auc"][str(cap)] for s in seeds)
+        lines.append((v, len(seeds), d_all, d_cap))
+    if not lines:
+        return []
+    out = ["", f"Item 3's rule (vs MoE, same seeds): overall delta / delta at cap {cap}; candidate = at most 0.001 "
+           "below MoE overall ('within 0.001', read one-sided: a larger overall gain does not disqualify); bar = >= -0.001 overall and >= +0.002 at the cap"]
+    for v, n, d_all, d_cap in lines:
+        out.append(f"- {v} ({n} seeds): {d_all:+.4f} / {d_cap:+.4f}; candidate {'yes' if d_all >= -0.001 else 'no'}, "
+                   f"bar {'met' if d_all >= -0.001 and d_cap >= 0.002 else 'not met'}")
+    cands = [x for x in lines if x[2] >= -0.001]
+    if cands:
+        best = max(cands, key=lambda x: x[3])
+        out.append(f"- pick: {best[0]}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
