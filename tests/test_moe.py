@@ -448,3 +448,26 @@ def test_longtail_bench_trains_only_the_longer_moe_arms_longer(tmp_path):
         assert (pat, lr) == want
         assert cfg["model"]["init_args"]["model"] == base["model"]["init_args"]["model"]
         assert cfg["data"] == base["data"]
+
+
+def test_longtail_bench_shipping_rule_picks_the_best_cap3_candidate():
+    """aw_moe_longtail.shipping_rule (issue 19 item 3): candidates are the AW-MoE variants at most
+    0.001 below MoE overall (seeds shared with MoE); the pick is the best at cap 3; the bar needs
+    >= +0.002 at cap 3 as well."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
+    import aw_moe_longtail as lt
+
+    def run(variant, seed, overall, cap3):
+        return {"variant": variant, "seed": seed, "test_auc": overall, "cap_auc": {"3": cap3}}
+
+    rows = [run("moe", s, 0.70, 0.69) for s in (1, 2)]
+    rows += [run("aw0", s, 0.6995, 0.6915) for s in (1, 2)]          # -0.0005 / +0.0015: candidate, no bar
+    rows += [run("nce_rate09", s, 0.6985, 0.70) for s in (1, 2)]     # -0.0015 overall: not a candidate
+    rows += [run("kl_keep10", 1, 0.7001, 0.6925), run("kl_keep10", 3, 0.5, 0.5)]  # seed 3 has no MoE run
+    text = "\n".join(lt.shipping_rule(rows))
+    assert "aw0 (2 seeds): -0.0005 / +0.0015; candidate yes, bar not met" in text
+    assert "nce_rate09 (2 seeds): -0.0015 / +0.0100; candidate no, bar not met" in text
+    assert "kl_keep10 (1 seeds): +0.0001 / +0.0025; candidate yes, bar met" in text
+    assert text.rstrip().endswith("pick: kl_keep10")
