@@ -699,10 +699,19 @@ class _PermutedStream:
 
 
 def count_batches(batches: Iterator[pl.DataFrame], cols: list[_Column], labels: Callable[[pl.DataFrame, int], _BatchLabels],
-                  pool: Any = None, progress: Any = None) -> int:
+                  pool: Any = None, progress: Any = None, ready: dict[int, Any] | None = None) -> int:
     """The counting pass: each batch's columns counted (in ``pool``'s threads, biggest columns first,
     while the next batch and its labels are prepared), ``labels(batch, row0)`` giving the batch's
-    label codes and permutations; returns the number of rows counted."""
+    label codes and permutations; returns the number of rows counted. ``ready``: ``{id(column):
+    future}`` that column's first batch waits for (tasks submitted to ``pool`` before this pass, e.g.
+    its bin boundaries: already taken up by a thread when the column's turn comes)."""
+    ready = dict(ready or {})
+
+    def update(c: _Column, s: pl.Series, lab: _BatchLabels, row0: int) -> None:
+        if id(c) in ready:
+            ready.pop(id(c)).result()
+        c.update(s, lab, row0)
+
     it = iter(batches)
     b = next(it, None)
     lab = labels(b, 0) if b is not None else None
@@ -713,7 +722,7 @@ def count_batches(batches: Iterator[pl.DataFrame], cols: list[_Column], labels: 
             # biggest first: by values so far; in the first batch list and string columns before the others
             first_cost = {c.source: 0 if isinstance(b[c.source].dtype, pl.List) else 1 if b[c.source].dtype == pl.String
                           else 2 for c in cols} if row0 == 0 else None
-            todo = [pool.submit(c.update, b[c.source], lab, row0)
+            todo = [pool.submit(update, c, b[c.source], lab, row0)
                     for c in sorted(cols, key=lambda c: (-c.card, first_cost[c.source] if first_cost else 0))]
             nb = next(it, None)
             nlab = labels(nb, row0 + m) if nb is not None else None
@@ -721,7 +730,7 @@ def count_batches(batches: Iterator[pl.DataFrame], cols: list[_Column], labels: 
                 f.result()
         else:
             for c in cols:
-                c.update(b[c.source], lab, row0)
+                update(c, b[c.source], lab, row0)
             nb = next(it, None)
             nlab = labels(nb, row0 + m) if nb is not None else None
         b, lab = nb, nlab

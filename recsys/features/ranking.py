@@ -674,14 +674,15 @@ class FeatureRanker:
         C = len(classes)
         for c in cols:
             c.n_classes = C
-        self._boundaries(lazy, numeric, numeric_frame)
+        # the numeric columns' bin boundaries: computed by the counting pass's threads (while it reads its first batch)
+        self._numeric = (lazy, numeric, numeric_frame)
         # the counting pass takes the numeric columns from here rather than decoding them again (those
         # that no categorical field reads as well: numbers, NaN as missing, are all a numeric field uses)
         other = {c.source for c in cols if c.kind != "numeric"}
         self._numeric_rows = None if numeric_frame is None else numeric_frame.select(
             pl.col(f"__n{i}").alias(c.source) for i, c in enumerate(numeric)
             if c.source not in other and c.source not in {d.source for d in numeric[:i]})
-        del numeric_frame, got
+        del got
         label_map = pl.DataFrame({"v": pl.Series(classes, dtype=lab_dtype), "y": np.arange(C, dtype=np.int8)})
         return _Input(frame=frame, where=where, label=label, cols=cols, classes=classes, class_counts=class_counts,
                       n=int(class_counts.sum()), label_map=label_map)
@@ -714,10 +715,12 @@ class FeatureRanker:
         bar = self._bar(n, "counting")
         pool = self._pool(len(cols))
         try:
+            bounds = self._boundaries(*self._numeric, pool=pool)
+            self._numeric = None
             batches = self._batches(inp.frame, sources)
             if pre is not None:
                 batches = _with_rows(batches, pre)
-            count_batches(batches, cols, labels, pool, bar)
+            count_batches(batches, cols, labels, pool, bar, bounds)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -830,12 +833,15 @@ class FeatureRanker:
         return lazy.select([pl.col(c.source).cast(pl.Float64, strict=False).fill_nan(None).alias(f"__n{i}")
                             for i, c in enumerate(numeric)])
 
-    def _boundaries(self, lazy: pl.LazyFrame, numeric: list[_Column], cols: pl.DataFrame | None = None) -> None:
+    def _boundaries(self, lazy: pl.LazyFrame, numeric: list[_Column], cols: pl.DataFrame | None = None,
+                    pool: ThreadPoolExecutor | None = None) -> dict[int, Any]:
         """Numeric columns' bin boundaries: the distinct ``k / n_bins`` quantiles ("nearest", as polars
         computes them: the non-missing value of sorted index ``round((n - 1) q)``) of all rows (or the
-        sample), found by partial sorts of the materialized columns (``cols``, else read here)."""
+        sample), found by partial sorts of the materialized columns (``cols``, else read here). With a
+        ``pool``: one task per column there (partial sorts release the GIL); returns ``{id(column):
+        future}`` (empty when done here)."""
         if not numeric:
-            return
+            return {}
         if cols is None:
             cols = self._numeric_query(lazy, numeric).collect()
         def one(i: int, c: _Column) -> None:
@@ -864,17 +870,11 @@ class FeatureRanker:
                     bounds |= {float(part[j]) for j in idx}
             c.boundaries = np.array(sorted(bounds), np.float64)
 
-        pool = self._pool(len(numeric))  # (the partial sorts release the GIL: columns in parallel threads)
-        try:
-            if pool is not None:
-                list(pool.map(one, range(len(numeric)), numeric))
-            else:
-                for i, c in enumerate(numeric):
-                    one(i, c)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-        del cols
+        if pool is not None:
+            return {id(c): pool.submit(one, i, c) for i, c in enumerate(numeric)}
+        for i, c in enumerate(numeric):
+            one(i, c)
+        return {}
 
     def _bar(self, total: int, desc: str, unit: str = "rows"):
         if not self.progress:
