@@ -11,6 +11,8 @@ Prints the medians and the CPU ratio after / before. On a shared machine quote C
 ``--single-thread``: both fits with ``n_threads=1`` and ``POLARS_MAX_THREADS=1`` (steadier CPU figures).
 Issue 18 item 5 (the coder's insert and string-batch dedupe), 2026-12-07, single thread, load 8-15:
 4.85 s before, 4.63 s after (0.955; again 4.46 vs 4.09 s, 0.915); default threads 4.94 vs 4.83 s (0.979, noisier).
+Issue 18 items 5/6, session 3 (EMI table, grow-first coder, code fingerprint, ...; 1930ad6 -> 8556a9a),
+load 10-25: single thread 4.60 -> 3.86 s (0.840), default threads 5.25 -> 4.10 s (0.782); same ranking.
 Issue 21 (``mi-redundancy`` replacing ``mi-cardinality``), 2026-12-07, load 10-30: median CPU
 4.80 s before, 5.28 s after, ratio 1.10; peak RSS 991 -> 1008 MiB (again on the final code:
 4.75 s vs 5.22 s, 1.10).
