@@ -717,6 +717,8 @@ class FeatureRanker:
         try:
             bounds = self._boundaries(*self._numeric, pool=pool)
             self._numeric = None
+            if pool is not None:  # the scores' log-factorial table, while the first batch is read (else built there)
+                pool.submit(_log_factorial, np.array([n]))
             batches = self._batches(inp.frame, sources)
             if pre is not None:
                 batches = _with_rows(batches, pre)
