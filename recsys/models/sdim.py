@@ -354,7 +354,10 @@ class SDIM(_LongSequenceRanker):
         sequence_field: the long sequence (default: the schema's first sequence field).
         target_field: the target item (default: the field whose table the sequence shares).
         dropout, batch_norm, mlp_init: of the MLP (``mlp_init`` also initialises the
-            ``"multihead"`` short-term attention's projections).
+            ``"multihead"`` short-term attention's projections). ``mlp_init`` is ``"xavier"``
+            (Xavier-normal weights, zero biases; FuxiCTR's) by default: better than PyTorch's
+            init on valid AUC on both data sets measured (``experiments/bench/init_defaults.py``,
+            3 seeds: +0.0032 on ml100k-ctr, +0.0012 on the synthetic long-tail set).
         dims: table -> width overrides (projected to D).
         init_std: std of the N(0, std^2) embedding init.
         short_attention: ``"din"`` (default: :class:`TargetAttention`, DIN's activation unit) or
@@ -376,7 +379,7 @@ class SDIM(_LongSequenceRanker):
                  attention_units: Sequence[int] = (64, 32), attention_activation: str = "relu",
                  hidden_units: Sequence[int] = (256, 128), sequence_field: str | None = None,
                  target_field: str | None = None, dropout: float = 0.0, batch_norm: bool = False,
-                 mlp_init: str = "torch", dims: dict[str, int] | None = None, init_std: float = 1e-4,
+                 mlp_init: str = "xavier", dims: dict[str, int] | None = None, init_std: float = 1e-4,
                  short_attention: str = "din", short_heads: int = 2, short_attention_dim: int = 64):
         super().__init__()
         self.long = SDIMAttention(embedding_dim, n_hashes, tau, normalization, hash_seed)
