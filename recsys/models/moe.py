@@ -258,9 +258,10 @@ class AWMoE(RankingModel):
     --history-cap``): ``experiments/aw_moe_ml100k.yaml`` ships ``cl_weight: 0``. InfoNCE on
     90%-masked views (``mask_rate=0.9``, λ = 0.01) lifts the synthetic long-tail set far above
     the MoE ablation (+0.092 overall, +0.058 at cap 3), but on ml100k-ctr it is at MoE's level
-    (-0.0007 overall, -0.0002 at cap 3), below the issue's bar (>= MoE + 0.002 at cap 3); there
-    the rule's pick among the variants is λ = 0. So the contrastive loss is an option, not the
-    default.
+    (-0.0007 overall, -0.0002 at cap 3), below the issue's bar (>= MoE + 0.002 at cap 3), which
+    no variant meets there (the best, ``cl_loss="kl"`` on ``mask_keep=10`` views: +0.0007 at
+    cap 3, and below MoE at cap 3 on the synthetic set). So the extra losses are options, not
+    the default.
 
     Args:
         features: fitted FeatureEncoder; its schema needs a ``sequence`` field that shares the
