@@ -724,3 +724,17 @@ def test_deduplicated_string_batches_count_like_every_row(monkeypatch):
     monkeypatch.setattr(counting._Column, "_encode_distinct", lambda self, *a: None)
     plain = FeatureRanker(label="y", schema=schema, batch_size=bs, n_permutations=3, seed=3, n_threads=1).fit(df)
     assert r.ranking_.equals(plain.ranking_)
+
+
+def test_large_key_space_counts_come_in_key_order():
+    """Counts of a key space too large for bincount come from a hash table whose order varies from
+    run to run; in key order, sums over them (MI terms, the pair table) are the same bits every run."""
+    from recsys.features.ranking import _DENSE_LIMIT, _count_sums, _counts, _xlogx_sum
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 3 * _DENSE_LIMIT, size=400_000) // 7 * 7  # sparse, repeated keys
+    _, expected = np.unique(keys, return_counts=True)
+    for _ in range(3):
+        got = _counts(keys, 3 * _DENSE_LIMIT)
+        np.testing.assert_array_equal(got, expected)
+        assert _count_sums(keys, 3 * _DENSE_LIMIT) == (_xlogx_sum(expected), expected.size)

@@ -1188,11 +1188,16 @@ def _dense_again(codes: np.ndarray) -> np.ndarray:
 
 
 def _counts(keys: np.ndarray, size: int) -> np.ndarray:
-    """The positive counts of integer keys in ``[0, size)`` (in no particular order)."""
+    """The positive counts of integer keys in ``[0, size)``, in the order of the keys.
+
+    Large key spaces go through a hash table (polars), whose output order varies from run to
+    run; it is sorted by key, so sums over the counts (``_xlogx_sum``) are the same bits on every
+    run and on both paths."""
     if size <= _DENSE_LIMIT:
         c = np.bincount(keys, minlength=size)
         return c[c > 0]
-    return pl.Series(keys).value_counts(sort=False)["count"].to_numpy()
+    vc = pl.Series("k", keys).value_counts(sort=False, name="n").sort("k")
+    return vc["n"].to_numpy()
 
 
 def _count_sums(keys: np.ndarray, size: int) -> tuple[float, int]:
