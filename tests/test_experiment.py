@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from recsys.tasks.experiment import build, check_config, fit
@@ -50,3 +51,21 @@ def test_check_config_names_the_bad_key(tmp_path):
     cfg["model"]["init_args"]["lrr"] = 0.1
     err = check_config(cfg)
     assert err is not None and "lrr" in err
+
+
+def test_deepfm_numeric_init_xavier_builds_from_a_config(tmp_path):
+    """``numeric_init: xavier`` in a DeepFM config parses and reaches the model's numeric vectors
+    (std sqrt(2 / (1 + D)) instead of ``init_std``); a misspelt key is still named."""
+    cfg = _cfg(tmp_path, "xavier")
+    cfg["data"]["init_args"]["dataset_options"] = {"n_rows": 2000, "seed": 0}
+    model_args = cfg["model"]["init_args"]["model"]["init_args"]
+    model_args.update({"embedding_dim": 32, "numeric_init": "xavier"})
+    assert check_config(cfg) is None
+    model = build(cfg).model.model
+    assert model.config["init_args"]["numeric_init"] == "xavier"
+    v = model.embedding.numeric.weight
+    assert v.numel() >= 64 and v.std().item() == pytest.approx((2 / 33) ** 0.5, rel=0.3)
+    del model_args["numeric_init"]
+    model_args["numeric_intt"] = "xavier"
+    err = check_config(cfg)
+    assert err is not None and "numeric_intt" in err

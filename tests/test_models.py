@@ -79,6 +79,8 @@ def test_bad_embedding_config_fails_at_construction(dm):
         FeatureEmbedding(dm.features, unpooled=["item_id"])
     with pytest.raises(ValueError, match="embedding_dim"):
         FeatureEmbedding(dm.features, embedding_dim=0)
+    with pytest.raises(ValueError, match="numeric_init"):
+        FeatureEmbedding(dm.features, numeric_init="linear")
 
 
 def test_fm_interaction_equals_pairwise_dot_products():
@@ -229,3 +231,71 @@ def test_fused_gather_gradient():
     w = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     idx = torch.tensor([0, 6, 6, 2, 0, 0])  # repeated ids: their gradients add up
     assert torch.autograd.gradcheck(lambda w: _Gather.apply(w, idx), (w,))
+
+
+# numeric_init: the numeric fields' vectors v (x * v) drawn as the id tables (default, unchanged)
+# or Xavier-normal as FuxiCTR's Linear(1, D); shared by the models with numeric fields
+
+def _numeric_draw(dm, numeric_init: str, d: int, init_std: float, seed: int) -> torch.Tensor:
+    """The numeric weight ``[Dn, D]`` a FeatureEmbedding should draw, replayed from the RNG order
+    the library has always used: tables, their normal init and projections first (the same
+    FeatureEmbedding without numeric fields), then ``randn(Dn, D) * init_std``; ``xavier`` redraws
+    that with std sqrt(2 / (1 + D)) (DCN-v2's original redraw after construction)."""
+    torch.manual_seed(seed)
+    FeatureEmbedding(dm.features, embedding_dim=d, project_to=d, init_std=init_std)
+    n_dense = len(dm.features.schema.dense_fields)
+    v = torch.randn(n_dense, d) * init_std
+    if numeric_init == "xavier":
+        v = torch.empty(n_dense, d).normal_(0.0, (2.0 / (1 + d)) ** 0.5)
+    return v
+
+
+@pytest.mark.parametrize("numeric_init", ["embedding", "xavier"])
+def test_feature_embedding_numeric_init_draws(dm, numeric_init):
+    d, init_std = 32, 1e-3
+    assert len(dm.features.schema.dense_fields) >= 2
+    torch.manual_seed(3)
+    emb = FeatureEmbedding(dm.features, embedding_dim=d, project_to=d, init_std=init_std, embed_numeric=True,
+                           numeric_init=numeric_init)
+    v = emb.numeric.weight.detach()
+    assert torch.equal(v, _numeric_draw(dm, numeric_init, d, init_std, seed=3))
+    std = (2 / (1 + d)) ** 0.5 if numeric_init == "xavier" else init_std
+    assert v.std().item() == pytest.approx(std, rel=0.3)
+    ids = [p for n, p in emb.named_parameters() if not n.startswith("numeric")]
+    assert all(p.std().item() == pytest.approx(init_std, rel=0.3) for p in ids if p.numel() > 100)
+
+
+def _numeric_models():
+    from recsys.models import AutoInt, AutoIntPlus, DCNv2
+    from recsys.models.moe import AWMoE, MoE
+    return [
+        (DeepFM, {"hidden_units": [8]}),
+        (MoE, {"n_experts": 2, "expert_units": [8]}),
+        (AWMoE, {"n_experts": 2, "expert_units": [8], "attention_units": [8]}),
+        (AutoInt, {"attention_layers": 1, "head_dim": 2}),
+        (AutoIntPlus, {"attention_layers": 1, "head_dim": 2, "dnn_hidden_units": [8]}),
+        (DCNv2, {"hidden_units": [8], "cross_layers": 1}),
+    ]
+
+
+@pytest.mark.parametrize("cls, kwargs", _numeric_models(), ids=lambda x: getattr(x, "__name__", ""))
+def test_models_pass_numeric_init_to_their_embedding(dm, cls, kwargs):
+    """Each model's default draws its embeddings (numeric vectors included) exactly as a default
+    FeatureEmbedding (the library's draw before the option existed: test above); ``xavier`` draws
+    FeatureEmbedding's xavier vectors; a bad value fails at construction."""
+    d, init_std = 8, 1e-3
+    built = {}
+    for numeric_init in ("embedding", "xavier"):
+        torch.manual_seed(5)
+        model = cls(dm.features, embedding_dim=d, init_std=init_std, numeric_init=numeric_init, **kwargs)
+        torch.manual_seed(5)
+        ref = FeatureEmbedding(dm.features, embedding_dim=d, project_to=d, init_std=init_std, embed_numeric=True,
+                               numeric_init=numeric_init, unpooled=model.embedding.unpooled)  # AW-MoE: history
+        emb = model.embedding.state_dict()
+        assert emb.keys() == ref.state_dict().keys()
+        assert all(torch.equal(emb[k], v) for k, v in ref.state_dict().items())
+        assert model.config["init_args"]["numeric_init"] == numeric_init
+        built[numeric_init] = model.state_dict()
+    assert not torch.equal(built["embedding"]["embedding.numeric.weight"], built["xavier"]["embedding.numeric.weight"])
+    with pytest.raises(ValueError, match="numeric_init.*'embedding', 'xavier'"):
+        cls(dm.features, embedding_dim=d, numeric_init="he", **kwargs)

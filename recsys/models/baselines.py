@@ -129,6 +129,13 @@ class DeepFM(RankingModel):
             FuxiCTR, whose LR pools sequences with ``MaskedSumPooling``), ``mean``, or ``None``
             (the schema's pooling, i.e. the embeddings' own; what recsys did before). On
             ml100k-ctr ``sum`` scores test AUC 0.7089 vs 0.7073 for the mean (9 seeds).
+        numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
+            them as the id tables, N(0, init_std^2); ``xavier`` N(0, 2 / (1 + D)), FuxiCTR's
+            Xavier-normal ``Linear(1, D)`` (see :class:`~recsys.models.embedding.FeatureEmbedding`).
+            ``xavier`` alone closed most of the gap to FuxiCTR on the wide table (MoE -0.0039 ->
+            +0.0007) and Adult (AutoInt -0.0034 -> -0.0008; notes/issue-18-epochs.md); the default
+            stays ``embedding`` until it is measured on both data sets with numeric fields (Adult
+            and the wide table; ml100k-ctr has none).
     """
 
     # checkpoints saved before ``wide_pooling`` existed were trained with the schema's pooling
@@ -137,10 +144,11 @@ class DeepFM(RankingModel):
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, hidden_units: Sequence[int] = (256, 128),
                  dropout: float = 0.0, batch_norm: bool = False, dims: dict[str, int] | None = None,
                  init_std: float = 1e-4, mlp_init: str = "torch", wide_share_tables: bool = True,
-                 wide_pooling: str | None = "sum"):
+                 wide_pooling: str | None = "sum", numeric_init: str = "embedding"):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
-                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True)
+                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True,
+                                          numeric_init=numeric_init)
         self.first_order = FirstOrder(features, init_std=init_std, share_tables=wide_share_tables,
                                       pooling=wide_pooling)
         self.fm = FMInteraction()

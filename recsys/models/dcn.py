@@ -153,14 +153,10 @@ class DCNv2(RankingModel):
                              "(or use structure='cross_only')")
         if mlp_init not in ("torch", "xavier"):
             raise ValueError(f"unknown mlp_init {mlp_init!r}; use 'xavier' or 'torch'")
-        if numeric_init not in ("embedding", "xavier"):
-            raise ValueError(f"unknown numeric_init {numeric_init!r}; use 'embedding' or 'xavier'")
         self.structure = structure
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
-                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True)
-        if numeric_init == "xavier" and self.embedding.numeric is not None:
-            with torch.no_grad():  # each field's v [D] as the weight [D, 1] of a Linear(1, D)
-                self.embedding.numeric.weight.normal_(0.0, (2.0 / (1 + embedding_dim)) ** 0.5)
+                                          project_to=embedding_dim, init_std=init_std, embed_numeric=True,
+                                          numeric_init=numeric_init)
         dim = len(self.embedding.field_names) * embedding_dim
         self.cross = (CrossNetworkMix(dim, cross_layers, low_rank, n_experts) if low_rank
                       else CrossNetwork(dim, cross_layers))

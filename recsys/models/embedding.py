@@ -59,6 +59,7 @@ from torchrec import (
 
 from recsys.data.preprocess import FeatureEncoder
 
+NUMERIC_INITS = ("embedding", "xavier")
 
 class NumericEmbedding(nn.Module):
     """Numeric field ``m`` embedded as ``x_m * v_m`` (one learned vector per field).
@@ -180,6 +181,14 @@ class FeatureEmbedding(nn.Module):
         embed_numeric: also embed the standardized numeric fields as ``x * v`` (one learned
             vector per field, width ``project_to`` or ``embedding_dim``); they come last in
             ``EmbeddingOutput.stack()`` and in ``field_names``.
+        numeric_init: how the numeric fields' vectors ``v`` (``[Dn, D]``, D their width) are
+            drawn: ``embedding`` (default) as the id tables, N(0, init_std^2); ``xavier``
+            N(0, 2 / (1 + D)), Xavier-normal of a ``Linear(1, D)`` whose weight ``[D, 1]`` is one
+            field's ``v``. FuxiCTR embeds a numeric field with ``nn.Linear(1, D, bias=False)``
+            and draws it Xavier-normal; with ``xavier`` alone our wide-table MoE and Adult AutoInt
+            come level with FuxiCTR (issue 18, notes/issue-18-epochs.md). ``xavier`` redraws
+            over the default draw, as DCN-v2's own ``numeric_init`` did after construction, so a
+            DCN-v2 draws the same weights for a seed as before the option moved here.
 
     ``fused_lookup`` (class attribute, default ``True``): ``False`` makes every lookup go
     through the ``EmbeddingBagCollection``'s own forward (benchmarks and tests compare the two).
@@ -190,11 +199,13 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, dims: dict[str, int] | None = None,
                  unpooled: list[str] | tuple[str, ...] = (), project_to: int | None = None,
                  init_std: float = 1e-4, share_tables: bool = True, pooling: str | None = None,
-                 embed_numeric: bool = False):
+                 embed_numeric: bool = False, numeric_init: str = "embedding"):
         super().__init__()
         schema = features.schema
         if pooling not in (None, "mean", "sum"):
             raise ValueError(f"pooling must be 'mean', 'sum' or None, got {pooling!r}")
+        if numeric_init not in NUMERIC_INITS:
+            raise ValueError(f"unknown numeric_init {numeric_init!r}; use one of {NUMERIC_INITS}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         dims = dict(dims or {})
@@ -258,6 +269,10 @@ class FeatureEmbedding(nn.Module):
         dense_names = [f.name for f in schema.dense_fields]
         self.numeric = (NumericEmbedding(len(dense_names), project_to or embedding_dim, init_std=init_std)
                         if embed_numeric and dense_names else None)
+        if numeric_init == "xavier" and self.numeric is not None:
+            w = self.numeric.weight                    # [Dn, D]: each row the weight [D, 1] of a Linear(1, D)
+            with torch.no_grad():  # over the default draw (the RNG order of DCN-v2's former redraw)
+                w.normal_(0.0, (2.0 / (1 + w.shape[1])) ** 0.5)
         # the F fields of ``EmbeddingOutput.stack()``, in order
         self.field_names = self.pooled_names + (dense_names if self.numeric is not None else [])
         # fused lookup of the single-valued fields of the pooled tables, one group per width:
