@@ -245,13 +245,8 @@ class AutoInt(RankingModel):
             FuxiCTR's AutoInt+ exactly (init and structure) is ``attention_init="xavier"``,
             ``mlp_init="xavier"``, ``residual="auto"``
             (``experiments/bench/peers/compare_autoint.py`` checks logits and gradients).
-        numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
-            them as the id tables, N(0, init_std^2); ``xavier`` N(0, 2 / (1 + D)), FuxiCTR's
-            Xavier-normal ``Linear(1, D)`` (see :class:`~recsys.models.embedding.FeatureEmbedding`).
-            ``xavier`` alone closed most of the gap to FuxiCTR on the wide table (MoE -0.0039 ->
-            +0.0007) and Adult (AutoInt -0.0034 -> -0.0008; notes/issue-18-epochs.md); the default
-            stays ``embedding`` until it is measured on both data sets with numeric fields (Adult
-            and the wide table; ml100k-ctr has none).
+        numeric_init: ``embedding`` (default) or ``xavier`` (FuxiCTR's): how the numeric fields'
+            vectors are drawn; see :class:`~recsys.models.embedding.FeatureEmbedding`.
 
     >>> from recsys.data import CTRDataModule
     >>> dm = CTRDataModule(dataset_options={"n_rows": 1000}, batch_size=8); dm.setup("fit")

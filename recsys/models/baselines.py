@@ -129,13 +129,8 @@ class DeepFM(RankingModel):
             FuxiCTR, whose LR pools sequences with ``MaskedSumPooling``), ``mean``, or ``None``
             (the schema's pooling, i.e. the embeddings' own; what recsys did before). On
             ml100k-ctr ``sum`` scores test AUC 0.7089 vs 0.7073 for the mean (9 seeds).
-        numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
-            them as the id tables, N(0, init_std^2); ``xavier`` N(0, 2 / (1 + D)), FuxiCTR's
-            Xavier-normal ``Linear(1, D)`` (see :class:`~recsys.models.embedding.FeatureEmbedding`).
-            ``xavier`` alone closed most of the gap to FuxiCTR on the wide table (MoE -0.0039 ->
-            +0.0007) and Adult (AutoInt -0.0034 -> -0.0008; notes/issue-18-epochs.md); the default
-            stays ``embedding`` until it is measured on both data sets with numeric fields (Adult
-            and the wide table; ml100k-ctr has none).
+        numeric_init: ``embedding`` (default) or ``xavier`` (FuxiCTR's): how the numeric fields'
+            vectors are drawn; see :class:`~recsys.models.embedding.FeatureEmbedding`.
     """
 
     # checkpoints saved before ``wide_pooling`` existed were trained with the schema's pooling

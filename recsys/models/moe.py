@@ -295,13 +295,8 @@ class AWMoE(RankingModel):
         dropout, batch_norm, mlp_init: of the expert and tower MLPs.
         dims: table -> width overrides.
         init_std: std of the N(0, std^2) embedding init.
-        numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
-            them as the id tables, N(0, init_std^2); ``xavier`` N(0, 2 / (1 + D)), FuxiCTR's
-            Xavier-normal ``Linear(1, D)`` (see :class:`~recsys.models.embedding.FeatureEmbedding`).
-            ``xavier`` alone closed most of the gap to FuxiCTR on the wide table (MoE -0.0039 ->
-            +0.0007) and Adult (AutoInt -0.0034 -> -0.0008; notes/issue-18-epochs.md); the default
-            stays ``embedding`` until it is measured on both data sets with numeric fields (Adult
-            and the wide table; ml100k-ctr has none).
+        numeric_init: ``embedding`` (default) or ``xavier`` (FuxiCTR's): how the numeric fields'
+            vectors are drawn; see :class:`~recsys.models.embedding.FeatureEmbedding`.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, n_experts: int = 4,
@@ -519,13 +514,8 @@ class MoE(RankingModel):
         dropout, batch_norm, mlp_init: of the expert and tower MLPs.
         dims: table -> width overrides (projected to D).
         init_std: std of the N(0, std^2) embedding init.
-        numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
-            them as the id tables, N(0, init_std^2); ``xavier`` N(0, 2 / (1 + D)), FuxiCTR's
-            Xavier-normal ``Linear(1, D)`` (see :class:`~recsys.models.embedding.FeatureEmbedding`).
-            ``xavier`` alone closed most of the gap to FuxiCTR on the wide table (MoE -0.0039 ->
-            +0.0007) and Adult (AutoInt -0.0034 -> -0.0008; notes/issue-18-epochs.md); the default
-            stays ``embedding`` until it is measured on both data sets with numeric fields (Adult
-            and the wide table; ml100k-ctr has none).
+        numeric_init: ``embedding`` (default) or ``xavier`` (FuxiCTR's): how the numeric fields'
+            vectors are drawn; see :class:`~recsys.models.embedding.FeatureEmbedding`.
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, n_experts: int = 4,
