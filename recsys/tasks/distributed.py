@@ -208,7 +208,7 @@ def end_distributed_process(code: int) -> None:
     written everything. A run's last collective comes right before exit (Lightning's
     ``Trainer.log_dir`` broadcasts the run folder), so this is a race every distributed run
     takes at exit; a 2-process script that exits right after ``broadcast_object_list`` aborts in
-    about 1 run in 6 on a loaded 2-core machine (``tests/test_distributed.py`` has it).
+    about 1 run in 7 on a loaded 2-core machine (``experiments/gloo_exit_abort.py``).
 
     What it does: wait for non-daemon threads and run the ``atexit`` hooks (the process group is
     destroyed there, loggers flush), as a normal exit does, while the interpreter is still whole
