@@ -4,8 +4,9 @@ Two gloo ranks on localhost call ``broadcast_object_list`` (as Lightning's ``Tra
 does at the end of a run) and exit at once. gloo's worker thread frees the broadcast's tensors
 and asks for the GIL; if that happens as the interpreter starts finalizing, CPython ends the
 thread through a ``noexcept`` C++ frame and the process aborts ("terminate called without an
-active exception", exit 134 / -6). It is a race: on a loaded 2-core machine (load ~20) plain exits
-aborted in 2 of 15 runs, ending with ``end_distributed_process`` in 0 of 15 (2026-12-07).
+active exception", exit 134 / -6). It is a race. 2026-12-07, 2 cores: at load ~20, plain exits
+aborted in 2 of 15 runs and ``end_distributed_process`` in 0 of 15; quiet (load ~1), 3 aborted ranks
+in 15 runs against 0 in 15.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/gloo_exit_abort.py --runs 15 [--fixed]
 """
