@@ -261,6 +261,7 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
     per_b = length.sum(1).tolist()
     base = (lf_a + (lf(bv) + lf(n - bv))[:, None]) - lf_n  # log(a_i! (n - a_i)! b_j! (n - b_j)! / n!)
     log_b = [math.log(x) for x in bv.tolist()]
+    log_b_arr = np.array(log_b)
     b_list, w_list = bv.tolist(), bw.tolist()
     total = 0.0
     j = 0
@@ -277,7 +278,7 @@ def expected_mutual_info(a_counts: np.ndarray, b_counts: np.ndarray) -> float:
                 i, bj, lb = cell, b_list[j], log_b[j]
             else:
                 i, r = cell % av.size, cell // av.size + j
-                bj, lb = bv[r], np.array(log_b)[r]
+                bj, lb = bv[r], log_b_arr[r]
             ai = av[i]
             # (term by term as the expected-MI sum reads, in the same order of operations)
             log_p = base[j:k].ravel()[cell] - lf(nij) - lf(ai - nij) - lf(bj - nij) - lf(n - ai - bj + nij)

@@ -61,6 +61,7 @@ from recsys.data.preprocess import FeatureEncoder
 
 NUMERIC_INITS = ("embedding", "xavier")
 
+
 class NumericEmbedding(nn.Module):
     """Numeric field ``m`` embedded as ``x_m * v_m`` (one learned vector per field).
 

@@ -289,11 +289,10 @@ class ShardedDDPStrategy(DDPStrategy):
         global _took_part
         super().setup_distributed()
         _took_part = True
-        # Lightning destroys the process group at exit for NCCL only. A gloo group left to the
-        # interpreter's teardown can abort the process ("terminate called without an active
-        # exception", exit -6) while gloo's worker threads still hold work items (seen on a loaded
-        # CI machine after a run that had finished and written metrics.json). Destroy it in an
-        # atexit hook, while the interpreter is whole; a no-op if it is already gone.
+        # Lightning destroys the process group at exit for NCCL only: destroy every backend's in
+        # an atexit hook, while the interpreter is whole (a no-op if it is already gone). This
+        # alone does not prevent gloo's exit abort (a worker thread asking for the GIL as the
+        # interpreter finalizes); the command line ends its ranks with end_distributed_process.
         import atexit
 
         atexit.unregister(destroy_process_group_at_exit)  # once per process, however many setups
