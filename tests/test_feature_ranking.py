@@ -554,7 +554,7 @@ def test_numeric_columns_from_the_quantile_pass_count_like_reading_them_again(tm
 
     def spy(self, *a):
         inp = read(self, *a)
-        taken.append(self._numeric_rows.columns if self._numeric_rows is not None else None)
+        taken.append(inp.numeric_rows.columns if inp.numeric_rows is not None else None)
         return inp
 
     monkeypatch.setattr(Ranker, "_read", spy)
@@ -563,7 +563,7 @@ def test_numeric_columns_from_the_quantile_pass_count_like_reading_them_again(tm
 
     def read_all(self, *a):
         inp = read(self, *a)
-        self._numeric_rows = None
+        inp.numeric_rows = None
         return inp
 
     monkeypatch.setattr(Ranker, "_read", read_all)

@@ -316,6 +316,10 @@ class _Input:
     class_counts: np.ndarray
     n: int
     label_map: pl.DataFrame
+    # for the counting pass, which takes (and drops) them: the numeric columns' boundary inputs
+    # ``(lazy, numeric columns, their materialized frame or None)`` and their rows (or None)
+    numeric: tuple | None = None
+    numeric_rows: pl.DataFrame | None = None
 
 
 def _check_column_kind(f, kind: str, dt: pl.DataType, where: str) -> None:
@@ -675,18 +679,19 @@ class FeatureRanker:
         C = len(classes)
         for c in cols:
             c.n_classes = C
-        # the numeric columns' bin boundaries: computed by the counting pass's threads (while it reads its first batch)
-        self._numeric = (lazy, numeric, numeric_frame)
         # the counting pass takes the numeric columns from here rather than decoding them again (those
         # that no categorical field reads as well: numbers, NaN as missing, are all a numeric field uses)
         other = {c.source for c in cols if c.kind != "numeric"}
-        self._numeric_rows = None if numeric_frame is None else numeric_frame.select(
+        numeric_rows = None if numeric_frame is None else numeric_frame.select(
             pl.col(f"__n{i}").alias(c.source) for i, c in enumerate(numeric)
             if c.source not in other and c.source not in {d.source for d in numeric[:i]})
         del got
         label_map = pl.DataFrame({"v": pl.Series(classes, dtype=lab_dtype), "y": np.arange(C, dtype=np.int8)})
+        # (the numeric columns' bin boundaries are computed by the counting pass's threads, while it
+        # reads its first batch)
         return _Input(frame=frame, where=where, label=label, cols=cols, classes=classes, class_counts=class_counts,
-                      n=int(class_counts.sum()), label_map=label_map)
+                      n=int(class_counts.sum()), label_map=label_map, numeric=(lazy, numeric, numeric_frame),
+                      numeric_rows=numeric_rows)
 
     # ---- counting: one pass over the rows (recsys.features.counting)
     def _count(self, inp: _Input) -> None:
@@ -701,8 +706,7 @@ class FeatureRanker:
         for c in cols:
             c.start(count_dtype, keep)
         self._y_kept = np.empty(keep.size, np.int8) if keep is not None else None
-        pre = self._numeric_rows  # (all rows of the numeric columns, or None)
-        self._numeric_rows = None
+        pre, inp.numeric_rows = inp.numeric_rows, None  # (all rows of the numeric columns, or None)
         sources = list(dict.fromkeys([c.source for c in cols if pre is None or c.source not in pre.columns] + [label]))
 
         def labels(b: pl.DataFrame, row0: int) -> _BatchLabels:
@@ -716,8 +720,8 @@ class FeatureRanker:
         bar = self._bar(n, "counting")
         pool = self._pool(len(cols))
         try:
-            bounds = self._boundaries(*self._numeric, pool=pool)
-            self._numeric = None
+            bounds = self._boundaries(*inp.numeric, pool=pool)
+            inp.numeric = None
             if pool is not None:  # the scores' log-factorial table, while the first batch is read (else built there)
                 pool.submit(_log_factorial, np.array([n]))
             batches = self._batches(inp.frame, sources)
