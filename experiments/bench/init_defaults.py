@@ -24,6 +24,20 @@ so an interrupted sweep resumes). Seeds are the outer loop, so a partial sweep h
 The decision is taken on **validation** AUC (3-seed means): the default is the arm that is better
 on both data sets; where the data sets disagree, the arm with the larger mean gain over the two
 (the table says so). Test AUC is printed next to it, not used to choose.
+
+``--option numeric_init`` (issue 18 item 2) runs the other sweep: the numeric fields' vectors
+``v`` of ``x * v`` (``FeatureEmbedding(numeric_init=...)``), arm ``embedding`` (N(0, init_std^2),
+like the id tables) vs ``xavier`` (N(0, 2/(1+D)), FuxiCTR's ``Linear(1, D)``), nothing else
+changed (the config's other init options stay as the config sets them). ml100k-ctr has no numeric
+field, so its two data sets are Adult and the generated wide table (``synthetic-wide``,
+50,000 rows, seed 0, as ``ctr_models.py --wide-rows 50000``); the
+same recipe otherwise (batch 1024, ``--max-epochs``, the config's early stopping). Its runs go to
+``results/init_defaults_numeric_init.jsonl``, never mixed with the init sweep's, and its rule is
+stricter: ``xavier`` becomes a model's default only if it is better on **both** data sets.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python experiments/bench/init_defaults.py --option numeric_init \\
+        [--models deepfm moe autoint_plus autoint dcn_v2] [--datasets adult wide] [--seeds 2019 2020 2021]
+    .venv/bin/python experiments/bench/init_defaults.py --option numeric_init --table
 """
 
 from __future__ import annotations
@@ -59,8 +73,19 @@ DATASETS = ("ml100k", "adult", "rowtail")
 # models without a history cannot use rowtail; models that need one cannot use Adult
 SEQUENCE_MODELS = ("aw_moe", "sdim", "din")
 
+# --option numeric_init: the models with a numeric_init option and a flat-table config (AW-MoE has
+# the option but needs a history, which Adult and the wide table do not have)
+NUMERIC_ARMS = ("embedding", "xavier")
+NUMERIC_MODELS = ("deepfm", "moe", "autoint_plus", "autoint", "dcn_v2")
+NUMERIC_DATASETS = ("adult", "wide")
+NUMERIC_WIDE_ROWS = 50_000
+# option -> (its arms, its results file)
+OPTIONS = {"init": (ARMS, OUT), "numeric_init": (NUMERIC_ARMS, RESULTS / "init_defaults_numeric_init.jsonl")}
 
-def model_datasets(model: str) -> tuple[str, str]:
+
+def model_datasets(model: str, option: str = "init") -> tuple[str, str]:
+    if option == "numeric_init":
+        return NUMERIC_DATASETS
     return ("ml100k", "rowtail") if model in SEQUENCE_MODELS else ("ml100k", "adult")
 
 
@@ -73,23 +98,27 @@ def rowtail_overrides() -> list[str]:
             "--model.init_args.plateau_factor", "null", "--model.init_args.model.init_args.init_std", "0.01"]
 
 
-def done_runs() -> dict[tuple, dict]:
-    if not OUT.exists():
+def done_runs(option: str = "init") -> dict[tuple, dict]:
+    out = OPTIONS[option][1]
+    if not out.exists():
         return {}
-    rows = [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     return {(r["model"], r["dataset"], r["init"], r["seed"], r["max_epochs"]): r for r in rows}
 
 
-def run_one(model: str, dataset: str, arm: str, seed: int, max_epochs: int, work: Path) -> dict:
+def run_one(model: str, dataset: str, arm: str, seed: int, max_epochs: int, work: Path,
+            option: str = "init") -> dict:
     data = (rowtail_overrides() if dataset == "rowtail"
-            else ["--data.init_args.batch_size", "1024", *ctr_models.data_overrides(dataset, ctr_models.WIDE_ROWS)])
+            else ["--data.init_args.batch_size", "1024", *ctr_models.data_overrides(dataset, NUMERIC_WIDE_ROWS)])
     extra = [*data, "--trainer.max_epochs", str(max_epochs)]
-    for opt in INIT_OPTIONS[model]:
+    options = INIT_OPTIONS[model] if option == "init" else ("numeric_init",)
+    for opt in options:
         extra += [f"--model.init_args.model.init_args.{opt}", arm]
-    name = f"{dataset}_{model}_{arm}_s{seed}"
+    name = f"{dataset}_{model}_{'' if option == 'init' else 'numeric_'}{arm}_s{seed}"
     metrics, wall = ctr_models.fit_ml100k(model, seed, work, name, extra)
     return {"model": model, "dataset": dataset, "init": arm, "seed": seed, "max_epochs": max_epochs,
-            "options": list(INIT_OPTIONS[model]), "valid_auc": metrics["valid"]["auc"],
+            **({"wide_rows": NUMERIC_WIDE_ROWS} if dataset == "wide" else {}),
+            "options": list(options), "valid_auc": metrics["valid"]["auc"],
             "test_auc": metrics["test"]["auc"], "epochs": metrics["epochs_trained"], "wall_s": wall,
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -127,17 +156,73 @@ def table(max_epochs: int) -> str:
     return "\n".join(lines + ["", "Default (valid AUC, 3-seed means):", *decisions])
 
 
+def numeric_table(max_epochs: int) -> str:
+    """The numeric_init sweep: per-seed rows, then 3-seed means and the decision (xavier only
+    where it is better on valid AUC on both Adult and the wide table)."""
+    runs = [r for r in done_runs("numeric_init").values() if r["max_epochs"] == max_epochs]
+    per_seed = ["| model | data set | seed | embedding valid | xavier valid | embedding test | xavier test | "
+                "epochs (embedding / xavier) |", "|---|---|---|---|---|---|---|---|"]
+    means = ["| model | data set | seeds | embedding valid | xavier valid | xavier - embedding (valid) | "
+             "embedding test | xavier test | xavier - embedding (test) |", "|---|---|---|---|---|---|---|---|---|"]
+    decisions = []
+    for model in NUMERIC_MODELS:
+        gains = {}
+        for dataset in NUMERIC_DATASETS:
+            cell = {arm: {r["seed"]: r for r in runs if (r["model"], r["dataset"], r["init"]) == (model, dataset, arm)}
+                    for arm in NUMERIC_ARMS}
+            seeds = sorted(set(cell["embedding"]) & set(cell["xavier"]))
+            if not seeds:
+                continue
+            for s in seeds:
+                e, x = cell["embedding"][s], cell["xavier"][s]
+                per_seed.append(f"| {model} | {dataset} | {s} | {e['valid_auc']:.4f} | {x['valid_auc']:.4f} | "
+                                f"{e['test_auc']:.4f} | {x['test_auc']:.4f} | {e['epochs']} / {x['epochs']} |")
+            mean = {(arm, k): statistics.mean(cell[arm][s][k] for s in seeds) for arm in NUMERIC_ARMS
+                    for k in ("valid_auc", "test_auc")}
+            dv = mean[("xavier", "valid_auc")] - mean[("embedding", "valid_auc")]
+            dt = mean[("xavier", "test_auc")] - mean[("embedding", "test_auc")]
+            gains[dataset] = (dv, len(seeds))
+            means.append(f"| {model} | {dataset} | {len(seeds)} | {mean[('embedding', 'valid_auc')]:.4f} | "
+                         f"{mean[('xavier', 'valid_auc')]:.4f} | {dv:+.4f} | {mean[('embedding', 'test_auc')]:.4f} | "
+                         f"{mean[('xavier', 'test_auc')]:.4f} | {dt:+.4f} |")
+        if len(gains) == len(NUMERIC_DATASETS):
+            seeds = min(n for _, n in gains.values())
+            better = [d for d, (g, _) in gains.items() if g > 0]
+            pick = "xavier" if len(better) == len(gains) else "embedding"
+            how = ("better on both" if pick == "xavier" else
+                   "xavier better on neither" if not better else f"xavier better only on {better[0]}")
+            decisions.append(f"- {model}: **{pick}** ({how}; {seeds} seeds)")
+    return "\n".join(per_seed + ["", *means, "", "Default (valid AUC means; xavier only if better on both):",
+                                  *decisions])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(INIT_OPTIONS), choices=list(INIT_OPTIONS))
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--option", choices=list(OPTIONS), default="init",
+                    help="init: the Linear init options, torch vs xavier (issue 19); numeric_init: the numeric "
+                         "fields' vectors, embedding vs xavier, on Adult and the wide table (issue 18)")
+    ap.add_argument("--models", nargs="+", default=None, choices=list(INIT_OPTIONS),
+                    help=f"default: all (init) or {' '.join(NUMERIC_MODELS)} (numeric_init)")
+    ap.add_argument("--datasets", nargs="+", default=None, choices=[*DATASETS, "wide"],
+                    help=f"default: {' '.join(DATASETS)} (init) or {' '.join(NUMERIC_DATASETS)} (numeric_init)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[2019, 2020, 2021])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=None, choices=[*ARMS, *NUMERIC_ARMS[:1]],
+                    help=f"default: {' '.join(ARMS)} (init) or {' '.join(NUMERIC_ARMS)} (numeric_init)")
     ap.add_argument("--max-epochs", type=int, default=6)
     ap.add_argument("--table", action="store_true", help="print the table of the runs so far and exit")
     args = ap.parse_args()
+    arms, out = OPTIONS[args.option]
+    numeric = args.option == "numeric_init"
+    args.models = args.models or list(NUMERIC_MODELS if numeric else INIT_OPTIONS)
+    args.datasets = args.datasets or list(NUMERIC_DATASETS if numeric else DATASETS)
+    args.arms = args.arms or list(arms)
+    bad = ([f"arm {a!r}" for a in args.arms if a not in arms]
+           + [f"model {m!r}" for m in args.models if numeric and m not in NUMERIC_MODELS]
+           + [f"data set {d!r}" for d in args.datasets if d not in (NUMERIC_DATASETS if numeric else DATASETS)])
+    if bad:
+        ap.error(f"--option {args.option} cannot run {', '.join(bad)}")
     if args.table:
-        print(table(args.max_epochs))
+        print(numeric_table(args.max_epochs) if numeric else table(args.max_epochs))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="recsys-init-") as tmp:
@@ -145,17 +230,17 @@ def main() -> None:
         for seed in args.seeds:
             for dataset in args.datasets:
                 for model in args.models:
-                    if dataset not in model_datasets(model):
+                    if dataset not in model_datasets(model, args.option):
                         continue
                     for arm in args.arms:
-                        if (model, dataset, arm, seed, args.max_epochs) in done_runs():
+                        if (model, dataset, arm, seed, args.max_epochs) in done_runs(args.option):
                             continue
-                        r = run_one(model, dataset, arm, seed, args.max_epochs, work)
-                        with open(OUT, "a") as fh:
+                        r = run_one(model, dataset, arm, seed, args.max_epochs, work, args.option)
+                        with open(out, "a") as fh:
                             fh.write(json.dumps(r) + "\n")
-                        print(f"[{dataset} {model} {arm} seed {seed}] valid {r['valid_auc']:.4f} test "
+                        print(f"[{dataset} {model} {args.option}={arm} seed {seed}] valid {r['valid_auc']:.4f} test "
                               f"{r['test_auc']:.4f} ({r['epochs']} epochs, {r['wall_s']:.0f} s)", flush=True)
-    print("\n" + table(args.max_epochs))
+    print("\n" + (numeric_table(args.max_epochs) if numeric else table(args.max_epochs)))
 
 
 if __name__ == "__main__":
