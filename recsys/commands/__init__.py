@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 from recsys.errors import RecsysError
-from recsys.utils import ALLOW_ENV, ALLOWED_PACKAGES, check_class_allowed  # noqa: F401
+from recsys.utils import ALLOW_ENV, ALLOWED_PACKAGES, check_class_allowed, tune_allocator  # noqa: F401
 
 TRAINER_COMMANDS = {
     "fit": "train a model from a YAML config (then test the best checkpoint, write metrics.json)",
@@ -140,6 +140,9 @@ def _main(argv: list[str] | None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    # before anything imports torch (its hugepage switch is read at its first allocation); the
+    # feature ranking's arrays are numpy's, which it pages itself (rank_features._tune_process)
+    tune_allocator(torch_hugepages=argv[0] != "rank-features")
     try:
         if argv[0] in TRAINER_COMMANDS:
             run_trainer_cli(argv)

@@ -37,6 +37,7 @@ import yaml
 from recsys.console import ArgumentParser, add_progress_flags, resolve_progress
 from recsys.errors import ConfigError
 from recsys.features.ranking import AGGREGATIONS, CORRECTIONS, HEURISTICS, FeatureRanker, _jsonable
+from recsys.utils import tune_allocator
 
 OUTPUTS = ("ranking.csv", "ranking.json", "quality.json", "summary.md", "scores.png", "redundancy.png",
            "selected_features.yaml")
@@ -168,23 +169,17 @@ def check_enough_rows(ranker: FeatureRanker, significance: float, data: str) -> 
 def _tune_process() -> None:
     """Process settings for this one-shot command (the library leaves them alone): the counting makes
     many short-lived arrays of a few MB, which glibc would return to the OS and numpy would back
-    with freshly zeroed huge pages each time; keeping freed memory in the heap and using plain
-    pages saves about a fifth of the run time (page faults) for a few % more peak memory."""
+    with freshly zeroed huge pages each time; keeping freed memory in the heap
+    (:func:`recsys.utils.tune_allocator`, which the ``recsys`` command has already called) and
+    using plain pages for numpy saves about a fifth of the run time (page faults) for a few % more
+    peak memory."""
     try:
         import numpy as np
 
         np._core.multiarray._set_madvise_hugepage(False)
     except Exception:  # noqa: BLE001 - an optimization only
         pass
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: heap up to 256 MB (no dynamic threshold)
-            libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MB of freed heap
-        except Exception:  # noqa: BLE001
-            pass
+    tune_allocator(torch_hugepages=False)
 
 
 def _preload_matplotlib() -> None:

@@ -174,13 +174,16 @@ class InteractingLayer(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.in_dim:
             raise ValueError(f"expected [B, F, {self.in_dim}], got {list(x.shape)}")
         b, f, _ = x.shape
-        qkv = self.qkv(x)
+        # W_Q, W_K, W_V applied one by one (row blocks of the fused weight, so parameters and
+        # checkpoints are unchanged): each of q, k, v comes out contiguous, and the backward adds
+        # three input gradients where one fused map's would concatenate q, k and v's gradients
+        # back into the [B, F, 3*H*d] layout, a transposing copy (~4% of a layer's step at
+        # F = 10-40, batch 4,096: experiments/bench/README.md, "AutoInt's projections")
+        q, k, v = (F.linear(x, w) for w in self.qkv.weight.split(self.out_dim, dim=0))
         if self.qkv_relu:
-            qkv = torch.relu(qkv)
-        # [B, F, 3*H*d] -> 3 x [B, F, H*d] -> 3 x [B, H, F, d] (views; split's backward is one
-        # concatenation, cheaper than unbinding a permuted [3, B, H, F, d] view)
-        q, k, v = (t.view(b, f, self.num_heads, self.head_dim).transpose(1, 2)
-                   for t in qkv.split(self.out_dim, dim=-1))
+            q, k, v = torch.relu(q), torch.relu(k), torch.relu(v)
+        # 3 x [B, F, H*d] -> 3 x [B, H, F, d] (views)
+        q, k, v = (t.view(b, f, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if f >= SDPA_MIN_FIELDS and (self.dropout is None or not self.training):
             # many fields: the fused kernel (one forward, one backward); the attention map is
             # recomputed from the kept q, k only when asked for (last_attention)
