@@ -131,7 +131,10 @@ class DCNv2(RankingModel):
         numeric_init: the numeric fields' vectors ``v`` (``x * v``): ``embedding`` (default) draws
             them as the id tables, N(0, init_std^2); ``xavier`` Xavier-normal as a ``Linear(1, D)``,
             std ``sqrt(2 / (1 + D))`` (FuxiCTR embeds a numeric field with ``nn.Linear(1, D)``,
-            which its ``reset_parameters`` draws Xavier-normal like every Linear).
+            which its ``reset_parameters`` draws Xavier-normal like every Linear). Measured (valid
+            AUC, 3 seeds, ``init_defaults.py --option numeric_init``): ``xavier`` -0.00003 on Adult
+            (a tie), +0.0019 on the wide table; not better on both, so the default stays
+            ``embedding``. The DCN-v2 configs set ``xavier`` (FuxiCTR's, for the same-run comparison).
     """
 
     def __init__(self, features: FeatureEncoder, embedding_dim: int = 16, structure: str = "parallel",

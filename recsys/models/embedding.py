@@ -188,11 +188,14 @@ class FeatureEmbedding(nn.Module):
             field's ``v``. FuxiCTR embeds a numeric field with ``nn.Linear(1, D, bias=False)``
             and draws it Xavier-normal. With ``xavier`` alone our wide-table MoE came level with
             FuxiCTR (test AUC -0.0039 -> +0.0007, 3 seeds) and Adult AutoInt's gap shrank (-0.0034 ->
-            -0.0008; experiments/bench/README.md, "Multi-epoch, 3 seeds: ours vs FuxiCTR"). The
-            default stays ``embedding`` until both data sets with numeric fields (Adult, the wide
-            table; ml100k-ctr has none) are measured on valid AUC. ``xavier`` redraws over the
-            default draw, as DCN-v2's own ``numeric_init`` did after construction, so a DCN-v2
-            draws the same weights for a seed as before the option moved here.
+            -0.0008; experiments/bench/README.md, "Multi-epoch, 3 seeds: ours vs FuxiCTR"). Measured
+            per model on valid AUC over both data sets with numeric fields (Adult, the wide table;
+            ml100k-ctr has none; ``experiments/bench/init_defaults.py --option numeric_init``),
+            ``xavier`` is better on both only for AutoInt, whose default it is; the other models
+            and this class keep ``embedding`` (so SDIM/DIN, without the option, draw as before).
+            ``xavier`` redraws over the default draw, as DCN-v2's own ``numeric_init`` did after
+            construction, so a DCN-v2 draws the same weights for a seed as before the option
+            moved here.
 
     ``fused_lookup`` (class attribute, default ``True``): ``False`` makes every lookup go
     through the ``EmbeddingBagCollection``'s own forward (benchmarks and tests compare the two).
