@@ -114,16 +114,17 @@ def test_xavier_init_and_config_rebuild(dm, batch):
 
 def test_numeric_init_xavier_draws_the_numeric_vectors_as_a_linear_1_to_d(dm):
     """``numeric_init="xavier"``: the numeric fields' vectors have FuxiCTR's ``Linear(1, D)``
-    Xavier-normal scale, std sqrt(2 / (1 + D)); the id tables keep ``init_std``; the default
+    Xavier-normal scale, std sqrt(2 / (1 + D)); the id tables keep ``init_std``; ``embedding``
     draws the numeric vectors as the id tables."""
     d = 32
     torch.manual_seed(0)
-    default = DCNv2(dm.features, embedding_dim=d, hidden_units=[8], init_std=1e-3)
+    plain = DCNv2(dm.features, embedding_dim=d, hidden_units=[8], init_std=1e-3,
+                  numeric_init="embedding")
     torch.manual_seed(0)
     xav = DCNv2(dm.features, embedding_dim=d, hidden_units=[8], init_std=1e-3, numeric_init="xavier")
-    v_default, v_xav = default.embedding.numeric.weight, xav.embedding.numeric.weight
+    v_plain, v_xav = plain.embedding.numeric.weight, xav.embedding.numeric.weight
     assert v_xav.numel() >= 2 * d  # the synthetic data has numeric fields
-    assert v_default.std().item() == pytest.approx(1e-3, rel=0.3)
+    assert v_plain.std().item() == pytest.approx(1e-3, rel=0.3)
     assert v_xav.std().item() == pytest.approx((2 / (1 + d)) ** 0.5, rel=0.3)
     ids = [p for n, p in xav.embedding.named_parameters() if "numeric" not in n]
     assert ids and all(p.std().item() < 5e-3 for p in ids if p.numel() > 10)

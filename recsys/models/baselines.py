@@ -131,8 +131,9 @@ class DeepFM(RankingModel):
             ml100k-ctr ``sum`` scores test AUC 0.7089 vs 0.7073 for the mean (9 seeds).
         numeric_init: ``embedding`` (default) or ``xavier`` (FuxiCTR's): how the numeric fields'
             vectors are drawn; see :class:`~recsys.models.embedding.FeatureEmbedding`. Measured
-            (valid AUC, 3 seeds, ``init_defaults.py --option numeric_init``): ``xavier`` -0.0018 on
-            Adult and -0.0078 on the wide table, so the default stays ``embedding``.
+            (valid AUC, 3 seeds, ``init_defaults.py --option numeric_init --max-epochs 30``):
+            ``xavier`` -0.0006 on Adult and -0.0078 on the wide table, so the default stays
+            ``embedding``.
     """
 
     # checkpoints saved before ``wide_pooling`` existed were trained with the schema's pooling

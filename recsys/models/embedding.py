@@ -191,8 +191,9 @@ class FeatureEmbedding(nn.Module):
             -0.0008; experiments/bench/README.md, "Multi-epoch, 3 seeds: ours vs FuxiCTR"). Measured
             per model on valid AUC over both data sets with numeric fields (Adult, the wide table;
             ml100k-ctr has none; ``experiments/bench/init_defaults.py --option numeric_init``),
-            ``xavier`` is better on both only for AutoInt, whose default it is; the other models
-            and this class keep ``embedding`` (so SDIM/DIN, without the option, draw as before).
+            ``xavier`` is better on both for AutoInt, AutoInt+ and DCN-v2, whose default it is;
+            DeepFM, MoE (and AW-MoE, not measured) and this class keep ``embedding`` (so SDIM/DIN,
+            without the option, draw as before).
             ``xavier`` redraws over the default draw, as DCN-v2's own ``numeric_init`` did after
             construction, so a DCN-v2 draws the same weights for a seed as before the option
             moved here.
