@@ -126,6 +126,27 @@ def run_one(model: str, dataset: str, arm: str, seed: int, max_epochs: int, work
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def _cell(runs: list[dict], model: str, dataset: str, arms) -> tuple[dict, list[int], float, str]:
+    """One (model, data set) cell of a sweep, ``arms = (base, other)``: the runs by arm and seed,
+    the seeds both arms have, the valid-AUC gain of ``other`` over ``base`` (mean over those
+    seeds) and the cell's row of the means table (base valid, other valid, gain, base test, other
+    test, test gain); no seeds: ``({...}, [], 0.0, "")``."""
+    cell = {arm: {r["seed"]: r for r in runs if (r["model"], r["dataset"], r["init"]) == (model, dataset, arm)}
+            for arm in arms}
+    seeds = sorted(set.intersection(*(set(cell[arm]) for arm in arms)))
+    if not seeds:
+        return cell, seeds, 0.0, ""
+    mean = {(arm, k): statistics.mean(cell[arm][s][k] for s in seeds) for arm in arms
+            for k in ("valid_auc", "test_auc")}
+    base, other = arms
+    dv = mean[(other, "valid_auc")] - mean[(base, "valid_auc")]
+    dt = mean[(other, "test_auc")] - mean[(base, "test_auc")]
+    row = (f"| {model} | {dataset} | {len(seeds)} | {mean[(base, 'valid_auc')]:.4f} | "
+           f"{mean[(other, 'valid_auc')]:.4f} | {dv:+.4f} | {mean[(base, 'test_auc')]:.4f} | "
+           f"{mean[(other, 'test_auc')]:.4f} | {dt:+.4f} |")
+    return cell, seeds, dv, row
+
+
 def table(max_epochs: int) -> str:
     runs = [r for r in done_runs().values() if r["max_epochs"] == max_epochs]
     lines = ["| model | data set | seeds | torch valid | xavier valid | xavier - torch (valid) | torch test | "
@@ -134,19 +155,11 @@ def table(max_epochs: int) -> str:
     for model in INIT_OPTIONS:
         gains = {}
         for dataset in model_datasets(model):
-            cell = {arm: {r["seed"]: r for r in runs if (r["model"], r["dataset"], r["init"]) == (model, dataset, arm)}
-                    for arm in ARMS}
-            seeds = sorted(set(cell["torch"]) & set(cell["xavier"]))
+            _, seeds, dv, row = _cell(runs, model, dataset, ARMS)
             if not seeds:
                 continue
-            mean = {(arm, k): statistics.mean(cell[arm][s][k] for s in seeds) for arm in ARMS
-                    for k in ("valid_auc", "test_auc")}
-            dv = mean[("xavier", "valid_auc")] - mean[("torch", "valid_auc")]
-            dt = mean[("xavier", "test_auc")] - mean[("torch", "test_auc")]
             gains[dataset] = (dv, len(seeds))
-            lines.append(f"| {model} | {dataset} | {len(seeds)} | {mean[('torch', 'valid_auc')]:.4f} | "
-                         f"{mean[('xavier', 'valid_auc')]:.4f} | {dv:+.4f} | {mean[('torch', 'test_auc')]:.4f} | "
-                         f"{mean[('xavier', 'test_auc')]:.4f} | {dt:+.4f} |")
+            lines.append(row)
         if len(gains) == 2:
             signs = {g > 0 for g, _ in gains.values()}
             total = sum(g for g, _ in gains.values())
@@ -171,23 +184,15 @@ def numeric_table(max_epochs: int) -> str:
     for model in NUMERIC_MODELS:
         gains = {}
         for dataset in NUMERIC_DATASETS:
-            cell = {arm: {r["seed"]: r for r in runs if (r["model"], r["dataset"], r["init"]) == (model, dataset, arm)}
-                    for arm in NUMERIC_ARMS}
-            seeds = sorted(set(cell["embedding"]) & set(cell["xavier"]))
+            cell, seeds, dv, row = _cell(runs, model, dataset, NUMERIC_ARMS)
             if not seeds:
                 continue
             for s in seeds:
                 e, x = cell["embedding"][s], cell["xavier"][s]
                 per_seed.append(f"| {model} | {dataset} | {s} | {e['valid_auc']:.4f} | {x['valid_auc']:.4f} | "
                                 f"{e['test_auc']:.4f} | {x['test_auc']:.4f} | {e['epochs']} / {x['epochs']} |")
-            mean = {(arm, k): statistics.mean(cell[arm][s][k] for s in seeds) for arm in NUMERIC_ARMS
-                    for k in ("valid_auc", "test_auc")}
-            dv = mean[("xavier", "valid_auc")] - mean[("embedding", "valid_auc")]
-            dt = mean[("xavier", "test_auc")] - mean[("embedding", "test_auc")]
             gains[dataset] = (dv, len(seeds))
-            means.append(f"| {model} | {dataset} | {len(seeds)} | {mean[('embedding', 'valid_auc')]:.4f} | "
-                         f"{mean[('xavier', 'valid_auc')]:.4f} | {dv:+.4f} | {mean[('embedding', 'test_auc')]:.4f} | "
-                         f"{mean[('xavier', 'test_auc')]:.4f} | {dt:+.4f} |")
+            means.append(row)
         if len(gains) == len(NUMERIC_DATASETS):
             seeds = min(n for _, n in gains.values())
             better = [d for d, (g, _) in gains.items() if g > 0]
