@@ -178,7 +178,7 @@ class InteractingLayer(nn.Module):
         # checkpoints are unchanged): each of q, k, v comes out contiguous, and the backward adds
         # three input gradients where one fused map's would concatenate q, k and v's gradients
         # back into the [B, F, 3*H*d] layout, a transposing copy (~4% of a layer's step at
-        # F = 10-40, batch 4,096: experiments/bench/README.md, "AutoInt's projections")
+        # F = 10-40, batch 4,096: experiments/bench/README.md, "Allocator and AutoInt projections")
         q, k, v = (F.linear(x, w) for w in self.qkv.weight.split(self.out_dim, dim=0))
         if self.qkv_relu:
             q, k, v = torch.relu(q), torch.relu(k), torch.relu(v)
