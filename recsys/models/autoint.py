@@ -177,7 +177,7 @@ class InteractingLayer(nn.Module):
         # W_Q, W_K, W_V applied one by one (row blocks of the fused weight, so parameters and
         # checkpoints are unchanged): each of q, k, v comes out contiguous, and the backward adds
         # three input gradients where one fused map's would concatenate q, k and v's gradients
-        # back into the [B, F, 3*H*d] layout, a transposing copy (~4% of a layer's step at
+        # back into the [B, F, 3*H*d] layout, a transposing copy (a layer's step 2-6% faster at
         # F = 10-40, batch 4,096: experiments/bench/README.md, "Allocator and AutoInt projections")
         q, k, v = (F.linear(x, w) for w in self.qkv.weight.split(self.out_dim, dim=0))
         if self.qkv_relu:
@@ -272,7 +272,6 @@ class AutoInt(RankingModel):
             raise ValueError(f"unknown attention_init {attention_init!r}; use 'torch' or 'xavier'")
         if attention_layers < 1:
             raise ValueError(f"attention_layers must be >= 1, got {attention_layers}")
-        schema = features.schema
         self.embedding = FeatureEmbedding(features, embedding_dim=embedding_dim, dims=dims,
                                           project_to=embedding_dim if project_fields else None, init_std=init_std,
                                           embed_numeric=True, numeric_init=numeric_init)
