@@ -1,0 +1,203 @@
+"""Is recsys's DCN-v2 the same computation as FuxiCTR's DCNv2? Same start, same batches, compare.
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/dcn_equivalence.py --seed 2019 --epochs 2
+
+Both sides train from the *same* initial weights on the *same* rows in the *same* order, each with
+its own code for everything that could differ: its own vocabulary and encoding of the ml100k-ctr
+split (ours: ``CTRDataModule`` as ``experiments/dcn_v2_ml100k.yaml`` configures it; FuxiCTR: its
+``FeatureProcessor``), its own model (ours: ``recsys.models.DCNv2`` with the config's arguments;
+FuxiCTR: ``peers/fuxictr_dcnv2.py``), its own loss and its own optimizer (ours: the Adam of
+``RankingTask.configure_optimizers`` with the config's lr, gradients clipped to norm 10 as the
+config's ``gradient_clip_val``; FuxiCTR: ``BaseModel.train_step``). Only the random draws are
+shared: FuxiCTR draws the initial weights (its ``reset_parameters``, with the seed), and they are
+copied into our model through the two vocabularies (token -> row) and the two field orders;
+this script draws the row order (a seeded permutation per epoch, batch 1024).
+
+Prints, for the valid split: the largest gap between the two sides' predicted probabilities
+before training and after each epoch, and both sides' valid AUC after each epoch. If the two
+implementations are the same computation, the gaps stay at float rounding (the two pool lists and
+sum in different orders) and the AUCs agree to ~1e-4; a real difference (an encoding, a layer, the
+loss, the optimizer) shows up as a gap that the first epochs make large.
+
+What this does not replay: the epoch-level control (early stopping on valid AUC with patience 2,
+lr x0.1 after an epoch without a gain > 1e-6, reload of the best epoch), which the config sets to
+FuxiCTR's values and which ``ctr_models.py`` exercises in full runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parent
+PEER_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
+PEER = BENCH / "peers" / "fuxictr_dcnv2_replay.py"
+CONFIG = ROOT / "experiments" / "dcn_v2_ml100k.yaml"
+FX_SPECIAL = ("__PAD__", "__OOV__")
+
+
+def peer(*args: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_worker_niceness=os.environ.get("RAY_worker_niceness", "0"))
+    res = subprocess.run([str(PEER_PYTHON), str(PEER), *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"peer {args[0]} failed (rc {res.returncode}):\n{res.stderr[-4000:]}")
+
+
+def build_ours(seed: int):
+    """The config's data module and model (the model's own init is overwritten below)."""
+    from recsys.data import CTRDataModule
+    from recsys.models import DCNv2
+    from recsys.tasks.ranking import RankingTask
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    data_args = dict(cfg["data"]["init_args"], seed=seed)
+    dm = CTRDataModule(**data_args)
+    dm.setup("fit")
+    task_args = {k: v for k, v in cfg["model"]["init_args"].items() if k != "model"}
+    net = DCNv2(dm.features, **cfg["model"]["init_args"]["model"]["init_args"])
+    task = RankingTask(model=net, features=dm.features, **task_args)
+    clip = float(cfg["trainer"]["gradient_clip_val"])
+    return dm, net, task, clip
+
+
+def fx_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
+    """FuxiCTR's state dict in our model's layout: embedding rows re-indexed through the two
+    vocabularies, the cross / DNN / output weights permuted to our field order."""
+    ours = {}
+    d = net.embedding.field_names
+    emb_dim = fx["fc.weight"].shape[1] - fx["dnn.mlp.2.weight"].shape[0]
+    width = emb_dim // len(d)
+    fx_fields = [k.split(".")[-2] for k in fx if k.startswith("embedding_layer.") and k.endswith(".weight")]
+    perm = torch.cat([torch.arange(width) + width * fx_fields.index(f) for f in d])  # ours dim j <- fx dim perm[j]
+    for name, table in fx.items():
+        if not name.startswith("embedding_layer."):
+            continue
+        feat = name.split(".")[-2]
+        key = f"embedding.ebc.embedding_bags.{feat}.weight"
+        if key not in net.state_dict():
+            continue  # history: FuxiCTR's entry is item_id's table under a second name
+        enc = dm.features.encoder_of(dm.features.schema.field(feat))
+        tokens = vocab[feat]
+        rows = torch.empty(2 + len(enc.values_), dtype=torch.int64)
+        rows[0] = tokens["__OOV__"]                                   # our OOV id
+        rows[1] = tokens["__PAD__"]                                   # our missing id (no nulls in ml100k-ctr)
+        rows[2:] = torch.tensor([tokens[str(v)] for v in enc.values_])
+        if len(tokens) != len(enc.values_) + len(FX_SPECIAL):
+            sys.exit(f"{feat}: FuxiCTR has {len(tokens) - 2} tokens, we have {len(enc.values_)}")
+        ours[key] = table[rows]
+    for i in range(3):
+        ours[f"cross.layers.{i}.weight"] = fx[f"crossnet.cross_layers.{i}.weight"][perm][:, perm]
+        ours[f"cross.layers.{i}.bias"] = fx[f"crossnet.cross_layers.{i}.bias"][perm]
+    ours["dnn.net.0.weight"] = fx["dnn.mlp.0.weight"][:, perm]
+    ours["dnn.net.0.bias"] = fx["dnn.mlp.0.bias"]
+    ours["dnn.net.2.weight"] = fx["dnn.mlp.2.weight"]
+    ours["dnn.net.2.bias"] = fx["dnn.mlp.2.bias"]
+    out_w = fx["fc.weight"].clone()
+    out_w[:, :emb_dim] = fx["fc.weight"][:, perm]
+    ours["out.weight"] = out_w
+    ours["out.bias"] = fx["fc.bias"]
+    missing = set(net.state_dict()) - set(ours)
+    if missing:
+        sys.exit(f"no FuxiCTR counterpart for {sorted(missing)}")
+    return ours
+
+
+def auc(p: np.ndarray, y: np.ndarray) -> float:
+    from recsys.metrics import roc_auc
+
+    return float(roc_auc(y, p))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=2019)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="dcn_eq_"))
+    sys.path.insert(0, str(BENCH))
+    from ctr_models import write_splits
+
+    data = write_splits(work / "splits")
+    peer("init", "--data", str(data), "--work", str(work / "peer"), "--seed", str(args.seed))
+    vocab = json.loads((work / "peer" / "data" / "ml100k_ctr" / "feature_vocab.json").read_text())
+
+    dm, net, task, clip = build_ours(args.seed)
+    net.load_state_dict(fx_to_ours(torch.load(work / "peer" / "init.pt"), net, dm, vocab))
+    train, valid = dm.dataset_for("train"), dm.dataset_for("valid")
+    tf, vf = dm.frame("train"), dm.frame("valid")
+    rng = np.random.default_rng(args.seed)
+    order = np.concatenate([rng.permutation(len(train)) for _ in range(args.epochs)])
+    plan = dict(seed=args.seed, batch_size=args.batch_size, epochs=args.epochs, train_pos=order,
+                valid_pos=np.arange(len(vf)), train_user=tf["user_id"].to_numpy()[order].astype(str),
+                train_item=tf["item_id"].to_numpy()[order].astype(str),
+                valid_user=vf["user_id"].to_numpy().astype(str), valid_item=vf["item_id"].to_numpy().astype(str),
+                valid_label=vf["label"].to_numpy())
+    np.savez(work / "plan.npz", **plan)
+    peer("replay", "--work", str(work / "peer"), "--plan", str(work / "plan.npz"), "--out", str(work / "fx.npz"))
+    fx = np.load(work / "fx.npz")
+
+    opt = task.configure_optimizers()["optimizer"]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    y = valid.labels.numpy()
+
+    def score() -> np.ndarray:
+        net.eval()
+        with torch.no_grad():
+            p = torch.cat([torch.sigmoid(net(valid[torch.arange(i, min(i + 8192, len(valid)))]).logits)
+                           for i in range(0, len(valid), 8192)])
+        net.train()
+        return p.numpy()
+
+    ours = {"epoch_0": score()}
+    losses = []
+    net.train()
+    steps = order.reshape(args.epochs, -1)
+    for e in range(args.epochs):
+        for i in range(0, steps.shape[1], args.batch_size):
+            batch = train[torch.from_numpy(steps[e, i:i + args.batch_size])]
+            loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+        ours[f"epoch_{e + 1}"] = score()
+
+    rows = []
+    print(f"seed {args.seed}, {len(train):,} train rows x {args.epochs} epochs, batch {args.batch_size}, "
+          f"{len(y):,} valid rows")
+    print(f"{'after':>8} {'max |p_ours - p_fx|':>20} {'valid AUC ours':>15} {'valid AUC FuxiCTR':>18} {'diff':>8}")
+    for e in range(args.epochs + 1):
+        po, pf = ours[f"epoch_{e}"], fx[f"epoch_{e}"]
+        r = dict(epoch=e, max_abs_prob_gap=float(np.abs(po - pf).max()), auc_ours=auc(po, y), auc_fx=auc(pf, y))
+        rows.append(r)
+        print(f"{'init' if e == 0 else f'epoch {e}':>8} {r['max_abs_prob_gap']:>20.2e} {r['auc_ours']:>15.5f} "
+              f"{r['auc_fx']:>18.5f} {r['auc_ours'] - r['auc_fx']:>+8.5f}")
+    lo, lf = np.array(losses), fx["losses"]
+    gaps = np.abs(lo - lf)
+    at = [s for s in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if s <= len(gaps)]
+    print("train loss gap |ours - FuxiCTR| at step " + ", ".join(f"{s}: {gaps[s - 1]:.1e}" for s in at)
+          + f"; largest {gaps.max():.1e}")
+    if args.out:
+        args.out.write_text(json.dumps({"seed": args.seed, "epochs": rows,
+                                        "max_step_loss_gap": float(gaps.max()),
+                                        "step_loss_gap": {s: float(gaps[s - 1]) for s in at}}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

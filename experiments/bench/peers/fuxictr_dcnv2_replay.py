@@ -1,0 +1,163 @@
+"""FuxiCTR 2.3.10's DCNv2 driven step by step from outside: the peer half of
+``experiments/bench/dcn_equivalence.py``. Run with the PEER venv's python:
+
+    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2_replay.py \\
+        init --data DIR --work WORK --seed 2019
+    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2_replay.py \\
+        replay --work WORK --plan PLAN.npz --out PRED.npz
+
+``init``: FuxiCTR's own preprocessing of the ml100k-ctr split (``fuxictr_deepfm.py``'s
+``prepare_splits`` / ``feature_cols`` / ``build_dataset``, min_categr_count 1), then the DCNv2 of
+``fuxictr_dcnv2.py`` built with the seed (FuxiCTR's ``reset_parameters``: Xavier Linears, embedding
+N(0, 1e-4^2)); writes ``WORK/init.pt`` (its state dict), and FuxiCTR's vocabulary and encoded splits
+stay in ``WORK/data/ml100k_ctr`` for the other side to read.
+
+``replay``: the same model loaded from ``init.pt``, trained with FuxiCTR's own ``train_step``
+(zero_grad, forward, BCE on the sigmoid output, backward, ``clip_grad_norm_`` 10, its Adam) on
+batches taken from FuxiCTR's encoded train split in the order ``PLAN.npz`` gives (``train_pos``:
+row positions, one per step slot, with their raw ``train_user`` / ``train_item`` to check them;
+``batch_size``; ``epochs``); after each epoch (and before the first) it scores the valid rows in the
+plan's order (``valid_pos`` / ``valid_user`` / ``valid_item``) and writes the probabilities to
+``PRED.npz`` as ``epoch_0`` ... ``epoch_E``, and the per-step train losses as ``losses``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuxictr_dcnv2  # noqa: E402,F401  (registers DCNv2 in the driver's MODELS)
+import fuxictr_deepfm as driver  # noqa: E402
+from fuxictr.features import FeatureMap  # noqa: E402
+from fuxictr.preprocess import FeatureProcessor, build_dataset  # noqa: E402
+from fuxictr.pytorch.torch_utils import seed_everything  # noqa: E402
+
+DATASET_ID = driver.DATASET_ID
+
+
+def params_for(work: Path, seed: int) -> dict:
+    params = dict(driver.COMMON_PARAMS)
+    params.update(driver.MODELS["DCNv2"]["params"])
+    params.update(model_id=f"DCNv2_replay_{seed}", dataset_id=DATASET_ID, data_root=str(work / "data"),
+                  model_root=str(work / "ckpt"), data_format="parquet", seed=seed, gpu=-1, verbose=0,
+                  min_categr_count=1)
+    return params
+
+
+def build_model(work: Path, seed: int):
+    params = params_for(work, seed)
+    feature_map = FeatureMap(DATASET_ID, str(work / "data" / DATASET_ID))
+    feature_map.load(str(work / "data" / DATASET_ID / "feature_map.json"), params)
+    seed_everything(seed=seed)
+    return fuxictr_dcnv2.DCNv2(feature_map, **params), feature_map
+
+
+def cmd_init(args) -> None:
+    spec = driver.MODELS["DCNv2"]
+    raw = args.work / "raw"
+    driver.prepare_splits(args.data, raw, spec["history_max_len"])
+    processor = FeatureProcessor(feature_cols=driver.feature_cols(spec),
+                                 label_col={"name": driver.LABEL, "dtype": "float"},
+                                 dataset_id=DATASET_ID, data_root=str(args.work / "data"))
+    build_dataset(processor, train_data=str(raw / "train.parquet"), valid_data=str(raw / "valid.parquet"),
+                  test_data=str(raw / "test.parquet"), data_format="parquet", min_categr_count=1)
+    model, _ = build_model(args.work, args.seed)
+    torch.save(model.state_dict(), args.work / "init.pt")
+    print(json.dumps({"init": str(args.work / "init.pt"),
+                      "params": sum(p.numel() for p in model.parameters() if p.requires_grad)}))
+
+
+class Rows:
+    """FuxiCTR's encoded split as tensors, looked up by raw (user_id, item_id)."""
+
+    def __init__(self, work: Path, split: str, feature_map):
+        root = work / "data" / DATASET_ID
+        vocab = json.loads((root / "feature_vocab.json").read_text())
+        df = pl.read_parquet(root / f"{split}.parquet")
+        self.columns = {}
+        for name, spec in feature_map.features.items():
+            col = df[name]
+            if spec["type"] == "sequence":
+                arr = np.stack(col.to_list()).astype(np.int64)          # fixed max_len, padded
+            else:
+                arr = col.to_numpy().astype(np.int64)
+            self.columns[name] = torch.from_numpy(arr)
+        self.labels = torch.from_numpy(df[feature_map.labels[0]].to_numpy().astype(np.float32))
+        inv = {k: {i: tok for tok, i in vocab[k].items()} for k in ("user_id", "item_id")}
+        self.users = np.array([inv["user_id"][u] for u in df["user_id"].to_list()])
+        self.items = np.array([inv["item_id"][i] for i in df["item_id"].to_list()])
+
+    def positions(self, pos: np.ndarray, users: np.ndarray, items: np.ndarray, split: str) -> torch.Tensor:
+        """The plan's row positions, checked: FuxiCTR's encoded split keeps the raw file's row
+        order, so each position must decode to the plan's (user_id, item_id), or to OOV where the
+        value is not in the train vocabulary."""
+        ok = (((self.users[pos] == users) | (self.users[pos] == "__OOV__"))
+              & ((self.items[pos] == items) | (self.items[pos] == "__OOV__")))
+        if not ok.all():
+            raise SystemExit(f"{split}: {int((~ok).sum())} plan rows decode to other (user_id, item_id) "
+                             "in FuxiCTR's encoded split (row order differs)")
+        return torch.from_numpy(pos.astype(np.int64))
+
+    def batch(self, pos: torch.Tensor) -> dict:
+        out = {k: v[pos] for k, v in self.columns.items()}
+        out["label"] = self.labels[pos]
+        return out
+
+
+def cmd_replay(args) -> None:
+    plan = np.load(args.plan)
+    seed, batch_size, epochs = int(plan["seed"]), int(plan["batch_size"]), int(plan["epochs"])
+    model, feature_map = build_model(args.work, seed)
+    model.load_state_dict(torch.load(args.work / "init.pt"))
+    model._max_gradient_norm = 10.0                                    # BaseModel.fit's default
+    train = Rows(args.work, "train", feature_map)
+    valid = Rows(args.work, "valid", feature_map)
+    order = train.positions(plan["train_pos"], plan["train_user"], plan["train_item"], "train").view(epochs, -1)
+    valid_pos = valid.positions(plan["valid_pos"], plan["valid_user"], plan["valid_item"], "valid")
+    if not torch.equal(valid.labels[valid_pos], torch.from_numpy(plan["valid_label"].astype(np.float32))):
+        raise SystemExit("valid labels of the plan's rows differ from FuxiCTR's encoded split")
+
+    def score() -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            probs = [model.forward(valid.batch(valid_pos[i:i + 8192]))["y_pred"].reshape(-1)
+                     for i in range(0, len(valid_pos), 8192)]
+        model.train()
+        return torch.cat(probs).numpy()
+
+    out = {"epoch_0": score()}
+    losses = []
+    model.train()
+    for e in range(epochs):
+        for i in range(0, order.shape[1], batch_size):
+            losses.append(float(model.train_step(train.batch(order[e, i:i + batch_size]))))
+        out[f"epoch_{e + 1}"] = score()
+    np.savez(args.out, losses=np.array(losses), **out)
+    print(json.dumps({"out": str(args.out), "steps": len(losses)}))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("init")
+    a.add_argument("--data", required=True, type=Path)
+    a.add_argument("--work", required=True, type=Path)
+    a.add_argument("--seed", type=int, default=2019)
+    b = sub.add_parser("replay")
+    b.add_argument("--work", required=True, type=Path)
+    b.add_argument("--plan", required=True, type=Path)
+    b.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    (cmd_init if args.cmd == "init" else cmd_replay)(args)
+
+
+if __name__ == "__main__":
+    main()
