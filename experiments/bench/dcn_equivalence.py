@@ -1,11 +1,13 @@
 """Is recsys's DCN-v2 the same computation as FuxiCTR's DCNv2? Same start, same batches, compare.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/dcn_equivalence.py --seed 2019 --epochs 2
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/dcn_equivalence.py --dataset adult --seed 2019
 
 Both sides train from the *same* initial weights on the *same* rows in the *same* order, each with
 its own code for everything that could differ: its own vocabulary and encoding of the ml100k-ctr
-split (ours: ``CTRDataModule`` as ``experiments/dcn_v2_ml100k.yaml`` configures it; FuxiCTR: its
-``FeatureProcessor``), its own model (ours: ``recsys.models.DCNv2`` with the config's arguments;
+split, or of Adult (``--dataset adult``: numeric fields standardized and embedded as ``x * v``)
+(ours: ``CTRDataModule`` as ``experiments/dcn_v2_ml100k.yaml`` configures it, with the data set
+swapped as ``ctr_models.py`` does; FuxiCTR: its ``FeatureProcessor``), its own model (ours: ``recsys.models.DCNv2`` with the config's arguments;
 FuxiCTR: ``peers/fuxictr_dcnv2.py``), its own loss and its own optimizer (ours: the Adam of
 ``RankingTask.configure_optimizers`` with the config's lr, gradients clipped to norm 10 as the
 config's ``gradient_clip_val``; FuxiCTR: ``BaseModel.train_step``). Only the random draws are
@@ -35,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 import yaml
@@ -54,14 +57,19 @@ def peer(*args: str) -> None:
         sys.exit(f"peer {args[0]} failed (rc {res.returncode}):\n{res.stderr[-4000:]}")
 
 
-def build_ours(seed: int):
+def build_ours(seed: int, dataset: str):
     """The config's data module and model (the model's own init is overwritten below)."""
+    from ctr_models import data_overrides
+
     from recsys.data import CTRDataModule
     from recsys.models import DCNv2
     from recsys.tasks.ranking import RankingTask
 
     cfg = yaml.safe_load(CONFIG.read_text())
     data_args = dict(cfg["data"]["init_args"], seed=seed)
+    ov = data_overrides(dataset, 0)
+    if ov:
+        data_args["dataset"], data_args["dataset_options"] = ov[1], json.loads(ov[3])
     dm = CTRDataModule(**data_args)
     dm.setup("fit")
     task_args = {k: v for k, v in cfg["model"]["init_args"].items() if k != "model"}
@@ -73,38 +81,43 @@ def build_ours(seed: int):
 
 def fx_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
     """FuxiCTR's state dict in our model's layout: embedding rows re-indexed through the two
-    vocabularies, the cross / DNN / output weights permuted to our field order."""
+    vocabularies, numeric vectors from its ``Linear(1, D)`` weights, the cross / DNN / output
+    weights permuted from its field order to ours."""
     ours = {}
-    d = net.embedding.field_names
-    emb_dim = fx["fc.weight"].shape[1] - fx["dnn.mlp.2.weight"].shape[0]
-    width = emb_dim // len(d)
-    fx_fields = [k.split(".")[-2] for k in fx if k.startswith("embedding_layer.") and k.endswith(".weight")]
-    perm = torch.cat([torch.arange(width) + width * fx_fields.index(f) for f in d])  # ours dim j <- fx dim perm[j]
-    for name, table in fx.items():
-        if not name.startswith("embedding_layer."):
-            continue
-        feat = name.split(".")[-2]
-        key = f"embedding.ebc.embedding_bags.{feat}.weight"
-        if key not in net.state_dict():
-            continue  # history: FuxiCTR's entry is item_id's table under a second name
-        enc = dm.features.encoder_of(dm.features.schema.field(feat))
-        tokens = vocab[feat]
+    fields = net.embedding.field_names
+    prefix = "embedding_layer.embedding_layer.embedding_layers."
+    fx_fields = [k[len(prefix):-len(".weight")] for k in fx if k.startswith(prefix)]
+    if sorted(fx_fields) != sorted(fields):
+        sys.exit(f"fields differ: FuxiCTR {fx_fields}, ours {fields}")
+    width = fx["crossnet.cross_layers.0.weight"].shape[0] // len(fields)
+    perm = torch.cat([torch.arange(width) + width * fx_fields.index(f) for f in fields])  # ours dim j <- fx dim perm[j]
+    schema = dm.features.schema
+    dense = [f.name for f in schema.dense_fields]
+    if dense:
+        ours["embedding.numeric.weight"] = torch.stack([fx[f"{prefix}{f}.weight"][:, 0] for f in dense])
+    for f in schema.fields:
+        key = f"embedding.ebc.embedding_bags.{f.name}.weight"
+        if f.name in dense or key not in net.state_dict():
+            continue  # a sequence sharing a table: FuxiCTR's entry is the owner's table under a second name
+        enc = dm.features.encoder_of(f)
+        tokens = vocab[f.name]
+        if len(tokens) != len(enc.values_) + len(FX_SPECIAL) + ("" in tokens):
+            sys.exit(f"{f.name}: FuxiCTR has {len(tokens)} tokens, we have {len(enc.values_)} values")
         rows = torch.empty(2 + len(enc.values_), dtype=torch.int64)
         rows[0] = tokens["__OOV__"]                                   # our OOV id
-        rows[1] = tokens["__PAD__"]                                   # our missing id (no nulls in ml100k-ctr)
+        rows[1] = tokens.get("", tokens["__PAD__"])                   # our missing id: FuxiCTR's "" (it fills nulls)
         rows[2:] = torch.tensor([tokens[str(v)] for v in enc.values_])
-        if len(tokens) != len(enc.values_) + len(FX_SPECIAL):
-            sys.exit(f"{feat}: FuxiCTR has {len(tokens) - 2} tokens, we have {len(enc.values_)}")
-        ours[key] = table[rows]
-    for i in range(3):
+        ours[key] = fx[f"{prefix}{f.name}.weight"][rows]
+    i = 0
+    while f"crossnet.cross_layers.{i}.weight" in fx:
         ours[f"cross.layers.{i}.weight"] = fx[f"crossnet.cross_layers.{i}.weight"][perm][:, perm]
         ours[f"cross.layers.{i}.bias"] = fx[f"crossnet.cross_layers.{i}.bias"][perm]
-    ours["dnn.net.0.weight"] = fx["dnn.mlp.0.weight"][:, perm]
-    ours["dnn.net.0.bias"] = fx["dnn.mlp.0.bias"]
-    ours["dnn.net.2.weight"] = fx["dnn.mlp.2.weight"]
-    ours["dnn.net.2.bias"] = fx["dnn.mlp.2.bias"]
+        i += 1
+    for k, v in fx.items():
+        if k.startswith("dnn.mlp."):
+            ours["dnn.net." + k[len("dnn.mlp."):]] = v[:, perm] if k == "dnn.mlp.0.weight" else v
     out_w = fx["fc.weight"].clone()
-    out_w[:, :emb_dim] = fx["fc.weight"][:, perm]
+    out_w[:, :len(perm)] = fx["fc.weight"][:, perm]
     ours["out.weight"] = out_w
     ours["out.bias"] = fx["fc.bias"]
     missing = set(net.state_dict()) - set(ours)
@@ -121,6 +134,7 @@ def auc(p: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=["ml100k", "adult"], default="ml100k")
     ap.add_argument("--seed", type=int, default=2019)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1024)
@@ -130,23 +144,29 @@ def main() -> None:
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="dcn_eq_"))
     sys.path.insert(0, str(BENCH))
-    from ctr_models import write_splits
+    from ctr_models import write_splits, write_table_splits
 
-    data = write_splits(work / "splits")
-    peer("init", "--data", str(data), "--work", str(work / "peer"), "--seed", str(args.seed))
-    vocab = json.loads((work / "peer" / "data" / "ml100k_ctr" / "feature_vocab.json").read_text())
+    if args.dataset == "ml100k":
+        data, table = write_splits(work / "splits"), []
+    else:
+        data = write_table_splits(args.dataset, work / "splits")
+        table = ["--features", str(data / "features.json")]
+    peer("init", "--data", str(data), "--work", str(work / "peer"), "--seed", str(args.seed), *table)
+    ds_id = (work / "peer" / "dataset_id").read_text().strip()
+    vocab = json.loads((work / "peer" / "data" / ds_id / "feature_vocab.json").read_text())
 
-    dm, net, task, clip = build_ours(args.seed)
+    dm, net, task, clip = build_ours(args.seed, args.dataset)
     net.load_state_dict(fx_to_ours(torch.load(work / "peer" / "init.pt"), net, dm, vocab))
     train, valid = dm.dataset_for("train"), dm.dataset_for("valid")
     tf, vf = dm.frame("train"), dm.frame("valid")
     rng = np.random.default_rng(args.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(args.epochs)])
     plan = dict(seed=args.seed, batch_size=args.batch_size, epochs=args.epochs, train_pos=order,
-                valid_pos=np.arange(len(vf)), train_user=tf["user_id"].to_numpy()[order].astype(str),
-                train_item=tf["item_id"].to_numpy()[order].astype(str),
-                valid_user=vf["user_id"].to_numpy().astype(str), valid_item=vf["item_id"].to_numpy().astype(str),
-                valid_label=vf["label"].to_numpy())
+                valid_pos=np.arange(len(vf)), valid_label=valid.labels.numpy())
+    for f in dm.features.schema.fields:
+        if f.kind == "categorical":  # raw values as FuxiCTR's strings, for the peer's row check
+            for split, frame in (("train", tf), ("valid", vf)):
+                plan[f"{split}/{f.name}"] = frame[f.name].cast(pl.String).fill_null("").to_numpy().astype(str)
     np.savez(work / "plan.npz", **plan)
     peer("replay", "--work", str(work / "peer"), "--plan", str(work / "plan.npz"), "--out", str(work / "fx.npz"))
     fx = np.load(work / "fx.npz")
@@ -179,7 +199,7 @@ def main() -> None:
         ours[f"epoch_{e + 1}"] = score()
 
     rows = []
-    print(f"seed {args.seed}, {len(train):,} train rows x {args.epochs} epochs, batch {args.batch_size}, "
+    print(f"{args.dataset}, seed {args.seed}, {len(train):,} train rows x {args.epochs} epochs, batch {args.batch_size}, "
           f"{len(y):,} valid rows")
     print(f"{'after':>8} {'max |p_ours - p_fx|':>20} {'valid AUC ours':>15} {'valid AUC FuxiCTR':>18} {'diff':>8}")
     for e in range(args.epochs + 1):
@@ -193,8 +213,9 @@ def main() -> None:
     at = [s for s in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if s <= len(gaps)]
     print("train loss gap |ours - FuxiCTR| at step " + ", ".join(f"{s}: {gaps[s - 1]:.1e}" for s in at)
           + f"; largest {gaps.max():.1e}")
+    np.save(work / "ours_losses.npy", lo)
     if args.out:
-        args.out.write_text(json.dumps({"seed": args.seed, "epochs": rows,
+        args.out.write_text(json.dumps({"dataset": args.dataset, "seed": args.seed, "epochs": rows,
                                         "max_step_loss_gap": float(gaps.max()),
                                         "step_loss_gap": {s: float(gaps[s - 1]) for s in at}}, indent=2) + "\n")
 

@@ -2,23 +2,26 @@
 ``experiments/bench/dcn_equivalence.py``. Run with the PEER venv's python:
 
     experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2_replay.py \\
-        init --data DIR --work WORK --seed 2019
+        init --data DIR --work WORK --seed 2019 [--features DIR/features.json]
     experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2_replay.py \\
         replay --work WORK --plan PLAN.npz --out PRED.npz
 
-``init``: FuxiCTR's own preprocessing of the ml100k-ctr split (``fuxictr_deepfm.py``'s
-``prepare_splits`` / ``feature_cols`` / ``build_dataset``, min_categr_count 1), then the DCNv2 of
+``init``: FuxiCTR's own preprocessing of the ml100k-ctr split, or of a flat table with ``--features``
+(Adult; ``fuxictr_deepfm.py``'s ``prepare_splits`` / ``feature_cols`` or their ``_table`` twins,
+``build_dataset``, min_categr_count 1), then the DCNv2 of
 ``fuxictr_dcnv2.py`` built with the seed (FuxiCTR's ``reset_parameters``: Xavier Linears, embedding
 N(0, 1e-4^2)); writes ``WORK/init.pt`` (its state dict), and FuxiCTR's vocabulary and encoded splits
-stay in ``WORK/data/ml100k_ctr`` for the other side to read.
+stay in ``WORK/data/<dataset_id>`` for the other side to read (``WORK/dataset_id`` names it).
 
 ``replay``: the same model loaded from ``init.pt``, trained with FuxiCTR's own ``train_step``
 (zero_grad, forward, BCE on the sigmoid output, backward, ``clip_grad_norm_`` 10, its Adam) on
 batches taken from FuxiCTR's encoded train split in the order ``PLAN.npz`` gives (``train_pos``:
-row positions, one per step slot, with their raw ``train_user`` / ``train_item`` to check them;
-``batch_size``; ``epochs``); after each epoch (and before the first) it scores the valid rows in the
-plan's order (``valid_pos`` / ``valid_user`` / ``valid_item``) and writes the probabilities to
-``PRED.npz`` as ``epoch_0`` ... ``epoch_E``, and the per-step train losses as ``losses``.
+row positions, one per step slot; ``batch_size``; ``epochs``); after each epoch (and before the
+first) it scores the valid rows in the plan's order (``valid_pos``) and writes the probabilities to
+``PRED.npz`` as ``epoch_0`` ... ``epoch_E``, and the per-step train losses as ``losses``. The plan
+also carries every categorical field's raw values (``train/<field>``, ``valid/<field>``, as
+strings, null as ""): each position must decode to them in FuxiCTR's encoded split (or to OOV,
+for a value the train split lacks), which checks that both sides mean the same rows.
 """
 
 from __future__ import annotations
@@ -39,22 +42,24 @@ from fuxictr.features import FeatureMap  # noqa: E402
 from fuxictr.preprocess import FeatureProcessor, build_dataset  # noqa: E402
 from fuxictr.pytorch.torch_utils import seed_everything  # noqa: E402
 
-DATASET_ID = driver.DATASET_ID
-
-
 def params_for(work: Path, seed: int) -> dict:
     params = dict(driver.COMMON_PARAMS)
     params.update(driver.MODELS["DCNv2"]["params"])
-    params.update(model_id=f"DCNv2_replay_{seed}", dataset_id=DATASET_ID, data_root=str(work / "data"),
+    params.update(model_id=f"DCNv2_replay_{seed}", dataset_id=dataset_id(work), data_root=str(work / "data"),
                   model_root=str(work / "ckpt"), data_format="parquet", seed=seed, gpu=-1, verbose=0,
                   min_categr_count=1)
     return params
 
 
+def dataset_id(work: Path) -> str:
+    return (work / "dataset_id").read_text().strip()
+
+
 def build_model(work: Path, seed: int):
     params = params_for(work, seed)
-    feature_map = FeatureMap(DATASET_ID, str(work / "data" / DATASET_ID))
-    feature_map.load(str(work / "data" / DATASET_ID / "feature_map.json"), params)
+    root = work / "data" / dataset_id(work)
+    feature_map = FeatureMap(dataset_id(work), str(root))
+    feature_map.load(str(root / "feature_map.json"), params)
     seed_everything(seed=seed)
     return fuxictr_dcnv2.DCNv2(feature_map, **params), feature_map
 
@@ -62,10 +67,17 @@ def build_model(work: Path, seed: int):
 def cmd_init(args) -> None:
     spec = driver.MODELS["DCNv2"]
     raw = args.work / "raw"
-    driver.prepare_splits(args.data, raw, spec["history_max_len"])
-    processor = FeatureProcessor(feature_cols=driver.feature_cols(spec),
-                                 label_col={"name": driver.LABEL, "dtype": "float"},
-                                 dataset_id=DATASET_ID, data_root=str(args.work / "data"))
+    table = json.loads(args.features.read_text()) if args.features else None
+    if table is None:
+        driver.prepare_splits(args.data, raw, spec["history_max_len"])
+        cols, ds_id = driver.feature_cols(spec), driver.DATASET_ID
+    else:
+        driver.prepare_splits_table(args.data, raw, table)
+        cols, ds_id = driver.feature_cols_table(table), table["dataset_id"]
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "dataset_id").write_text(ds_id)
+    processor = FeatureProcessor(feature_cols=cols, label_col={"name": driver.LABEL, "dtype": "float"},
+                                 dataset_id=ds_id, data_root=str(args.work / "data"))
     build_dataset(processor, train_data=str(raw / "train.parquet"), valid_data=str(raw / "valid.parquet"),
                   test_data=str(raw / "test.parquet"), data_format="parquet", min_categr_count=1)
     model, _ = build_model(args.work, args.seed)
@@ -75,10 +87,11 @@ def cmd_init(args) -> None:
 
 
 class Rows:
-    """FuxiCTR's encoded split as tensors, looked up by raw (user_id, item_id)."""
+    """FuxiCTR's encoded split as tensors, by row position."""
 
     def __init__(self, work: Path, split: str, feature_map):
-        root = work / "data" / DATASET_ID
+        self.split = split
+        root = work / "data" / dataset_id(work)
         vocab = json.loads((root / "feature_vocab.json").read_text())
         df = pl.read_parquet(root / f"{split}.parquet")
         self.columns = {}
@@ -86,23 +99,24 @@ class Rows:
             col = df[name]
             if spec["type"] == "sequence":
                 arr = np.stack(col.to_list()).astype(np.int64)          # fixed max_len, padded
+            elif spec["type"] == "numeric":
+                arr = col.to_numpy().astype(np.float32)
             else:
                 arr = col.to_numpy().astype(np.int64)
             self.columns[name] = torch.from_numpy(arr)
         self.labels = torch.from_numpy(df[feature_map.labels[0]].to_numpy().astype(np.float32))
-        inv = {k: {i: tok for tok, i in vocab[k].items()} for k in ("user_id", "item_id")}
-        self.users = np.array([inv["user_id"][u] for u in df["user_id"].to_list()])
-        self.items = np.array([inv["item_id"][i] for i in df["item_id"].to_list()])
+        self.tokens = {name: np.array([t for t, _ in sorted(vocab[name].items(), key=lambda kv: kv[1])])[
+            df[name].to_numpy()] for name, spec in feature_map.features.items() if spec["type"] == "categorical"}
 
-    def positions(self, pos: np.ndarray, users: np.ndarray, items: np.ndarray, split: str) -> torch.Tensor:
-        """The plan's row positions, checked: FuxiCTR's encoded split keeps the raw file's row
-        order, so each position must decode to the plan's (user_id, item_id), or to OOV where the
-        value is not in the train vocabulary."""
-        ok = (((self.users[pos] == users) | (self.users[pos] == "__OOV__"))
-              & ((self.items[pos] == items) | (self.items[pos] == "__OOV__")))
-        if not ok.all():
-            raise SystemExit(f"{split}: {int((~ok).sum())} plan rows decode to other (user_id, item_id) "
-                             "in FuxiCTR's encoded split (row order differs)")
+    def positions(self, pos: np.ndarray, plan) -> torch.Tensor:
+        """The plan's row positions, once every row of the split is checked field by field against
+        the plan's raw values (see the module docstring)."""
+        for name, tokens in self.tokens.items():
+            raw = plan[f"{self.split}/{name}"]                         # every row, in our order
+            ok = (tokens == raw) | (tokens == "__OOV__") if len(raw) == len(tokens) else np.zeros(1, bool)
+            if not ok.all():
+                raise SystemExit(f"{self.split}: {int((~ok).sum())} plan rows decode to another {name} in FuxiCTR's "
+                                 "encoded split (the row order differs)")
         return torch.from_numpy(pos.astype(np.int64))
 
     def batch(self, pos: torch.Tensor) -> dict:
@@ -119,8 +133,8 @@ def cmd_replay(args) -> None:
     model._max_gradient_norm = 10.0                                    # BaseModel.fit's default
     train = Rows(args.work, "train", feature_map)
     valid = Rows(args.work, "valid", feature_map)
-    order = train.positions(plan["train_pos"], plan["train_user"], plan["train_item"], "train").view(epochs, -1)
-    valid_pos = valid.positions(plan["valid_pos"], plan["valid_user"], plan["valid_item"], "valid")
+    order = train.positions(plan["train_pos"], plan).view(epochs, -1)
+    valid_pos = valid.positions(plan["valid_pos"], plan)
     if not torch.equal(valid.labels[valid_pos], torch.from_numpy(plan["valid_label"].astype(np.float32))):
         raise SystemExit("valid labels of the plan's rows differ from FuxiCTR's encoded split")
 
@@ -150,6 +164,7 @@ def main(argv=None) -> None:
     a.add_argument("--data", required=True, type=Path)
     a.add_argument("--work", required=True, type=Path)
     a.add_argument("--seed", type=int, default=2019)
+    a.add_argument("--features", type=Path, default=None, help="a flat table's features.json (ctr_models.py)")
     b = sub.add_parser("replay")
     b.add_argument("--work", required=True, type=Path)
     b.add_argument("--plan", required=True, type=Path)
