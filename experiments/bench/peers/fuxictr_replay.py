@@ -1,16 +1,16 @@
-"""FuxiCTR 2.3.10's DCNv2 driven step by step from outside: the peer half of
-``experiments/bench/dcn_equivalence.py``. Run with the PEER venv's python:
+"""A FuxiCTR 2.3.10 model (DCNv2, AutoIntPlus, ...) driven step by step from outside: the peer half
+of ``experiments/bench/replay_fuxictr.py``. Run with the PEER venv's python:
 
-    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2_replay.py \\
-        init --data DIR --work WORK --seed 2019 [--features DIR/features.json]
-    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_dcnv2_replay.py \\
+    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_replay.py \\
+        init --model DCNv2 --data DIR --work WORK --seed 2019 [--features DIR/features.json]
+    experiments/bench/.venv-peers/bin/python experiments/bench/peers/fuxictr_replay.py \\
         replay --work WORK --plan PLAN.npz --out PRED.npz
 
 ``init``: FuxiCTR's own preprocessing of the ml100k-ctr split, or of a flat table with ``--features``
 (Adult; ``fuxictr_deepfm.py``'s ``prepare_splits`` / ``feature_cols`` or their ``_table`` twins,
-``build_dataset``, min_categr_count 1), then the DCNv2 of
-``fuxictr_dcnv2.py`` built with the seed (FuxiCTR's ``reset_parameters``: Xavier Linears, embedding
-N(0, 1e-4^2)); writes ``WORK/init.pt`` (its state dict), and FuxiCTR's vocabulary and encoded splits
+``build_dataset``, min_categr_count 1), then the model (``--model``: a name of the driver's
+``MODELS``, composed by its ``BUILDERS``; ``DCNv2`` from ``fuxictr_dcnv2.py``) built with the seed
+(FuxiCTR's ``reset_parameters``: Xavier Linears, embedding N(0, 1e-4^2)); writes ``WORK/init.pt`` (its state dict), and FuxiCTR's vocabulary and encoded splits
 stay in ``WORK/data/<dataset_id>`` for the other side to read (``WORK/dataset_id`` names it).
 
 ``replay``: the same model loaded from ``init.pt``, trained with FuxiCTR's own ``train_step``
@@ -36,7 +36,7 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fuxictr_dcnv2  # noqa: E402,F401  (registers DCNv2 in the driver's MODELS)
+import fuxictr_dcnv2  # noqa: E402  (registers DCNv2 in the driver's MODELS)
 import fuxictr_deepfm as driver  # noqa: E402
 from fuxictr.features import FeatureMap  # noqa: E402
 from fuxictr.preprocess import FeatureProcessor, build_dataset  # noqa: E402
@@ -44,8 +44,8 @@ from fuxictr.pytorch.torch_utils import seed_everything  # noqa: E402
 
 def params_for(work: Path, seed: int) -> dict:
     params = dict(driver.COMMON_PARAMS)
-    params.update(driver.MODELS["DCNv2"]["params"])
-    params.update(model_id=f"DCNv2_replay_{seed}", dataset_id=dataset_id(work), data_root=str(work / "data"),
+    params.update(driver.MODELS[model_name(work)]["params"])
+    params.update(model_id=f"{model_name(work)}_replay_{seed}", dataset_id=dataset_id(work), data_root=str(work / "data"),
                   model_root=str(work / "ckpt"), data_format="parquet", seed=seed, gpu=-1, verbose=0,
                   min_categr_count=1)
     return params
@@ -55,17 +55,23 @@ def dataset_id(work: Path) -> str:
     return (work / "dataset_id").read_text().strip()
 
 
+def model_name(work: Path) -> str:
+    return (work / "model").read_text().strip()
+
+
 def build_model(work: Path, seed: int):
     params = params_for(work, seed)
     root = work / "data" / dataset_id(work)
     feature_map = FeatureMap(dataset_id(work), str(root))
     feature_map.load(str(root / "feature_map.json"), params)
     seed_everything(seed=seed)
-    return fuxictr_dcnv2.DCNv2(feature_map, **params), feature_map
+    name = model_name(work)
+    cls = fuxictr_dcnv2.DCNv2 if name == "DCNv2" else driver.BUILDERS[name]
+    return cls(feature_map, **params), feature_map
 
 
 def cmd_init(args) -> None:
-    spec = driver.MODELS["DCNv2"]
+    spec = driver.MODELS[args.model]
     raw = args.work / "raw"
     table = json.loads(args.features.read_text()) if args.features else None
     if table is None:
@@ -76,6 +82,7 @@ def cmd_init(args) -> None:
         cols, ds_id = driver.feature_cols_table(table), table["dataset_id"]
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "dataset_id").write_text(ds_id)
+    (args.work / "model").write_text(args.model)
     processor = FeatureProcessor(feature_cols=cols, label_col={"name": driver.LABEL, "dtype": "float"},
                                  dataset_id=ds_id, data_root=str(args.work / "data"))
     build_dataset(processor, train_data=str(raw / "train.parquet"), valid_data=str(raw / "valid.parquet"),
@@ -161,6 +168,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("init")
+    a.add_argument("--model", default="DCNv2", choices=sorted(driver.MODELS))
     a.add_argument("--data", required=True, type=Path)
     a.add_argument("--work", required=True, type=Path)
     a.add_argument("--seed", type=int, default=2019)

@@ -1,29 +1,34 @@
-"""Is recsys's DCN-v2 the same computation as FuxiCTR's DCNv2? Same start, same batches, compare.
+"""Is a recsys model the same computation as FuxiCTR's? Same start, same batches, compare.
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/dcn_equivalence.py --seed 2019 --epochs 2
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/dcn_equivalence.py --dataset adult --seed 2019
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/replay_fuxictr.py --model dcn_v2 --seed 2019 --epochs 4
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/replay_fuxictr.py --model dcn_v2 --dataset adult
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/replay_fuxictr.py --model autoint_plus --batch-size 4096
+
+Models: ``dcn_v2`` (FuxiCTR's DCNv2, ``peers/fuxictr_dcnv2.py``) and ``autoint_plus`` (the
+driver's AutoInt with a DNN, ``peers/fuxictr_deepfm.py``; ours with ``residual: auto`` as
+``ctr_models.py`` runs it, FuxiCTR's residual).
 
 Both sides train from the *same* initial weights on the *same* rows in the *same* order, each with
 its own code for everything that could differ: its own vocabulary and encoding of the ml100k-ctr
 split, or of Adult (``--dataset adult``: numeric fields standardized and embedded as ``x * v``)
-(ours: ``CTRDataModule`` as ``experiments/dcn_v2_ml100k.yaml`` configures it, with the data set
-swapped as ``ctr_models.py`` does; FuxiCTR: its ``FeatureProcessor``), its own model (ours: ``recsys.models.DCNv2`` with the config's arguments;
-FuxiCTR: ``peers/fuxictr_dcnv2.py``), its own loss and its own optimizer (ours: the Adam of
-``RankingTask.configure_optimizers`` with the config's lr, gradients clipped to norm 10 as the
-config's ``gradient_clip_val``; FuxiCTR: ``BaseModel.train_step``). Only the random draws are
-shared: FuxiCTR draws the initial weights (its ``reset_parameters``, with the seed), and they are
-copied into our model through the two vocabularies (token -> row) and the two field orders;
-this script draws the row order (a seeded permutation per epoch, batch 1024).
+(ours: ``CTRDataModule`` as ``experiments/<model>_ml100k.yaml`` configures it, with the data set
+swapped as ``ctr_models.py`` does; FuxiCTR: its ``FeatureProcessor``), its own model, its own loss
+and its own optimizer (ours: the Adam of ``RankingTask.configure_optimizers`` with the config's
+arguments, gradients clipped as the config's ``gradient_clip_val``, if it has one; FuxiCTR:
+``BaseModel.train_step``, clip 10). Only the random draws are shared: FuxiCTR draws the initial
+weights (its ``reset_parameters``, with the seed), and they are copied into our model through the
+two vocabularies (token -> row) and the two field orders; this script draws the row order (a
+seeded permutation per epoch).
 
 Prints, for the valid split: the largest gap between the two sides' predicted probabilities
-before training and after each epoch, and both sides' valid AUC after each epoch. If the two
-implementations are the same computation, the gaps stay at float rounding (the two pool lists and
-sum in different orders) and the AUCs agree to ~1e-4; a real difference (an encoding, a layer, the
-loss, the optimizer) shows up as a gap that the first epochs make large.
+before training and after each epoch, both sides' valid AUC after each epoch, and the per-step
+train-loss gap. If the two implementations are the same computation, the gaps stay at float
+rounding (the two pool lists and sum in different orders) and the AUCs agree to ~1e-4; a real
+difference (an encoding, a layer, the loss, the optimizer) shows up as a gap that the first
+epochs make large.
 
-What this does not replay: the epoch-level control (early stopping on valid AUC with patience 2,
-lr x0.1 after an epoch without a gain > 1e-6, reload of the best epoch), which the config sets to
-FuxiCTR's values and which ``ctr_models.py`` exercises in full runs.
+What this does not replay: the epoch-level control (early stopping on valid AUC, lr x0.1 after an
+epoch without a gain, reload of the best epoch), which ``ctr_models.py`` exercises in full runs.
 """
 
 from __future__ import annotations
@@ -45,8 +50,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = Path(__file__).resolve().parent
 PEER_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
-PEER = BENCH / "peers" / "fuxictr_dcnv2_replay.py"
-CONFIG = ROOT / "experiments" / "dcn_v2_ml100k.yaml"
+PEER = BENCH / "peers" / "fuxictr_replay.py"
 FX_SPECIAL = ("__PAD__", "__OOV__")
 
 
@@ -57,44 +61,51 @@ def peer(*args: str) -> None:
         sys.exit(f"peer {args[0]} failed (rc {res.returncode}):\n{res.stderr[-4000:]}")
 
 
-def build_ours(seed: int, dataset: str):
-    """The config's data module and model (the model's own init is overwritten below)."""
+def build_ours(model: str, seed: int, dataset: str, batch_size: int):
+    """The config's data module and model (the model's own init is overwritten below), the task,
+    and the config's gradient clip (None: no clipping)."""
+    import importlib
+
     from ctr_models import data_overrides
 
     from recsys.data import CTRDataModule
-    from recsys.models import DCNv2
     from recsys.tasks.ranking import RankingTask
 
-    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg = yaml.safe_load((ROOT / "experiments" / f"{model}_ml100k.yaml").read_text())
     data_args = dict(cfg["data"]["init_args"], seed=seed)
     ov = data_overrides(dataset, 0)
     if ov:
         data_args["dataset"], data_args["dataset_options"] = ov[1], json.loads(ov[3])
+    data_args["batch_size"] = batch_size
     dm = CTRDataModule(**data_args)
     dm.setup("fit")
     task_args = {k: v for k, v in cfg["model"]["init_args"].items() if k != "model"}
-    net = DCNv2(dm.features, **cfg["model"]["init_args"]["model"]["init_args"])
+    spec = cfg["model"]["init_args"]["model"]
+    mod, cls = spec["class_path"].rsplit(".", 1)
+    init = dict(spec.get("init_args", {}))
+    if model.startswith("autoint"):
+        init["residual"] = "auto"  # as ctr_models.py runs it (FuxiCTR's residual)
+    net = getattr(importlib.import_module(mod), cls)(dm.features, **init)
     task = RankingTask(model=net, features=dm.features, **task_args)
-    clip = float(cfg["trainer"]["gradient_clip_val"])
-    return dm, net, task, clip
+    clip = cfg["trainer"].get("gradient_clip_val")
+    return dm, net, task, None if clip is None else float(clip)
 
 
-def fx_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
-    """FuxiCTR's state dict in our model's layout: embedding rows re-indexed through the two
-    vocabularies, numeric vectors from its ``Linear(1, D)`` weights, the cross / DNN / output
-    weights permuted from its field order to ours."""
+PREFIX = "embedding_layer.embedding_layer.embedding_layers."
+
+
+def embeddings_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> tuple[dict, list[str]]:
+    """Our embedding tables from FuxiCTR's (rows re-indexed through the two vocabularies; numeric
+    vectors from its ``Linear(1, D)`` weights), and FuxiCTR's field order."""
     ours = {}
     fields = net.embedding.field_names
-    prefix = "embedding_layer.embedding_layer.embedding_layers."
-    fx_fields = [k[len(prefix):-len(".weight")] for k in fx if k.startswith(prefix)]
+    fx_fields = [k[len(PREFIX):-len(".weight")] for k in fx if k.startswith(PREFIX)]
     if sorted(fx_fields) != sorted(fields):
         sys.exit(f"fields differ: FuxiCTR {fx_fields}, ours {fields}")
-    width = fx["crossnet.cross_layers.0.weight"].shape[0] // len(fields)
-    perm = torch.cat([torch.arange(width) + width * fx_fields.index(f) for f in fields])  # ours dim j <- fx dim perm[j]
     schema = dm.features.schema
     dense = [f.name for f in schema.dense_fields]
     if dense:
-        ours["embedding.numeric.weight"] = torch.stack([fx[f"{prefix}{f}.weight"][:, 0] for f in dense])
+        ours["embedding.numeric.weight"] = torch.stack([fx[f"{PREFIX}{f}.weight"][:, 0] for f in dense])
     for f in schema.fields:
         key = f"embedding.ebc.embedding_bags.{f.name}.weight"
         if f.name in dense or key not in net.state_dict():
@@ -107,7 +118,21 @@ def fx_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, t
         rows[0] = tokens["__OOV__"]                                   # our OOV id
         rows[1] = tokens.get("", tokens["__PAD__"])                   # our missing id: FuxiCTR's "" (it fills nulls)
         rows[2:] = torch.tensor([tokens[str(v)] for v in enc.values_])
-        ours[key] = fx[f"{prefix}{f.name}.weight"][rows]
+        ours[key] = fx[f"{PREFIX}{f.name}.weight"][rows]
+    return ours, fx_fields
+
+
+def field_perm(fields: list[str], fx_fields: list[str], width: int) -> torch.Tensor:
+    """Index ``perm`` with ``ours_flat[j] = fx_flat[perm[j]]`` for ``[F * width]`` field-major vectors."""
+    return torch.cat([torch.arange(width) + width * fx_fields.index(f) for f in fields])
+
+
+def dcn_v2_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
+    """FuxiCTR's DCNv2 state dict in our DCNv2's layout: the cross / DNN / output weights permuted
+    from its field order to ours."""
+    ours, fx_fields = embeddings_to_ours(fx, net, dm, vocab)
+    fields = net.embedding.field_names
+    perm = field_perm(fields, fx_fields, fx["crossnet.cross_layers.0.weight"].shape[0] // len(fields))
     i = 0
     while f"crossnet.cross_layers.{i}.weight" in fx:
         ours[f"cross.layers.{i}.weight"] = fx[f"crossnet.cross_layers.{i}.weight"][perm][:, perm]
@@ -120,9 +145,46 @@ def fx_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, t
     out_w[:, :len(perm)] = fx["fc.weight"][:, perm]
     ours["out.weight"] = out_w
     ours["out.bias"] = fx["fc.bias"]
-    missing = set(net.state_dict()) - set(ours)
-    if missing:
-        sys.exit(f"no FuxiCTR counterpart for {sorted(missing)}")
+    return ours
+
+
+def autoint_plus_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
+    """FuxiCTR's AutoInt (with a DNN) in our AutoIntPlus's layout: our fused ``qkv`` is W_q, W_k,
+    W_v stacked by rows, ``res`` is W_res (layer 0 only: ``residual: auto``); attention treats the
+    fields as a set, so only ``fc`` (blocks of the attention width) and the DNN's first layer
+    (blocks of the embedding width) are permuted to our field order."""
+    ours, fx_fields = embeddings_to_ours(fx, net, dm, vocab)
+    fields = net.embedding.field_names
+    i = 0
+    while f"self_attention.{i}.W_q.weight" in fx:
+        ours[f"interacting.{i}.qkv.weight"] = torch.cat([fx[f"self_attention.{i}.W_{x}.weight"] for x in "qkv"])
+        if f"self_attention.{i}.W_res.weight" in fx:
+            ours[f"interacting.{i}.res.weight"] = fx[f"self_attention.{i}.W_res.weight"]
+        i += 1
+    att = fx["fc.weight"].shape[1] // len(fields)
+    ours["output.weight"] = fx["fc.weight"][:, field_perm(fields, fx_fields, att)]
+    ours["output.bias"] = fx["fc.bias"]
+    emb = fx["dnn.mlp.0.weight"].shape[1] // len(fields)
+    for k, v in fx.items():
+        if k.startswith("dnn.mlp."):
+            ours["dnn.net." + k[len("dnn.mlp."):]] = (v[:, field_perm(fields, fx_fields, emb)]
+                                                      if k == "dnn.mlp.0.weight" else v)
+    return ours
+
+
+# our config name -> (the driver's model name, the weight map)
+MODELS = {"dcn_v2": ("DCNv2", dcn_v2_to_ours), "autoint_plus": ("AutoIntPlus", autoint_plus_to_ours)}
+
+
+def fx_to_ours(model: str, fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
+    ours = MODELS[model][1](fx, net, dm, vocab)
+    want = net.state_dict()
+    missing, extra = set(want) - set(ours), set(ours) - set(want)
+    if missing or extra:
+        sys.exit(f"weight map: no FuxiCTR counterpart for {sorted(missing)}; not in our model: {sorted(extra)}")
+    bad = [k for k in want if want[k].shape != ours[k].shape]
+    if bad:
+        sys.exit(f"weight map: shapes differ for {bad}")
     return ours
 
 
@@ -134,6 +196,7 @@ def auc(p: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="dcn_v2")
     ap.add_argument("--dataset", choices=["ml100k", "adult"], default="ml100k")
     ap.add_argument("--seed", type=int, default=2019)
     ap.add_argument("--epochs", type=int, default=2)
@@ -142,7 +205,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    work = args.work or Path(tempfile.mkdtemp(prefix="dcn_eq_"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="replay_fuxictr_"))
     sys.path.insert(0, str(BENCH))
     from ctr_models import write_splits, write_table_splits
 
@@ -151,12 +214,12 @@ def main() -> None:
     else:
         data = write_table_splits(args.dataset, work / "splits")
         table = ["--features", str(data / "features.json")]
-    peer("init", "--data", str(data), "--work", str(work / "peer"), "--seed", str(args.seed), *table)
+    peer("init", "--model", MODELS[args.model][0], "--data", str(data), "--work", str(work / "peer"), "--seed", str(args.seed), *table)
     ds_id = (work / "peer" / "dataset_id").read_text().strip()
     vocab = json.loads((work / "peer" / "data" / ds_id / "feature_vocab.json").read_text())
 
-    dm, net, task, clip = build_ours(args.seed, args.dataset)
-    net.load_state_dict(fx_to_ours(torch.load(work / "peer" / "init.pt"), net, dm, vocab))
+    dm, net, task, clip = build_ours(args.model, args.seed, args.dataset, args.batch_size)
+    net.load_state_dict(fx_to_ours(args.model, torch.load(work / "peer" / "init.pt"), net, dm, vocab))
     train, valid = dm.dataset_for("train"), dm.dataset_for("valid")
     tf, vf = dm.frame("train"), dm.frame("valid")
     rng = np.random.default_rng(args.seed)
@@ -193,13 +256,14 @@ def main() -> None:
             loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             losses.append(float(loss.detach()))
         ours[f"epoch_{e + 1}"] = score()
 
     rows = []
-    print(f"{args.dataset}, seed {args.seed}, {len(train):,} train rows x {args.epochs} epochs, batch {args.batch_size}, "
+    print(f"{args.model}, {args.dataset}, seed {args.seed}, clip {clip} (FuxiCTR: 10), {len(train):,} train rows x {args.epochs} epochs, batch {args.batch_size}, "
           f"{len(y):,} valid rows")
     print(f"{'after':>8} {'max |p_ours - p_fx|':>20} {'valid AUC ours':>15} {'valid AUC FuxiCTR':>18} {'diff':>8}")
     for e in range(args.epochs + 1):
@@ -215,7 +279,7 @@ def main() -> None:
           + f"; largest {gaps.max():.1e}")
     np.save(work / "ours_losses.npy", lo)
     if args.out:
-        args.out.write_text(json.dumps({"dataset": args.dataset, "seed": args.seed, "epochs": rows,
+        args.out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "seed": args.seed, "epochs": rows,
                                         "max_step_loss_gap": float(gaps.max()),
                                         "step_loss_gap": {s: float(gaps[s - 1]) for s in at}}, indent=2) + "\n")
 
