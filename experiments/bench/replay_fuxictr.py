@@ -214,7 +214,8 @@ def main() -> None:
     else:
         data = write_table_splits(args.dataset, work / "splits")
         table = ["--features", str(data / "features.json")]
-    peer("init", "--model", MODELS[args.model][0], "--data", str(data), "--work", str(work / "peer"), "--seed", str(args.seed), *table)
+    peer("init", "--model", MODELS[args.model][0], "--data", str(data), "--work", str(work / "peer"),
+         "--seed", str(args.seed), *table)
     ds_id = (work / "peer" / "dataset_id").read_text().strip()
     vocab = json.loads((work / "peer" / "data" / ds_id / "feature_vocab.json").read_text())
 
@@ -253,6 +254,7 @@ def main() -> None:
     for e in range(args.epochs):
         for i in range(0, steps.shape[1], args.batch_size):
             batch = train[torch.from_numpy(steps[e, i:i + args.batch_size])]
+            # RankingTask's training loss for a model without auxiliary losses (DCN-v2, AutoInt+)
             loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
             opt.zero_grad()
             loss.backward()
@@ -263,8 +265,8 @@ def main() -> None:
         ours[f"epoch_{e + 1}"] = score()
 
     rows = []
-    print(f"{args.model}, {args.dataset}, seed {args.seed}, clip {clip} (FuxiCTR: 10), {len(train):,} train rows x {args.epochs} epochs, batch {args.batch_size}, "
-          f"{len(y):,} valid rows")
+    print(f"{args.model}, {args.dataset}, seed {args.seed}, clip {clip} (FuxiCTR: 10), {len(train):,} train rows "
+          f"x {args.epochs} epochs, batch {args.batch_size}, {len(y):,} valid rows (work folder {work})")
     print(f"{'after':>8} {'max |p_ours - p_fx|':>20} {'valid AUC ours':>15} {'valid AUC FuxiCTR':>18} {'diff':>8}")
     for e in range(args.epochs + 1):
         po, pf = ours[f"epoch_{e}"], fx[f"epoch_{e}"]
@@ -279,7 +281,8 @@ def main() -> None:
           + f"; largest {gaps.max():.1e}")
     np.save(work / "ours_losses.npy", lo)
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "seed": args.seed, "epochs": rows,
+        args.out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "seed": args.seed,
+                                        "batch_size": args.batch_size, "epochs": rows,
                                         "max_step_loss_gap": float(gaps.max()),
                                         "step_loss_gap": {s: float(gaps[s - 1]) for s in at}}, indent=2) + "\n")
 

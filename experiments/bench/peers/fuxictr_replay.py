@@ -10,8 +10,9 @@ of ``experiments/bench/replay_fuxictr.py``. Run with the PEER venv's python:
 (Adult; ``fuxictr_deepfm.py``'s ``prepare_splits`` / ``feature_cols`` or their ``_table`` twins,
 ``build_dataset``, min_categr_count 1), then the model (``--model``: a name of the driver's
 ``MODELS``, composed by its ``BUILDERS``; ``DCNv2`` from ``fuxictr_dcnv2.py``) built with the seed
-(FuxiCTR's ``reset_parameters``: Xavier Linears, embedding N(0, 1e-4^2)); writes ``WORK/init.pt`` (its state dict), and FuxiCTR's vocabulary and encoded splits
-stay in ``WORK/data/<dataset_id>`` for the other side to read (``WORK/dataset_id`` names it).
+(FuxiCTR's ``reset_parameters``: Xavier Linears, embedding N(0, 1e-4^2)); writes ``WORK/init.pt``
+(its state dict), and FuxiCTR's vocabulary and encoded splits stay in ``WORK/data/<dataset_id>``
+for the other side to read (``WORK/dataset_id`` and ``WORK/model`` name them).
 
 ``replay``: the same model loaded from ``init.pt``, trained with FuxiCTR's own ``train_step``
 (zero_grad, forward, BCE on the sigmoid output, backward, ``clip_grad_norm_`` 10, its Adam) on
@@ -45,9 +46,9 @@ from fuxictr.pytorch.torch_utils import seed_everything  # noqa: E402
 def params_for(work: Path, seed: int) -> dict:
     params = dict(driver.COMMON_PARAMS)
     params.update(driver.MODELS[model_name(work)]["params"])
-    params.update(model_id=f"{model_name(work)}_replay_{seed}", dataset_id=dataset_id(work), data_root=str(work / "data"),
-                  model_root=str(work / "ckpt"), data_format="parquet", seed=seed, gpu=-1, verbose=0,
-                  min_categr_count=1)
+    params.update(model_id=f"{model_name(work)}_replay_{seed}", dataset_id=dataset_id(work),
+                  data_root=str(work / "data"), model_root=str(work / "ckpt"), data_format="parquet",
+                  seed=seed, gpu=-1, verbose=0, min_categr_count=1)
     return params
 
 
