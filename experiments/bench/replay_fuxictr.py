@@ -4,13 +4,14 @@
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/replay_fuxictr.py --model dcn_v2 --dataset adult
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench/replay_fuxictr.py --model autoint_plus --batch-size 4096
 
-Models: ``dcn_v2`` (FuxiCTR's DCNv2, ``peers/fuxictr_dcnv2.py``) and ``autoint_plus`` (the
-driver's AutoInt with a DNN, ``peers/fuxictr_deepfm.py``; ours with ``residual: auto`` as
-``ctr_models.py`` runs it, FuxiCTR's residual).
+Models: ``dcn_v2`` (FuxiCTR's DCNv2, ``peers/fuxictr_dcnv2.py``), ``autoint_plus`` and ``autoint``
+(the driver's AutoInt with and without a DNN, ``peers/fuxictr_deepfm.py``; ours with
+``residual: auto`` as ``ctr_models.py`` runs them, FuxiCTR's residual).
 
 Both sides train from the *same* initial weights on the *same* rows in the *same* order, each with
 its own code for everything that could differ: its own vocabulary and encoding of the ml100k-ctr
-split, or of Adult (``--dataset adult``: numeric fields standardized and embedded as ``x * v``)
+split, of Adult (``--dataset adult``: numeric fields standardized and embedded as ``x * v``) or
+of the generated wide table (``--dataset wide``, 40 fields, ``--wide-rows`` rows)
 (ours: ``CTRDataModule`` as ``experiments/<model>_ml100k.yaml`` configures it, with the data set
 swapped as ``ctr_models.py`` does; FuxiCTR: its ``FeatureProcessor``), its own model, its own loss
 and its own optimizer (ours: the Adam of ``RankingTask.configure_optimizers`` with the config's
@@ -61,7 +62,7 @@ def peer(*args: str) -> None:
         sys.exit(f"peer {args[0]} failed (rc {res.returncode}):\n{res.stderr[-4000:]}")
 
 
-def build_ours(model: str, seed: int, dataset: str, batch_size: int):
+def build_ours(model: str, seed: int, dataset: str, batch_size: int, wide_rows: int = 0):
     """The config's data module and model (the model's own init is overwritten below), the task,
     and the config's gradient clip (None: no clipping)."""
     import importlib
@@ -73,7 +74,7 @@ def build_ours(model: str, seed: int, dataset: str, batch_size: int):
 
     cfg = yaml.safe_load((ROOT / "experiments" / f"{model}_ml100k.yaml").read_text())
     data_args = dict(cfg["data"]["init_args"], seed=seed)
-    ov = data_overrides(dataset, 0)
+    ov = data_overrides(dataset, wide_rows)
     if ov:
         data_args["dataset"], data_args["dataset_options"] = ov[1], json.loads(ov[3])
     data_args["batch_size"] = batch_size
@@ -149,7 +150,7 @@ def dcn_v2_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[st
 
 
 def autoint_plus_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
-    """FuxiCTR's AutoInt (with a DNN) in our AutoIntPlus's layout: our fused ``qkv`` is W_q, W_k,
+    """FuxiCTR's AutoInt (with a DNN; without one for plain AutoInt) in our AutoIntPlus's layout: our fused ``qkv`` is W_q, W_k,
     W_v stacked by rows, ``res`` is W_res (layer 0 only: ``residual: auto``); attention treats the
     fields as a set, so only ``fc`` (blocks of the attention width) and the DNN's first layer
     (blocks of the embedding width) are permuted to our field order."""
@@ -164,16 +165,17 @@ def autoint_plus_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> d
     att = fx["fc.weight"].shape[1] // len(fields)
     ours["output.weight"] = fx["fc.weight"][:, field_perm(fields, fx_fields, att)]
     ours["output.bias"] = fx["fc.bias"]
-    emb = fx["dnn.mlp.0.weight"].shape[1] // len(fields)
     for k, v in fx.items():
         if k.startswith("dnn.mlp."):
+            emb = fx["dnn.mlp.0.weight"].shape[1] // len(fields)
             ours["dnn.net." + k[len("dnn.mlp."):]] = (v[:, field_perm(fields, fx_fields, emb)]
                                                       if k == "dnn.mlp.0.weight" else v)
     return ours
 
 
 # our config name -> (the driver's model name, the weight map)
-MODELS = {"dcn_v2": ("DCNv2", dcn_v2_to_ours), "autoint_plus": ("AutoIntPlus", autoint_plus_to_ours)}
+MODELS = {"dcn_v2": ("DCNv2", dcn_v2_to_ours), "autoint_plus": ("AutoIntPlus", autoint_plus_to_ours),
+          "autoint": ("AutoInt", autoint_plus_to_ours)}
 
 
 def fx_to_ours(model: str, fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
@@ -197,10 +199,16 @@ def auc(p: np.ndarray, y: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="dcn_v2")
-    ap.add_argument("--dataset", choices=["ml100k", "adult"], default="ml100k")
+    ap.add_argument("--dataset", choices=["ml100k", "adult", "wide"], default="ml100k")
+    ap.add_argument("--wide-rows", type=int, default=50_000, help="rows of the generated wide table (--dataset wide)")
     ap.add_argument("--seed", type=int, default=2019)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--clip", type=float, default=None,
+                    help="clip our gradient norm at this value instead of the config's gradient_clip_val")
+    ap.add_argument("--loss", choices=["logits", "probs"], default="logits",
+                    help="our loss: BCE with logits (RankingTask's), or FuxiCTR's BCE on the sigmoid output "
+                         "(float32; a row whose sigmoid rounds to exactly 0 or 1 gets a loss of 100 and no gradient)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
@@ -212,14 +220,15 @@ def main() -> None:
     if args.dataset == "ml100k":
         data, table = write_splits(work / "splits"), []
     else:
-        data = write_table_splits(args.dataset, work / "splits")
+        data = write_table_splits(args.dataset, work / "splits", args.wide_rows)
         table = ["--features", str(data / "features.json")]
     peer("init", "--model", MODELS[args.model][0], "--data", str(data), "--work", str(work / "peer"),
          "--seed", str(args.seed), *table)
     ds_id = (work / "peer" / "dataset_id").read_text().strip()
     vocab = json.loads((work / "peer" / "data" / ds_id / "feature_vocab.json").read_text())
 
-    dm, net, task, clip = build_ours(args.model, args.seed, args.dataset, args.batch_size)
+    dm, net, task, clip = build_ours(args.model, args.seed, args.dataset, args.batch_size, args.wide_rows)
+    clip = clip if args.clip is None else args.clip
     net.load_state_dict(fx_to_ours(args.model, torch.load(work / "peer" / "init.pt"), net, dm, vocab))
     train, valid = dm.dataset_for("train"), dm.dataset_for("valid")
     tf, vf = dm.frame("train"), dm.frame("valid")
@@ -248,24 +257,28 @@ def main() -> None:
         return p.numpy()
 
     ours = {"epoch_0": score()}
-    losses = []
+    losses, norms = [], []
     net.train()
     steps = order.reshape(args.epochs, -1)
     for e in range(args.epochs):
         for i in range(0, steps.shape[1], args.batch_size):
             batch = train[torch.from_numpy(steps[e, i:i + args.batch_size])]
             # RankingTask's training loss for a model without auxiliary losses (DCN-v2, AutoInt+)
-            loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
+            logits = net(batch).logits
+            loss = (F.binary_cross_entropy_with_logits(logits, batch.labels) if args.loss == "logits"
+                    else F.binary_cross_entropy(torch.sigmoid(logits), batch.labels))
             opt.zero_grad()
             loss.backward()
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
+                norms.append(float(torch.nn.utils.clip_grad_norm_(params, clip)))
+            else:
+                norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])))
             opt.step()
             losses.append(float(loss.detach()))
         ours[f"epoch_{e + 1}"] = score()
 
     rows = []
-    print(f"{args.model}, {args.dataset}, seed {args.seed}, clip {clip} (FuxiCTR: 10), {len(train):,} train rows "
+    print(f"{args.model}, {args.dataset}, seed {args.seed}, loss {args.loss}, clip {clip} (FuxiCTR: 10), {len(train):,} train rows "
           f"x {args.epochs} epochs, batch {args.batch_size}, {len(y):,} valid rows (work folder {work})")
     print(f"{'after':>8} {'max |p_ours - p_fx|':>20} {'valid AUC ours':>15} {'valid AUC FuxiCTR':>18} {'diff':>8}")
     for e in range(args.epochs + 1):
@@ -277,12 +290,17 @@ def main() -> None:
     lo, lf = np.array(losses), fx["losses"]
     gaps = np.abs(lo - lf)
     at = [s for s in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if s <= len(gaps)]
+    big = [i + 1 for i, n in enumerate(norms) if n > 10.0]
+    print(f"our gradient norm (before any clip) above 10, FuxiCTR's clip, at {len(big)} of {len(norms)} steps"
+          + (f" (first: step {big[0]}; largest {max(norms):.1f})" if big else ""))
     print("train loss gap |ours - FuxiCTR| at step " + ", ".join(f"{s}: {gaps[s - 1]:.1e}" for s in at)
           + f"; largest {gaps.max():.1e}")
     np.save(work / "ours_losses.npy", lo)
+    np.save(work / "ours_grad_norms.npy", np.array(norms))
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "seed": args.seed,
-                                        "batch_size": args.batch_size, "epochs": rows,
+                                        "batch_size": args.batch_size, "clip": clip, "loss": args.loss, "epochs": rows,
+                                        "steps_with_grad_norm_above_10": big,
                                         "max_step_loss_gap": float(gaps.max()),
                                         "step_loss_gap": {s: float(gaps[s - 1]) for s in at}}, indent=2) + "\n")
 
