@@ -7,7 +7,7 @@ of ``experiments/bench/replay_fuxictr.py``. Run with the PEER venv's python:
         replay --work WORK --plan PLAN.npz --out PRED.npz
 
 ``init``: FuxiCTR's own preprocessing of the ml100k-ctr split, or of a flat table with ``--features``
-(Adult; ``fuxictr_deepfm.py``'s ``prepare_splits`` / ``feature_cols`` or their ``_table`` twins,
+(Adult, the wide table; ``fuxictr_deepfm.py``'s ``prepare_splits`` / ``feature_cols`` or their ``_table`` twins,
 ``build_dataset``, min_categr_count 1), then the model (``--model``: a name of the driver's
 ``MODELS``, composed by its ``BUILDERS``; ``DCNv2`` from ``fuxictr_dcnv2.py``) built with the seed
 (FuxiCTR's ``reset_parameters``: Xavier Linears, embedding N(0, 1e-4^2)); writes ``WORK/init.pt``
