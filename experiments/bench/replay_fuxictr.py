@@ -213,6 +213,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if not (BENCH / ".venv-peers" / ".peers-installed").exists():  # as ctr_models.py: FuxiCTR's own venv
+        print("setting up the peer venv (FuxiCTR) ...", flush=True)
+        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="replay_fuxictr_"))
     sys.path.insert(0, str(BENCH))
     from ctr_models import write_splits, write_table_splits
