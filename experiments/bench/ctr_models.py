@@ -107,6 +107,13 @@ def env() -> dict[str, str]:
                 RAY_worker_niceness=os.environ.get("RAY_worker_niceness", "0"))
 
 
+def ensure_peers() -> None:
+    """Set up the peer venv (FuxiCTR, ``peers/setup_peers.sh``) if it is not there yet."""
+    if not (BENCH / ".venv-peers" / ".peers-installed").exists():
+        print("setting up the peer venv (FuxiCTR) ...", flush=True)
+        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
+
+
 def write_splits(out: Path) -> Path:
     """The ml100k-ctr view as train/valid/test parquet files for the peer."""
     import polars as pl
@@ -178,12 +185,12 @@ def write_table_splits(dataset: str, out: Path, wide_rows: int = WIDE_ROWS) -> P
     return out
 
 
-def build_ours(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool):
-    """Our config's model on the data set, in this process: (data module, training step fn)."""
+def build_ours_net(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool):
+    """Our config's model on the data set, in this process: (data module set up for fit, the model,
+    the config as a dict)."""
     import importlib
 
     import torch
-    import torch.nn.functional as F
     import yaml
 
     from recsys.data import CTRDataModule
@@ -202,7 +209,15 @@ def build_ours(model: str, dataset: str, batch_size: int, wide_rows: int, paper_
     init = dict(spec.get("init_args", {}))
     if model.startswith("autoint") and not paper_residual:
         init["residual"] = "auto"
-    net = getattr(importlib.import_module(mod), cls)(dm.features, **init)
+    return dm, getattr(importlib.import_module(mod), cls)(dm.features, **init), cfg
+
+
+def build_ours(model: str, dataset: str, batch_size: int, wide_rows: int, paper_residual: bool):
+    """Our config's model on the data set, in this process: (data module, training step fn)."""
+    import torch
+    import torch.nn.functional as F
+
+    dm, net, _ = build_ours_net(model, dataset, batch_size, wide_rows, paper_residual)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
 
@@ -635,9 +650,8 @@ def main() -> None:
                             f"rounds), started {res['started']}\n\n" + "\n".join(lines) + "\n")
         return
 
-    if not (args.no_peer or args.overhead_only) and not (BENCH / ".venv-peers" / ".peers-installed").exists():
-        print("setting up the peer venv (FuxiCTR) ...", flush=True)
-        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
+    if not (args.no_peer or args.overhead_only):
+        ensure_peers()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict = {"seeds": args.seeds, "batch_sizes": args.batch_sizes, "datasets": args.datasets,
                      "max_epochs": args.max_epochs, "wide_rows": args.wide_rows,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -46,47 +45,31 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = Path(__file__).resolve().parent
-PEER_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
+sys.path.insert(0, str(BENCH))
+import ctr_models  # noqa: E402  (data sets, our config's model, the peer venv and its environment)
+
 PEER = BENCH / "peers" / "fuxictr_replay.py"
 FX_SPECIAL = ("__PAD__", "__OOV__")
 
 
 def peer(*args: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_worker_niceness=os.environ.get("RAY_worker_niceness", "0"))
-    res = subprocess.run([str(PEER_PYTHON), str(PEER), *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([str(ctr_models.PEER_PY), str(PEER), *args], env=ctr_models.env(), cwd=ROOT,
+                         capture_output=True, text=True)
     if res.returncode:
         sys.exit(f"peer {args[0]} failed (rc {res.returncode}):\n{res.stderr[-4000:]}")
 
 
-def build_ours(model: str, seed: int, dataset: str, batch_size: int, wide_rows: int = 0):
-    """The config's data module and model (the model's own init is overwritten below), the task,
-    and the config's gradient clip (None: no clipping)."""
-    import importlib
-
-    from ctr_models import data_overrides
-
-    from recsys.data import CTRDataModule
+def build_ours(model: str, dataset: str, batch_size: int, wide_rows: int):
+    """The config's data module and model as ``ctr_models.py`` builds them (the model's own init is
+    overwritten below), the task with the config's arguments, and the config's gradient clip
+    (None: no clipping)."""
     from recsys.tasks.ranking import RankingTask
 
-    cfg = yaml.safe_load((ROOT / "experiments" / f"{model}_ml100k.yaml").read_text())
-    data_args = dict(cfg["data"]["init_args"], seed=seed)
-    ov = data_overrides(dataset, wide_rows)
-    if ov:
-        data_args["dataset"], data_args["dataset_options"] = ov[1], json.loads(ov[3])
-    data_args["batch_size"] = batch_size
-    dm = CTRDataModule(**data_args)
-    dm.setup("fit")
+    dm, net, cfg = ctr_models.build_ours_net(model, dataset, batch_size, wide_rows, paper_residual=False)
     task_args = {k: v for k, v in cfg["model"]["init_args"].items() if k != "model"}
-    spec = cfg["model"]["init_args"]["model"]
-    mod, cls = spec["class_path"].rsplit(".", 1)
-    init = dict(spec.get("init_args", {}))
-    if model.startswith("autoint"):
-        init["residual"] = "auto"  # as ctr_models.py runs it (FuxiCTR's residual)
-    net = getattr(importlib.import_module(mod), cls)(dm.features, **init)
     task = RankingTask(model=net, features=dm.features, **task_args)
     clip = cfg["trainer"].get("gradient_clip_val")
     return dm, net, task, None if clip is None else float(clip)
@@ -128,6 +111,17 @@ def field_perm(fields: list[str], fx_fields: list[str], width: int) -> torch.Ten
     return torch.cat([torch.arange(width) + width * fx_fields.index(f) for f in fields])
 
 
+def dnn_to_ours(fx: dict[str, torch.Tensor], fields: list[str], fx_fields: list[str]) -> dict[str, torch.Tensor]:
+    """FuxiCTR's ``MLP_Block`` on the flattened field embeddings (``dnn.mlp.*``) as our ``MLP``
+    (``dnn.net.*``, the same Sequential layout): the first layer's input columns permuted to our
+    field order; none when the model has no DNN."""
+    if "dnn.mlp.0.weight" not in fx:
+        return {}
+    perm = field_perm(fields, fx_fields, fx["dnn.mlp.0.weight"].shape[1] // len(fields))
+    return {"dnn.net." + k[len("dnn.mlp."):]: v[:, perm] if k == "dnn.mlp.0.weight" else v
+            for k, v in fx.items() if k.startswith("dnn.mlp.")}
+
+
 def dcn_v2_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[str, torch.Tensor]:
     """FuxiCTR's DCNv2 state dict in our DCNv2's layout: the cross / DNN / output weights permuted
     from its field order to ours."""
@@ -139,9 +133,7 @@ def dcn_v2_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> dict[st
         ours[f"cross.layers.{i}.weight"] = fx[f"crossnet.cross_layers.{i}.weight"][perm][:, perm]
         ours[f"cross.layers.{i}.bias"] = fx[f"crossnet.cross_layers.{i}.bias"][perm]
         i += 1
-    for k, v in fx.items():
-        if k.startswith("dnn.mlp."):
-            ours["dnn.net." + k[len("dnn.mlp."):]] = v[:, perm] if k == "dnn.mlp.0.weight" else v
+    ours.update(dnn_to_ours(fx, fields, fx_fields))
     out_w = fx["fc.weight"].clone()
     out_w[:, :len(perm)] = fx["fc.weight"][:, perm]
     ours["out.weight"] = out_w
@@ -165,11 +157,7 @@ def autoint_plus_to_ours(fx: dict[str, torch.Tensor], net, dm, vocab: dict) -> d
     att = fx["fc.weight"].shape[1] // len(fields)
     ours["output.weight"] = fx["fc.weight"][:, field_perm(fields, fx_fields, att)]
     ours["output.bias"] = fx["fc.bias"]
-    for k, v in fx.items():
-        if k.startswith("dnn.mlp."):
-            emb = fx["dnn.mlp.0.weight"].shape[1] // len(fields)
-            ours["dnn.net." + k[len("dnn.mlp."):]] = (v[:, field_perm(fields, fx_fields, emb)]
-                                                      if k == "dnn.mlp.0.weight" else v)
+    ours.update(dnn_to_ours(fx, fields, fx_fields))
     return ours
 
 
@@ -213,24 +201,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if not (BENCH / ".venv-peers" / ".peers-installed").exists():  # as ctr_models.py: FuxiCTR's own venv
-        print("setting up the peer venv (FuxiCTR) ...", flush=True)
-        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
+    ctr_models.ensure_peers()
     work = args.work or Path(tempfile.mkdtemp(prefix="replay_fuxictr_"))
-    sys.path.insert(0, str(BENCH))
-    from ctr_models import write_splits, write_table_splits
-
     if args.dataset == "ml100k":
-        data, table = write_splits(work / "splits"), []
+        data, table = ctr_models.write_splits(work / "splits"), []
     else:
-        data = write_table_splits(args.dataset, work / "splits", args.wide_rows)
+        data = ctr_models.write_table_splits(args.dataset, work / "splits", args.wide_rows)
         table = ["--features", str(data / "features.json")]
     peer("init", "--model", MODELS[args.model][0], "--data", str(data), "--work", str(work / "peer"),
          "--seed", str(args.seed), *table)
     ds_id = (work / "peer" / "dataset_id").read_text().strip()
     vocab = json.loads((work / "peer" / "data" / ds_id / "feature_vocab.json").read_text())
 
-    dm, net, task, clip = build_ours(args.model, args.seed, args.dataset, args.batch_size, args.wide_rows)
+    dm, net, task, clip = build_ours(args.model, args.dataset, args.batch_size, args.wide_rows)
     clip = clip if args.clip is None else args.clip
     net.load_state_dict(fx_to_ours(args.model, torch.load(work / "peer" / "init.pt"), net, dm, vocab))
     train, valid = dm.dataset_for("train"), dm.dataset_for("valid")
@@ -299,7 +282,6 @@ def main() -> None:
     print("train loss gap |ours - FuxiCTR| at step " + ", ".join(f"{s}: {gaps[s - 1]:.1e}" for s in at)
           + f"; largest {gaps.max():.1e}")
     np.save(work / "ours_losses.npy", lo)
-    np.save(work / "ours_grad_norms.npy", np.array(norms))
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "seed": args.seed,
                                         "batch_size": args.batch_size, "clip": clip, "loss": args.loss, "epochs": rows,

@@ -632,6 +632,44 @@ def feature_cols(spec: dict) -> list[dict]:
     return cols
 
 
+def preprocess(data_dir: Path, raw_dir: Path, data_root: Path, spec: dict, table: dict | None):
+    """Steps 1-2 (module docstring): the splits of ``data_dir`` prepared in ``raw_dir`` (ml100k-ctr,
+    or the flat ``table`` of ``--features``), FuxiCTR's vocabulary fitted on train and the three
+    splits encoded under ``data_root/<dataset_id>``; returns (rows per split, the encoded splits'
+    (train, valid, test) paths)."""
+    if table is None:
+        rows = prepare_splits(data_dir, raw_dir, spec["history_max_len"])
+        cols, dataset_id = feature_cols(spec), DATASET_ID
+    else:
+        rows = prepare_splits_table(data_dir, raw_dir, table)
+        cols, dataset_id = feature_cols_table(table), table["dataset_id"]
+    processor = FeatureProcessor(feature_cols=cols, label_col={"name": LABEL, "dtype": "float"},
+                                 dataset_id=dataset_id, data_root=str(data_root))
+    paths = build_dataset(processor, train_data=str(raw_dir / "train.parquet"),
+                          valid_data=str(raw_dir / "valid.parquet"), test_data=str(raw_dir / "test.parquet"),
+                          data_format="parquet", min_categr_count=1)
+    return rows, paths
+
+
+def run_params(model: str, model_id: str, seed: int, dataset_id: str, data_root: Path, model_root: Path,
+               verbose: int = 0) -> dict:
+    """The keyword arguments of ``model``'s class and ``BaseModel.fit``: COMMON_PARAMS, the
+    model's own (``MODELS``), and where the run's data and checkpoints live."""
+    params = dict(COMMON_PARAMS)
+    params.update(MODELS[model]["params"])
+    params.update(model_id=model_id, dataset_id=dataset_id, data_root=str(data_root),
+                  model_root=str(model_root), data_format="parquet", seed=seed, gpu=-1, verbose=verbose,
+                  min_categr_count=1)
+    return params
+
+
+def load_feature_map(data_root: Path, dataset_id: str, params: dict) -> FeatureMap:
+    """The feature map ``preprocess`` wrote under ``data_root/<dataset_id>``."""
+    feature_map = FeatureMap(dataset_id, str(data_root / dataset_id))
+    feature_map.load(str(data_root / dataset_id / "feature_map.json"), params)
+    return feature_map
+
+
 def duel_worker(model, train_gen, steps: int) -> dict:
     """Hold ``steps`` training batches in memory, print ``ready``, then for every ``go`` line on
     stdin run those steps (``train_step``: forward, loss, backward, clip, Adam) and print the
@@ -695,36 +733,21 @@ def main(argv=None) -> dict:
     # (run_expid.py's set_logger does): "Parent directory ... does not exist"
     (model_root / dataset_id).mkdir(parents=True, exist_ok=True)
 
-    params = dict(COMMON_PARAMS)
-    params.update(spec["params"])
+    params = run_params(args.model, f"{args.model}_seed{args.seed}", args.seed, dataset_id, data_root,
+                        model_root, verbose=1 if args.verbose else 0)
     if args.max_epochs:
         params["epochs"] = args.max_epochs
     if args.batch_size:
         params["batch_size"] = args.batch_size
-    params.update(model_id=f"{args.model}_seed{args.seed}", dataset_id=dataset_id,
-                  data_root=str(data_root), model_root=str(model_root), data_format="parquet",
-                  seed=args.seed, gpu=-1, verbose=1 if args.verbose else 0,
-                  min_categr_count=1)
 
     try:
         # 1-2. preprocessing: FuxiCTR's fit-on-train vocabulary + transform (Ray)
         t0 = time.perf_counter()
-        if table is None:
-            rows = prepare_splits(args.data, raw_dir, spec["history_max_len"])
-        else:
-            rows = prepare_splits_table(args.data, raw_dir, table)
-        processor = FeatureProcessor(feature_cols=feature_cols(spec) if table is None else feature_cols_table(table),
-                                     label_col={"name": LABEL, "dtype": "float"},
-                                     dataset_id=dataset_id, data_root=str(data_root))
-        train_p, valid_p, test_p = build_dataset(
-            processor, train_data=str(raw_dir / "train.parquet"),
-            valid_data=str(raw_dir / "valid.parquet"), test_data=str(raw_dir / "test.parquet"),
-            data_format="parquet", min_categr_count=1)
+        rows, (train_p, valid_p, test_p) = preprocess(args.data, raw_dir, data_root, spec, table)
         preprocess_s = time.perf_counter() - t0
         params.update(train_data=train_p, valid_data=valid_p, test_data=test_p)
 
-        feature_map = FeatureMap(dataset_id, str(data_root / dataset_id))
-        feature_map.load(str(data_root / dataset_id / "feature_map.json"), params)
+        feature_map = load_feature_map(data_root, dataset_id, params)
 
         # 3. model
         seed_everything(seed=args.seed)

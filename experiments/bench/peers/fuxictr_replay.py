@@ -37,19 +37,9 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fuxictr_dcnv2  # noqa: E402  (registers DCNv2 in the driver's MODELS)
+import fuxictr_dcnv2  # noqa: E402,F401  (registers DCNv2 in the driver's MODELS and BUILDERS)
 import fuxictr_deepfm as driver  # noqa: E402
-from fuxictr.features import FeatureMap  # noqa: E402
-from fuxictr.preprocess import FeatureProcessor, build_dataset  # noqa: E402
 from fuxictr.pytorch.torch_utils import seed_everything  # noqa: E402
-
-def params_for(work: Path, seed: int) -> dict:
-    params = dict(driver.COMMON_PARAMS)
-    params.update(driver.MODELS[model_name(work)]["params"])
-    params.update(model_id=f"{model_name(work)}_replay_{seed}", dataset_id=dataset_id(work),
-                  data_root=str(work / "data"), model_root=str(work / "ckpt"), data_format="parquet",
-                  seed=seed, gpu=-1, verbose=0, min_categr_count=1)
-    return params
 
 
 def dataset_id(work: Path) -> str:
@@ -61,33 +51,20 @@ def model_name(work: Path) -> str:
 
 
 def build_model(work: Path, seed: int):
-    params = params_for(work, seed)
-    root = work / "data" / dataset_id(work)
-    feature_map = FeatureMap(dataset_id(work), str(root))
-    feature_map.load(str(root / "feature_map.json"), params)
+    """The model ``init`` named, built with the seed on the feature map ``init`` wrote."""
+    name, ds_id = model_name(work), dataset_id(work)
+    params = driver.run_params(name, f"{name}_replay_{seed}", seed, ds_id, work / "data", work / "ckpt")
+    feature_map = driver.load_feature_map(work / "data", ds_id, params)
     seed_everything(seed=seed)
-    name = model_name(work)
-    cls = fuxictr_dcnv2.DCNv2 if name == "DCNv2" else driver.BUILDERS[name]
-    return cls(feature_map, **params), feature_map
+    return driver.BUILDERS[name](feature_map, **params), feature_map
 
 
 def cmd_init(args) -> None:
-    spec = driver.MODELS[args.model]
-    raw = args.work / "raw"
     table = json.loads(args.features.read_text()) if args.features else None
-    if table is None:
-        driver.prepare_splits(args.data, raw, spec["history_max_len"])
-        cols, ds_id = driver.feature_cols(spec), driver.DATASET_ID
-    else:
-        driver.prepare_splits_table(args.data, raw, table)
-        cols, ds_id = driver.feature_cols_table(table), table["dataset_id"]
     args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "dataset_id").write_text(ds_id)
+    (args.work / "dataset_id").write_text(table["dataset_id"] if table else driver.DATASET_ID)
     (args.work / "model").write_text(args.model)
-    processor = FeatureProcessor(feature_cols=cols, label_col={"name": driver.LABEL, "dtype": "float"},
-                                 dataset_id=ds_id, data_root=str(args.work / "data"))
-    build_dataset(processor, train_data=str(raw / "train.parquet"), valid_data=str(raw / "valid.parquet"),
-                  test_data=str(raw / "test.parquet"), data_format="parquet", min_categr_count=1)
+    driver.preprocess(args.data, args.work / "raw", args.work / "data", driver.MODELS[args.model], table)
     model, _ = build_model(args.work, args.seed)
     torch.save(model.state_dict(), args.work / "init.pt")
     print(json.dumps({"init": str(args.work / "init.pt"),
@@ -121,7 +98,9 @@ class Rows:
         the plan's raw values (see the module docstring)."""
         for name, tokens in self.tokens.items():
             raw = plan[f"{self.split}/{name}"]                         # every row, in our order
-            ok = (tokens == raw) | (tokens == "__OOV__") if len(raw) == len(tokens) else np.zeros(1, bool)
+            if len(raw) != len(tokens):
+                raise SystemExit(f"{self.split}: the plan has {len(raw)} rows, FuxiCTR's encoded split {len(tokens)}")
+            ok = (tokens == raw) | (tokens == "__OOV__")
             if not ok.all():
                 raise SystemExit(f"{self.split}: {int((~ok).sum())} plan rows decode to another {name} in FuxiCTR's "
                                  "encoded split (the row order differs)")
