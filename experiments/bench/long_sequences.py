@@ -152,17 +152,6 @@ def run_fit(config: str, seed: int, work: Path, name: str, overrides: list[str])
 PEER = "fuxictr_sdim"
 
 
-def _peer_ready() -> None:
-    """Set up the peer venv (FuxiCTR) as ctr_models.py does, when it is missing."""
-    import subprocess
-
-    from ctr_models import BENCH
-
-    if not (BENCH / ".venv-peers" / ".peers-installed").exists():
-        print("setting up the peer venv (FuxiCTR) ...", flush=True)
-        subprocess.run(["bash", str(BENCH / "peers" / "setup_peers.sh")], check=True)
-
-
 def run_peer_sdim(seed: int, data: Path, work: Path, batch_size: int) -> dict:
     """FuxiCTR's SDIM on the written splits (ctr_models.run_peer: the peer venv's driver)."""
     from ctr_models import run_peer
@@ -182,7 +171,9 @@ def quality(seeds: list[int], tau_sweep: bool, mean_pool: bool, peer: bool = Fal
         variants["mean_pool"] = ("sdim", [f"{arg}tau", "0", f"{arg}normalization", "count"])
     out: dict[str, list[dict]] = {v: [] for v in variants}
     if peer:
-        _peer_ready()
+        from ctr_models import ensure_peers
+
+        ensure_peers()
         out[PEER] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = None
